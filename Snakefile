@@ -1,0 +1,18 @@
+# onnxforge: model x checkpoint -> download -> stage -> export -> parity.
+# The table of contents; each step is one file under workflow/rules/.
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/download.smk"
+include: "workflow/rules/stage.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/parity.smk"
+
+
+rule all:
+    input:
+        default_targets(config),
+    default_target: True

@@ -1,0 +1,99 @@
+"""The config: schema validation, cross-references, and the targets it asks for.
+
+Kept out of the Snakefile so that it is unit-tested and gives errors that name the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from onnxforge.errors import InputError
+
+SCHEMA = Path(__file__).parents[1] / "schemas" / "config.schema.yaml"
+RESULTS = "results"
+
+
+def _key_path(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Check the config against the schema and itself; raise InputError naming the key."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{_key_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
+        raise InputError(f"{source} does not match {SCHEMA.name}:\n  " + "\n  ".join(lines))
+
+    from onnxforge.families import FAMILIES  # late: heavy imports only once the config is sane
+
+    for name, model in config["models"].items():
+        if model["family"] not in FAMILIES:
+            raise InputError(
+                f"{source}: models.{name}.family: unknown family {model['family']!r}; "
+                f"known: {sorted(FAMILIES)}"
+            )
+    for name, variant in config["variants"].items():
+        if variant["dtype"] not in config["gates"]:
+            raise InputError(
+                f"{source}: variants.{name}.dtype is {variant['dtype']!r} but gates has no "
+                f"entry for it; add gates.{variant['dtype']}"
+            )
+    for i, target in enumerate(config["targets"]):
+        lookup_target(config, **target, where=f"{source}: targets[{i}]")
+    return config
+
+
+@dataclass(frozen=True)
+class Target:
+    model: str
+    checkpoint: str
+    variant: str
+
+    @property
+    def root(self) -> str:
+        return f"{RESULTS}/{self.model}/{self.checkpoint}"
+
+    @property
+    def passed(self) -> str:
+        return f"{self.root}/parity/{self.variant}.passed.json"
+
+
+def lookup_target(
+    config: dict[str, Any], model: str, checkpoint: str, variant: str, where: str = "target"
+) -> Target:
+    models = config["models"]
+    if model not in models:
+        raise InputError(f"{where}: unknown model {model!r}; the catalog has {sorted(models)}")
+    checkpoints = models[model]["checkpoints"]
+    if checkpoint not in checkpoints:
+        raise InputError(
+            f"{where}: model {model!r} has no checkpoint {checkpoint!r}; it has {sorted(checkpoints)}"
+        )
+    if variant not in config["variants"]:
+        raise InputError(
+            f"{where}: unknown variant {variant!r}; config has {sorted(config['variants'])}"
+        )
+    return Target(model, checkpoint, variant)
+
+
+def checkpoint_entry(config: dict[str, Any], model: str, checkpoint: str) -> dict[str, Any]:
+    lookup_target(config, model, checkpoint, next(iter(config["variants"])))
+    return config["models"][model]["checkpoints"][checkpoint]
+
+
+def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant: str) -> dict:
+    """What ParitySettings takes: global parity options, the checkpoint's overrides, the gates."""
+    dtype = config["variants"][variant]["dtype"]
+    overrides = checkpoint_entry(config, model, checkpoint).get("parity", {})
+    return {**config["parity"], **overrides, "dtype": dtype, "gates": config["gates"][dtype]}
+
+
+def default_targets(config: dict[str, Any]) -> list[str]:
+    return [lookup_target(config, **t).passed for t in config["targets"]]

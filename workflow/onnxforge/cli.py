@@ -1,0 +1,143 @@
+"""``python -m onnxforge <step>``: the commands the Snakemake rules run.
+
+Each step writes into a temporary directory and renames it into place when complete, with a
+manifest of its inputs' hashes and the versions used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from onnxforge import outputs
+from onnxforge.errors import InputError, ParityGateFailed
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from onnxforge.sources import download
+
+    with outputs.atomic_directory(args.out) as tmp:
+        record = download(args.source, tmp)
+        outputs.write_manifest(tmp, "download", {}, record)
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    from onnxforge.stage import stage
+
+    with outputs.atomic_directory(args.out) as tmp:
+        stage(args.family, args.checkpoint, tmp)
+        outputs.write_manifest(
+            tmp, "stage", {"checkpoint": args.checkpoint}, {"family": args.family}
+        )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from onnxforge.export import export
+
+    with outputs.atomic_directory(args.out) as tmp:
+        started = time.perf_counter()
+        info = export(args.family, args.stage, tmp, dtype=args.dtype, opset=args.opset)
+        info["seconds"] = round(time.perf_counter() - started, 2)
+        outputs.write_manifest(
+            tmp, "export", {"stage": args.stage}, {"family": args.family, "export": info}
+        )
+
+
+def cmd_parity(args: argparse.Namespace) -> None:
+    from onnxforge.parity import ParitySettings, run_parity
+    from onnxforge.report import render_markdown
+
+    settings = ParitySettings(**json.loads(args.settings))
+    with outputs.atomic_directory(args.out) as tmp:
+        started = time.perf_counter()
+        report = run_parity(
+            args.family, args.checkpoint, args.stage, args.export / "model.onnx", settings
+        )
+        report.update(
+            target=args.target,
+            seconds=round(time.perf_counter() - started, 2),
+            onnx_bytes={p.name: p.stat().st_size for p in sorted(args.export.iterdir())},
+        )
+        outputs.write_json(tmp / "report.json", report)
+        (tmp / "report.md").write_text(render_markdown(report))
+        outputs.write_manifest(
+            tmp,
+            "parity",
+            {"checkpoint": args.checkpoint, "stage": args.stage, "export": args.export},
+            {"status": report["status"]},
+        )
+
+
+def cmd_gate(args: argparse.Namespace) -> None:
+    """Fail unless the report passed; the report itself stays for reading either way."""
+    report = json.loads(Path(args.report).read_text())
+    if report["status"] != "PASS":
+        reasons = "\n  ".join(report["failures"])
+        raise ParityGateFailed(
+            f"parity gate failed for {report.get('target', args.report)}:\n  {reasons}\n"
+            f"Full report: {Path(args.report).with_suffix('.md')}"
+        )
+    outputs.write_json(
+        args.out, {"status": "PASS", "report": str(args.report), "summary": report["summary"]}
+    )
+    print(f"PASS {report.get('target', '')}: {args.report}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="onnxforge", description=__doc__)
+    steps = p.add_subparsers(dest="step", required=True)
+
+    s = steps.add_parser("download", help="fetch or synthesize a checkpoint")
+    s.add_argument("--source", required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_download)
+
+    s = steps.add_parser("stage", help="checkpoint -> JAX parameter tree (Orbax)")
+    s.add_argument("--family", required=True)
+    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_stage)
+
+    s = steps.add_parser("export", help="staged model -> ONNX")
+    s.add_argument("--family", required=True)
+    s.add_argument("--stage", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--dtype", default="float32")
+    s.add_argument("--opset", type=int, default=23)
+    s.set_defaults(run=cmd_export)
+
+    s = steps.add_parser("parity", help="ONNX Runtime vs JAX vs reference; writes the report")
+    s.add_argument("--family", required=True)
+    s.add_argument("--target", default="")
+    s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--stage", type=Path, required=True)
+    s.add_argument("--export", type=Path, required=True)
+    s.add_argument("--settings", required=True, help="ParitySettings as JSON")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_parity)
+
+    s = steps.add_parser("gate", help="fail unless a parity report passed its gates")
+    s.add_argument("--report", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_gate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except InputError as err:
+        print(f"onnxforge {args.step}: error: {err}", file=sys.stderr)
+        return 2
+    except ParityGateFailed as err:
+        print(f"onnxforge {args.step}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The family registry: a catalog entry names its family by one of these keys."""
+
+from __future__ import annotations
+
+from onnxforge.errors import InputError
+from onnxforge.families.base import Family
+from onnxforge.families.gpt_oss import FAMILY as GPT_OSS
+
+FAMILIES: dict[str, Family] = {GPT_OSS.name: GPT_OSS}
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InputError(f"unknown model family {name!r}; known families: {sorted(FAMILIES)}") from None

@@ -1,0 +1,30 @@
+"""What a model family provides. Adding a family is one module and one registry entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from flax import nnx
+
+
+class Family(Protocol):
+    name: str
+
+    def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
+        """Write a deterministic tiny checkpoint in the Hugging Face layout (transformers)."""
+
+    def read_config(self, checkpoint_dir: Path) -> Any:
+        """The family's config from the checkpoint's ``config.json``."""
+
+    def build(self, config: Any, dtype: Any) -> nnx.Module:
+        """The JAX model (parameters zero until loaded); call under ``nnx.eval_shape``."""
+
+    def stage_tensors(
+        self, checkpoint_dir: Path, config: Any
+    ) -> list[tuple[str, dict[tuple[str, ...], Any]]]:
+        """Checkpoint tensor name -> {parameter path: transform}, one entry per tensor."""
+
+    def reference_logits(self, checkpoint_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Logits of an independent implementation (transformers, PyTorch), float32."""

@@ -1,0 +1,124 @@
+"""Outputs that appear only when complete, each with a manifest of what made it.
+
+A step writes into ``<out>.tmp-<pid>`` next to its destination and renames it into place at
+the end; an interrupted step leaves only a ``.tmp-`` directory, which the next run removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+_TRACKED_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "jax2onnx",
+    "onnx",
+    "onnxruntime",
+    "orbax-checkpoint",
+    "safetensors",
+    "numpy",
+    "transformers",
+    "torch",
+)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_tree(directory: Path) -> dict[str, str]:
+    """sha256 of every file below ``directory``, by relative path (the manifest excluded)."""
+    directory = Path(directory)
+    return {
+        str(p.relative_to(directory)): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in _TRACKED_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def environment() -> dict[str, Any]:
+    """Where a step ran: the container image digest when there is one, else the lock's hash."""
+    lock = Path(os.environ.get("ONNXFORGE_LOCK", Path(__file__).parents[2] / "envs/jax.lock.txt"))
+    return {
+        "image": os.environ.get("ONNXFORGE_IMAGE_DIGEST"),
+        "lock": str(lock.name) if lock.exists() else None,
+        "lock_sha256": sha256_file(lock) if lock.exists() else None,
+        "python": platform.python_version(),
+        "packages": package_versions(),
+    }
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write-then-rename for a single file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_manifest(
+    directory: Path, step: str, inputs: dict[str, Path], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Record the step, the sha256 of every input file and output file, and the versions."""
+    input_hashes = {}
+    for label, path in inputs.items():
+        path = Path(path)
+        if path.is_dir():
+            input_hashes[label] = hash_tree(path)
+        elif path.exists():
+            input_hashes[label] = sha256_file(path)
+    manifest = {
+        "step": step,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": sys.argv,
+        "inputs": input_hashes,
+        "outputs": hash_tree(directory),
+        "environment": environment(),
+        **(extra or {}),
+    }
+    write_json(Path(directory) / MANIFEST, manifest)
+    return manifest
+
+
+@contextlib.contextmanager
+def atomic_directory(destination: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory that becomes ``destination`` only on success."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    for stale in destination.parent.glob(f"{destination.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = destination.parent / f"{destination.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if destination.exists():
+            shutil.rmtree(destination)
+        os.replace(tmp, destination)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

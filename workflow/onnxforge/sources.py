@@ -1,0 +1,71 @@
+"""Download: a checkpoint source -> a local directory of real checkpoint files.
+
+Sources:
+- ``synthetic://<family>?seed=N&key=value``: a tiny checkpoint written by transformers itself
+  from the family's tiny config (keys override it), deterministic for a seed.
+- ``file:///abs/dir`` or a plain path: a local Hugging Face checkpoint directory, copied.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlparse
+
+from onnxforge.errors import InputError
+from onnxforge.families import get_family
+
+SCHEMES = ("synthetic", "file")
+
+
+@dataclass(frozen=True)
+class Source:
+    scheme: str
+    location: str  # family for synthetic, directory for file
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_source(uri: str) -> Source:
+    parsed = urlparse(uri)
+    if parsed.scheme == "synthetic":
+        return Source("synthetic", parsed.netloc, {k: _number(v) for k, v in parse_qsl(parsed.query)})
+    if parsed.scheme in ("file", ""):
+        return Source("file", parsed.path if parsed.scheme else uri)
+    raise InputError(
+        f"source {uri!r}: unsupported scheme {parsed.scheme!r}; expected one of "
+        f"{', '.join(s + '://' for s in SCHEMES)} or a local directory"
+    )
+
+
+def download(uri: str, out_dir: Path) -> dict[str, Any]:
+    """Fill ``out_dir`` with the checkpoint's files; return what the manifest should record."""
+    source = parse_source(uri)
+    if source.scheme == "synthetic":
+        options = dict(source.options)
+        seed = int(options.pop("seed", 0))
+        get_family(source.location).synthesize(out_dir, seed, options)
+        return {"source": uri, "revision": f"seed={seed}"}
+    directory = Path(source.location)
+    if not directory.is_dir():
+        raise InputError(f"source {uri!r}: {directory} is not a directory")
+    files = [p for p in sorted(directory.rglob("*")) if p.is_file()]
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise InputError(f"source {uri!r}: {directory} holds no *.safetensors file")
+    for path in files:
+        target = out_dir / path.relative_to(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return {"source": uri, "revision": None}

@@ -1,0 +1,43 @@
+# Config validation and the helpers that turn config into targets and parameters.
+import json
+import os
+import sys
+
+# Jobs run this environment's python (where onnxforge is installed), activated or not.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
+
+from onnxforge.catalog import checkpoint_entry, default_targets, parity_settings, validate
+from onnxforge.errors import InputError
+
+try:
+    validate(config, source="config")
+except InputError as err:
+    raise WorkflowError(str(err)) from None
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    checkpoint=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    variant=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+
+
+RESULT = "results/{model}/{checkpoint}"
+LOGS = "results/{model}/{checkpoint}/logs"
+
+
+def family_of(wildcards):
+    return config["models"][wildcards.model]["family"]
+
+
+def source_of(wildcards):
+    return checkpoint_entry(config, wildcards.model, wildcards.checkpoint)["source"]
+
+
+def variant_of(wildcards):
+    return config["variants"][wildcards.variant]
+
+
+def parity_settings_json(wildcards):
+    return json.dumps(
+        parity_settings(config, wildcards.model, wildcards.checkpoint, wildcards.variant)
+    )

@@ -1,0 +1,42 @@
+# Two rules so that a failed gate fails the target while its report stays for reading:
+# parity_report always writes the report; parity_gate passes only if the report says PASS.
+
+
+rule parity_report:
+    message:
+        "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
+        "ONNX Runtime vs JAX vs reference"
+    input:
+        checkpoint=f"{RESULT}/download",
+        stage=f"{RESULT}/stage",
+        export=f"{RESULT}/export/{{variant}}",
+    output:
+        directory(f"{RESULT}/parity/{{variant}}"),
+    params:
+        family=family_of,
+        settings=parity_settings_json,
+        target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
+    log:
+        f"{LOGS}/parity-{{variant}}.log",
+    benchmark:
+        f"{LOGS}/parity-{{variant}}.benchmark.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "python -m onnxforge parity --family {params.family} --target {params.target}"
+        " --checkpoint {input.checkpoint} --stage {input.stage} --export {input.export}"
+        " --settings '{params.settings}' --out {output} > {log} 2>&1"
+
+
+rule parity_gate:
+    message:
+        "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
+    input:
+        f"{RESULT}/parity/{{variant}}",
+    output:
+        f"{RESULT}/parity/{{variant}}.passed.json",
+    log:
+        f"{LOGS}/gate-{{variant}}.log",
+    shell:
+        "python -m onnxforge gate --report {input}/report.json --out {output} 2>&1 | tee {log}"
