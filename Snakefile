@@ -13,6 +13,6 @@ include: "workflow/rules/parity.smk"
 
 
 rule all:
+    default_target: True
     input:
         default_targets(config),
-    default_target: True

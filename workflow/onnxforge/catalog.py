@@ -74,7 +74,8 @@ def lookup_target(
     checkpoints = models[model]["checkpoints"]
     if checkpoint not in checkpoints:
         raise InputError(
-            f"{where}: model {model!r} has no checkpoint {checkpoint!r}; it has {sorted(checkpoints)}"
+            f"{where}: model {model!r} has no checkpoint {checkpoint!r}; "
+            f"it has {sorted(checkpoints)}"
         )
     if variant not in config["variants"]:
         raise InputError(

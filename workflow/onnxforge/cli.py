@@ -59,7 +59,7 @@ def cmd_parity(args: argparse.Namespace) -> None:
         report.update(
             target=args.target,
             seconds=round(time.perf_counter() - started, 2),
-            onnx_bytes={p.name: p.stat().st_size for p in sorted(args.export.iterdir())},
+            onnx_bytes={p.name: p.stat().st_size for p in sorted(args.export.glob("model.onnx*"))},
         )
         outputs.write_json(tmp / "report.json", report)
         (tmp / "report.md").write_text(render_markdown(report))

@@ -12,7 +12,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray, top_k: int = 5) -> dict[str, float]:
+def compare_logits(
+    reference: np.ndarray, candidate: np.ndarray, top_k: int = 5
+) -> dict[str, float]:
     """How far ``candidate`` is from ``reference`` (both ``[..., vocab]``)."""
     if reference.shape != candidate.shape:
         raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")

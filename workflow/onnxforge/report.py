@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-_COLUMNS = ("max_abs", "mean_abs", "min_cosine", "kl_mean", "kl_max", "top1_agreement", "top5_overlap")
+_COLUMNS = (
+    "max_abs",
+    "mean_abs",
+    "min_cosine",
+    "kl_mean",
+    "kl_max",
+    "top1_agreement",
+    "top5_overlap",
+)
 
 
 def _fmt(value: Any) -> str:

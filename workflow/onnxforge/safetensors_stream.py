@@ -67,7 +67,9 @@ def read_header(path: Path) -> dict[str, TensorInfo]:
             continue
         dtype = DTYPES.get(entry.get("dtype"))
         if dtype is None:
-            raise InputError(f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}")
+            raise InputError(
+                f"{path}: tensor {name!r} has unsupported dtype {entry.get('dtype')!r}"
+            )
         shape = tuple(int(d) for d in entry["shape"])
         begin, end = (int(x) for x in entry["data_offsets"])
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

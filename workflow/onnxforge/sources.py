@@ -41,7 +41,9 @@ def _number(text: str) -> Any:
 def parse_source(uri: str) -> Source:
     parsed = urlparse(uri)
     if parsed.scheme == "synthetic":
-        return Source("synthetic", parsed.netloc, {k: _number(v) for k, v in parse_qsl(parsed.query)})
+        return Source(
+            "synthetic", parsed.netloc, {k: _number(v) for k, v in parse_qsl(parsed.query)}
+        )
     if parsed.scheme in ("file", ""):
         return Source("file", parsed.path if parsed.scheme else uri)
     raise InputError(

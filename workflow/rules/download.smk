@@ -1,10 +1,6 @@
 rule download:
-    message:
-        "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     output:
         directory(f"{RESULT}/download"),
-    params:
-        source=source_of,
     log:
         f"{LOGS}/download.log",
     benchmark:
@@ -12,5 +8,9 @@ rule download:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        source=source_of,
+    message:
+        "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     shell:
         "python -m onnxforge download --source '{params.source}' --out {output} > {log} 2>&1"

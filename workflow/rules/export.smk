@@ -1,14 +1,8 @@
 rule export:
-    message:
-        "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     input:
         f"{RESULT}/stage",
     output:
         directory(f"{RESULT}/export/{{variant}}"),
-    params:
-        family=family_of,
-        dtype=lambda w: variant_of(w)["dtype"],
-        opset=lambda w: variant_of(w).get("opset", 23),
     log:
         f"{LOGS}/export-{{variant}}.log",
     benchmark:
@@ -16,6 +10,12 @@ rule export:
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        family=family_of,
+        dtype=lambda w: variant_of(w)["dtype"],
+        opset=lambda w: variant_of(w).get("opset", 23),
+    message:
+        "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     shell:
         "python -m onnxforge export --family {params.family} --stage {input}"
         " --dtype {params.dtype} --opset {params.opset} --out {output} > {log} 2>&1"

@@ -3,19 +3,12 @@
 
 
 rule parity_report:
-    message:
-        "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
-        "ONNX Runtime vs JAX vs reference"
     input:
         checkpoint=f"{RESULT}/download",
         stage=f"{RESULT}/stage",
         export=f"{RESULT}/export/{{variant}}",
     output:
         directory(f"{RESULT}/parity/{{variant}}"),
-    params:
-        family=family_of,
-        settings=parity_settings_json,
-        target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
     log:
         f"{LOGS}/parity-{{variant}}.log",
     benchmark:
@@ -23,6 +16,13 @@ rule parity_report:
     resources:
         mem_mb=8000,
         runtime=120,
+    params:
+        family=family_of,
+        settings=parity_settings_json,
+        target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
+    message:
+        "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
+        "ONNX Runtime vs JAX vs reference"
     shell:
         "python -m onnxforge parity --family {params.family} --target {params.target}"
         " --checkpoint {input.checkpoint} --stage {input.stage} --export {input.export}"
@@ -30,13 +30,13 @@ rule parity_report:
 
 
 rule parity_gate:
-    message:
-        "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     input:
         f"{RESULT}/parity/{{variant}}",
     output:
         f"{RESULT}/parity/{{variant}}.passed.json",
     log:
         f"{LOGS}/gate-{{variant}}.log",
+    message:
+        "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     shell:
         "python -m onnxforge gate --report {input}/report.json --out {output} 2>&1 | tee {log}"

@@ -1,12 +1,8 @@
 rule stage:
-    message:
-        "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     input:
         f"{RESULT}/download",
     output:
         directory(f"{RESULT}/stage"),
-    params:
-        family=family_of,
     log:
         f"{LOGS}/stage.log",
     benchmark:
@@ -14,6 +10,10 @@ rule stage:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        family=family_of,
+    message:
+        "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
         "python -m onnxforge stage --family {params.family} --checkpoint {input}"
         " --out {output} > {log} 2>&1"

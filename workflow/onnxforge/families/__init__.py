@@ -13,4 +13,6 @@ def get_family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise InputError(f"unknown model family {name!r}; known families: {sorted(FAMILIES)}") from None
+        raise InputError(
+            f"unknown model family {name!r}; known families: {sorted(FAMILIES)}"
+        ) from None

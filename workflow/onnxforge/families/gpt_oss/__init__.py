@@ -53,9 +53,7 @@ class GptOssFamily:
         with torch.no_grad():
             for name, param in sorted(model.named_parameters()):
                 noise = torch.randn(param.shape) * init_std
-                param.copy_(1.0 + noise if name.endswith("layernorm.weight") or name.endswith(
-                    "norm.weight"
-                ) else noise)
+                param.copy_(1.0 + noise if name.endswith("norm.weight") else noise)
         model.save_pretrained(out_dir)
 
     def read_config(self, checkpoint_dir: Path) -> GptOssConfig:

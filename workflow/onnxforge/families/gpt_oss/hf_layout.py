@@ -64,7 +64,9 @@ def tensor_rules(cfg: GptOssConfig) -> list[TensorRule]:
         ]
         for proj in "qkvo":
             rules += [
-                TensorRule(f"{hf}.self_attn.{proj}_proj.weight", {(*attn, f"{proj}_kernel"): transpose}),
+                TensorRule(
+                    f"{hf}.self_attn.{proj}_proj.weight", {(*attn, f"{proj}_kernel"): transpose}
+                ),
                 TensorRule(f"{hf}.self_attn.{proj}_proj.bias", {(*attn, f"{proj}_bias"): same}),
             ]
         rules += [
