@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny GPT-OSS checkpoint written by transformers, staged and exported once."""
+"""Shared fixtures: a tiny GPT-OSS checkpoint written by transformers, staged and exported."""
 
 from __future__ import annotations
 

@@ -41,7 +41,9 @@ def test_logits_and_hidden_states_match_transformers(jax_model, torch_model, bat
     ids = _ids(batch, seq, jax_model.config.vocab_size)
     logits, hidden = jax_model(jnp.asarray(ids), with_hidden_states=True)
     with torch.no_grad():
-        ref = torch_model(input_ids=torch.from_numpy(ids.astype(np.int64)), output_hidden_states=True)
+        ref = torch_model(
+            input_ids=torch.from_numpy(ids.astype(np.int64)), output_hidden_states=True
+        )
     np.testing.assert_allclose(np.asarray(logits), ref.logits.numpy(), atol=2e-5, rtol=1e-4)
     # transformers' hidden_states: embeddings, then each layer's output (the last one normed).
     for layer, ours in enumerate(hidden[:-1]):

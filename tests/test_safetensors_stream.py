@@ -28,7 +28,7 @@ def test_cut_inside_header(tmp_path):
     header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     path = tmp_path / "model.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header[:10])
-    with pytest.raises(InputError, match="header length .* exceeds the file"):
+    with pytest.raises(InputError, match=r"header length .* exceeds the file"):
         read_header(path)
 
 
@@ -41,7 +41,7 @@ def test_inconsistent_entry_is_reported(tmp_path):
 
 
 def test_missing_tensor_names_it(tiny_checkpoint):
-    with pytest.raises(InputError, match="'no.such.tensor' is missing"):
+    with pytest.raises(InputError, match=r"'no\.such\.tensor' is missing"):
         CheckpointReader(tiny_checkpoint).read("no.such.tensor")
 
 

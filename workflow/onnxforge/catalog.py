@@ -84,6 +84,18 @@ def lookup_target(
     return Target(model, checkpoint, variant)
 
 
+def model_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
+    if model not in config["models"]:
+        raise InputError(f"unknown model {model!r}; the catalog has {sorted(config['models'])}")
+    return config["models"][model]
+
+
+def variant_entry(config: dict[str, Any], variant: str) -> dict[str, Any]:
+    if variant not in config["variants"]:
+        raise InputError(f"unknown variant {variant!r}; config has {sorted(config['variants'])}")
+    return config["variants"][variant]
+
+
 def checkpoint_entry(config: dict[str, Any], model: str, checkpoint: str) -> dict[str, Any]:
     lookup_target(config, model, checkpoint, next(iter(config["variants"])))
     return config["models"][model]["checkpoints"][checkpoint]

@@ -6,7 +6,14 @@ import sys
 # Jobs run this environment's python (where onnxforge is installed), activated or not.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
 
-from onnxforge.catalog import checkpoint_entry, default_targets, parity_settings, validate
+from onnxforge.catalog import (
+    checkpoint_entry,
+    default_targets,
+    model_entry,
+    parity_settings,
+    validate,
+    variant_entry,
+)
 from onnxforge.errors import InputError
 
 try:
@@ -26,7 +33,7 @@ LOGS = "results/{model}/{checkpoint}/logs"
 
 
 def family_of(wildcards):
-    return config["models"][wildcards.model]["family"]
+    return model_entry(config, wildcards.model)["family"]
 
 
 def source_of(wildcards):
@@ -34,7 +41,7 @@ def source_of(wildcards):
 
 
 def variant_of(wildcards):
-    return config["variants"][wildcards.variant]
+    return variant_entry(config, wildcards.variant)
 
 
 def parity_settings_json(wildcards):

@@ -1,0 +1,133 @@
+"""The real Snakemake DAG on the tiny model: it passes, the gate bites, bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from onnxforge import outputs
+from onnxforge.families.gpt_oss import hf_layout
+from onnxforge.stage import stage
+
+pytestmark = pytest.mark.dag
+TARGET = Path("results/tiny-gpt-oss/hf")
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 600):
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--cores", "2", *args]
+    # One --configfile with both files, last (it takes several values): later files update
+    # earlier ones, while a second --configfile flag would replace the first.
+    command += ["--configfile", str(REPO / "config.yaml")]
+    if config is not None:
+        (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
+        command.append(str(workdir / "test-config.yaml"))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("dag")
+    run = snakemake(workdir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return workdir
+
+
+def test_default_target_passes_with_reports_and_manifests(built):
+    report = json.loads((built / TARGET / "parity/f32/report.json").read_text())
+    assert report["status"] == "PASS"
+    assert report["summary"]["onnx_vs_jax"]["max_abs"] < 1e-3
+    assert report["summary"]["jax_vs_reference"]["top1_agreement"] == 1.0
+    assert report["inputs"]["long_1x256"] == [1, 256]
+    assert report["decode"]["agree"]
+    assert "**PASS**" in (built / TARGET / "parity/f32/report.md").read_text()
+    assert json.loads((built / TARGET / "parity/f32.passed.json").read_text())["status"] == "PASS"
+    for step in ("download", "stage", "export/f32", "parity/f32"):
+        manifest = json.loads((built / TARGET / step / "manifest.json").read_text())
+        assert manifest["outputs"] and manifest["environment"]["packages"]["jax2onnx"]
+    stage_inputs = json.loads((built / TARGET / "stage/manifest.json").read_text())["inputs"]
+    download_outputs = json.loads((built / TARGET / "download/manifest.json").read_text())[
+        "outputs"
+    ]
+    assert stage_inputs["checkpoint"]["model.safetensors"] == download_outputs["model.safetensors"]
+    assert not list(built.glob("results/**/*.tmp-*"))
+
+
+def test_second_run_has_nothing_to_do(built):
+    run = snakemake(built, "--dry-run")
+    assert run.returncode == 0
+    assert "Nothing to be done" in run.stdout + run.stderr
+
+
+def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
+    """Stage again with o_proj not transposed (square, so every shape still fits)."""
+    workdir = tmp_path / "broken"
+    shutil.copytree(built, workdir, symlinks=True)
+    original = hf_layout.tensor_rules
+
+    def broken_rules(cfg):
+        rules = original(cfg)
+        return [
+            hf_layout.TensorRule(r.checkpoint_name, {p: hf_layout.same for p in r.targets})
+            if r.checkpoint_name.endswith("o_proj.weight")
+            else r
+            for r in rules
+        ]
+
+    monkeypatch.setattr(hf_layout, "tensor_rules", broken_rules)
+    import onnxforge.families.gpt_oss as gpt_oss
+
+    monkeypatch.setattr(gpt_oss, "tensor_rules", broken_rules)
+    with outputs.atomic_directory(workdir / TARGET / "stage") as tmp:
+        stage("gpt_oss", workdir / TARGET / "download", tmp)
+
+    run = snakemake(workdir)
+    assert run.returncode != 0
+    assert "parity gate failed" in run.stdout + run.stderr
+    report = json.loads((workdir / TARGET / "parity/f32/report.json").read_text())
+    assert report["status"] == "FAIL"
+    assert any(f.startswith("jax_vs_reference") for f in report["failures"])
+    assert report["summary"]["onnx_vs_jax"]["max_abs"] < 1e-3  # export faithful to bad weights
+    assert not (workdir / TARGET / "parity/f32.passed.json").exists()
+
+
+def test_truncated_checkpoint_fails_at_stage_with_a_clear_log(built, tmp_path):
+    checkpoint = tmp_path / "truncated"
+    shutil.copytree(built / TARGET / "download", checkpoint)
+    data = (checkpoint / "model.safetensors").read_bytes()
+    (checkpoint / "model.safetensors").write_bytes(data[:1000])
+    config = {
+        "models": {
+            "cut": {"family": "gpt_oss", "checkpoints": {"hf": {"source": f"file://{checkpoint}"}}}
+        },
+        "targets": [{"model": "cut", "checkpoint": "hf", "variant": "f32"}],
+    }
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    run = snakemake(workdir, config=config)
+    assert run.returncode != 0
+    log = (workdir / "results/cut/hf/logs/stage.log").read_text()
+    assert "model.safetensors" in log and "truncated" in log
+    assert (workdir / "results/cut/hf/download/manifest.json").exists()
+    assert not (workdir / "results/cut/hf/stage").exists()
+    assert not list(workdir.glob("results/cut/hf/stage.tmp-*"))
+
+
+def test_unknown_model_target(tmp_path):
+    run = snakemake(tmp_path, "results/gpt-9/hf/parity/f32.passed.json")
+    assert run.returncode != 0
+    assert "unknown model 'gpt-9'" in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_schema_violation_names_the_key(tmp_path):
+    run = snakemake(tmp_path, "--dry-run", config={"variants": {"f32": {"dtype": "float8"}}})
+    assert run.returncode != 0
+    assert "variants.f32.dtype: 'float8' is not one of" in run.stdout + run.stderr

@@ -1,0 +1,47 @@
+import pytest
+
+from onnxforge.cli import main
+from onnxforge.errors import InputError
+from onnxforge.outputs import hash_tree
+from onnxforge.sources import download, parse_source
+
+
+def test_synthetic_checkpoints_are_deterministic(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        download("synthetic://gpt_oss?seed=7&num_hidden_layers=1", tmp_path / name)
+    assert hash_tree(tmp_path / "a") == hash_tree(tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    download("synthetic://gpt_oss?seed=8&num_hidden_layers=1", tmp_path / "c")
+    assert hash_tree(tmp_path / "a") != hash_tree(tmp_path / "c")
+
+
+def test_local_directory_is_copied_with_hashes(tiny_checkpoint, tmp_path):
+    out = tmp_path / "download"
+    assert main(["download", "--source", f"file://{tiny_checkpoint}", "--out", str(out)]) == 0
+    assert hash_tree(out).items() >= hash_tree(tiny_checkpoint).items()
+
+
+def test_parse_source_options():
+    source = parse_source("synthetic://gpt_oss?seed=3&init_std=0.5&tie_word_embeddings=true")
+    assert source.options == {"seed": 3, "init_std": 0.5, "tie_word_embeddings": True}
+
+
+@pytest.mark.parametrize(
+    "uri,message",
+    [
+        ("s3://bucket/model", "unsupported scheme 's3'"),
+        ("synthetic://gpt_oss?hidden=3", "unknown parameter"),
+        ("synthetic://llama9", "unknown model family 'llama9'"),
+    ],
+)
+def test_bad_sources(uri, message, tmp_path):
+    with pytest.raises(InputError, match=message):
+        download(uri, tmp_path)
+
+
+def test_missing_directory_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "download"
+    assert main(["download", "--source", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
