@@ -18,6 +18,16 @@ SCHEMA = Path(__file__).parents[1] / "schemas" / "config.schema.yaml"
 RESULTS = "results"
 
 
+def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` into ``base`` the way Snakemake merges config files."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
 def _key_path(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 

@@ -89,6 +89,7 @@ def cmd_gate(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxforge", description=__doc__)
     steps = p.add_subparsers(dest="step", required=True)
+    steps.add_parser("build", help="build one model's targets (see: onnxforge build --help)")
 
     s = steps.add_parser("download", help="fetch or synthesize a checkpoint")
     s.add_argument("--source", required=True)
@@ -127,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build"]:
+        from onnxforge.build import main as build
+
+        return build(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.run(args)
