@@ -14,7 +14,11 @@ PIP_ARGS ?=
 BIN := $(VENV)/bin
 ENV_STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: run test lint env clean
+# Debian packages the cluster and container tests use: a real SLURM and a real container engine.
+SYSTEM_PACKAGES := slurm-wlm munge podman runc mmdebstrap uidmap
+SYSTEM_COMMANDS := slurmctld slurmd munged podman runc mmdebstrap
+
+.PHONY: run test lint env system-deps images clean
 
 env: $(ENV_STAMP)
 
@@ -29,11 +33,23 @@ run: env
 	$(BIN)/snakemake --cores $(CORES) $(TARGETS)
 	@echo "Reports: $$(ls results/*/*/parity/*/report.md)"
 
-test: env lint
+test: env system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+system-deps:
+	@missing=$$(for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || echo $$c; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing $(SYSTEM_PACKAGES) (missing: $$missing)"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$sudo apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+images: env
+	containers/build.sh cpu
+
 lint: env
-	$(BIN)/ruff check workflow tests benchmarks 2>/dev/null || $(BIN)/ruff check workflow tests
+	$(BIN)/ruff check workflow tests
 	$(BIN)/ruff format --check workflow tests
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 

@@ -75,8 +75,8 @@ def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
     def broken_rules(cfg):
         rules = original(cfg)
         return [
-            hf_layout.TensorRule(r.checkpoint_name, {p: hf_layout.same for p in r.targets})
-            if r.checkpoint_name.endswith("o_proj.weight")
+            hf_layout.TensorRule(r.sources, {p: hf_layout.same for p in r.targets})
+            if r.sources[0].endswith("o_proj.weight")
             else r
             for r in rules
         ]

@@ -85,7 +85,7 @@ def test_tied_embeddings(tmp_path):
     stage("gpt_oss", tmp_path / "ckpt", tmp_path / "stage")
     model = _load(tmp_path / "stage")
     ids = _ids(1, 9, model.config.vocab_size)
-    ref = FAMILY.reference_logits(tmp_path / "ckpt", [ids])[0]
+    ref = FAMILY.reference_logits(tmp_path / "ckpt", tmp_path / "stage", [ids])[0]
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), ref, atol=2e-5, rtol=1e-4)
 
 

@@ -28,9 +28,12 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from onnxforge.stage import stage
 
     with outputs.atomic_directory(args.out) as tmp:
-        stage(args.family, args.checkpoint, tmp)
+        stage(args.family, args.checkpoint, tmp, layers=args.layers)
         outputs.write_manifest(
-            tmp, "stage", {"checkpoint": args.checkpoint}, {"family": args.family}
+            tmp,
+            "stage",
+            {"checkpoint": args.checkpoint},
+            {"family": args.family, "layers": args.layers},
         )
 
 
@@ -99,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     s = steps.add_parser("stage", help="checkpoint -> JAX parameter tree (Orbax)")
     s.add_argument("--family", required=True)
     s.add_argument("--checkpoint", type=Path, required=True)
+    s.add_argument("--layers", type=int, help="keep only the first N layers")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_stage)
 

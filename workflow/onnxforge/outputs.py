@@ -65,7 +65,7 @@ def environment() -> dict[str, Any]:
     """Where a step ran: the container image digest when there is one, else the lock's hash."""
     lock = Path(os.environ.get("ONNXFORGE_LOCK", Path(__file__).parents[2] / "envs/jax.lock.txt"))
     return {
-        "image": os.environ.get("ONNXFORGE_IMAGE_DIGEST"),
+        "image": os.environ.get("ONNXFORGE_IMAGE"),
         "lock": str(lock.name) if lock.exists() else None,
         "lock_sha256": sha256_file(lock) if lock.exists() else None,
         "python": platform.python_version(),

@@ -87,7 +87,11 @@ def run_parity(
     jax_logits = {name: np.asarray(jax_forward(ids)) for name, ids in inputs.items()}
     onnx_logits = {name: onnx_model(ids).astype(np.float32) for name, ids in inputs.items()}
     reference_logits = dict(
-        zip(inputs, family.reference_logits(download_dir, list(inputs.values())), strict=True)
+        zip(
+            inputs,
+            family.reference_logits(download_dir, stage_dir, list(inputs.values())),
+            strict=True,
+        )
     )
 
     comparisons = {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +14,56 @@ from onnxforge.families import get_family
 from onnxforge.safetensors_stream import CheckpointReader
 
 
-def staged_params(family_name: str, checkpoint_dir: Path) -> dict[tuple[str, ...], np.ndarray]:
+def write_config(checkpoint_dir: Path, out_dir: Path, layers: int | None = None) -> None:
+    """The checkpoint's config.json, cut to its first ``layers`` layers when asked.
+
+    A layer-truncated stage lets a real-width model be checked on a small machine; the
+    reference then loads the same layers from this config.
+    """
+    source = Path(checkpoint_dir) / "config.json"
+    if not source.exists():
+        raise InputError(f"{source}: missing; a Hugging Face checkpoint needs its config.json")
+    try:
+        config = json.loads(source.read_text())
+    except ValueError as err:
+        raise InputError(f"{source}: not valid JSON ({err})") from err
+    if layers is not None:
+        available = config.get("num_hidden_layers")
+        if not isinstance(available, int) or not 0 < layers <= available:
+            raise InputError(
+                f"{source}: cannot keep {layers} layers; num_hidden_layers is {available}"
+            )
+        config["num_hidden_layers"] = layers
+        if isinstance(config.get("layer_types"), list):
+            config["layer_types"] = config["layer_types"][:layers]
+    (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def staged_params(
+    family_name: str, checkpoint_dir: Path, config_dir: Path
+) -> dict[tuple[str, ...], np.ndarray]:
     """Every model parameter filled from the checkpoint, shape-checked against the model."""
     family = get_family(family_name)
-    config = family.read_config(checkpoint_dir)
+    config = family.read_config(config_dir)
     expected = params_store.state_shapes(nnx.eval_shape(lambda: family.build(config, np.float32)))
     reader = CheckpointReader(checkpoint_dir)
     params: dict[tuple[str, ...], np.ndarray] = {}
-    for tensor_name, targets in family.stage_tensors(checkpoint_dir, config):
-        tensor = reader.read(tensor_name)
+    for sources, targets in family.stage_tensors(reader, config):
+        tensors = [reader.read(name) for name in sources]
         for path, transform in targets.items():
-            value = transform(tensor)
+            try:
+                value = transform(*tensors)
+            except ValueError as err:  # e.g. MXFP4 blocks and scales that do not pair up
+                raise InputError(f"{reader.directory}: tensors {list(sources)}: {err}") from err
             want_shape = expected[path][0]
             if value.shape != want_shape:
+                shapes = ", ".join(
+                    f"{n!r} {t.shape}" for n, t in zip(sources, tensors, strict=True)
+                )
                 raise InputError(
-                    f"{reader.info(tensor_name).file}: tensor {tensor_name!r} has shape "
-                    f"{tensor.shape}, giving {value.shape} for {'/'.join(path)}; the model built "
-                    f"from config.json expects {want_shape}. Does config.json match the weights?"
+                    f"{reader.info(sources[0]).file}: tensor {shapes} gives {value.shape} for "
+                    f"{'/'.join(path)}; the model built from config.json expects {want_shape}. "
+                    "Does config.json match the weights?"
                 )
             params[path] = value
     unfilled = sorted("/".join(p) for p in expected.keys() - params.keys())
@@ -39,8 +72,8 @@ def staged_params(family_name: str, checkpoint_dir: Path) -> dict[tuple[str, ...
     return params
 
 
-def stage(family_name: str, checkpoint_dir: Path, out_dir: Path) -> None:
-    """Write ``params/`` (Orbax) and ``config.json`` into ``out_dir`` (a fresh directory)."""
-    params = staged_params(family_name, checkpoint_dir)
-    params_store.save(params, out_dir / "params")
-    shutil.copy2(Path(checkpoint_dir) / "config.json", out_dir / "config.json")
+def stage(family_name: str, checkpoint_dir: Path, out_dir: Path, layers: int | None = None) -> None:
+    """Write ``config.json`` and ``params/`` (Orbax) into ``out_dir`` (a fresh directory)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_config(checkpoint_dir, out_dir, layers)
+    params_store.save(staged_params(family_name, checkpoint_dir, out_dir), out_dir / "params")

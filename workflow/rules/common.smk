@@ -28,6 +28,12 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
+# The pinned image of each environment, used by `--sdm apptainer`; without it, this
+# environment's python runs the jobs.
+JAX_IMAGE = config["images"]["jax"]
+# Provenance: apptainer passes APPTAINERENV_X into the job as X; manifests record it.
+os.environ["APPTAINERENV_ONNXFORGE_IMAGE"] = JAX_IMAGE
+
 RESULT = "results/{model}/{checkpoint}"
 LOGS = "results/{model}/{checkpoint}/logs"
 

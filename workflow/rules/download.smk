@@ -5,6 +5,8 @@ rule download:
         f"{LOGS}/download.log",
     benchmark:
         f"{LOGS}/download.benchmark.tsv"
+    container:
+        JAX_IMAGE
     resources:
         mem_mb=2000,
         runtime=60,

@@ -7,6 +7,8 @@ rule export:
         f"{LOGS}/export-{{variant}}.log",
     benchmark:
         f"{LOGS}/export-{{variant}}.benchmark.tsv"
+    container:
+        JAX_IMAGE
     resources:
         mem_mb=8000,
         runtime=120,

@@ -13,6 +13,8 @@ rule parity_report:
         f"{LOGS}/parity-{{variant}}.log",
     benchmark:
         f"{LOGS}/parity-{{variant}}.benchmark.tsv"
+    container:
+        JAX_IMAGE
     resources:
         mem_mb=8000,
         runtime=120,
@@ -36,6 +38,8 @@ rule parity_gate:
         f"{RESULT}/parity/{{variant}}.passed.json",
     log:
         f"{LOGS}/gate-{{variant}}.log",
+    container:
+        JAX_IMAGE
     message:
         "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     shell:

@@ -7,13 +7,20 @@ rule stage:
         f"{LOGS}/stage.log",
     benchmark:
         f"{LOGS}/stage.benchmark.tsv"
+    container:
+        JAX_IMAGE
     resources:
         mem_mb=4000,
         runtime=60,
     params:
         family=family_of,
+        layers=lambda w: (
+            f"--layers {n}"
+            if (n := checkpoint_entry(config, w.model, w.checkpoint).get("layers"))
+            else ""
+        ),
     message:
         "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
-        "python -m onnxforge stage --family {params.family} --checkpoint {input}"
+        "python -m onnxforge stage --family {params.family} --checkpoint {input} {params.layers}"
         " --out {output} > {log} 2>&1"

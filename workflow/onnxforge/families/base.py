@@ -8,9 +8,12 @@ from typing import Any, Protocol
 import numpy as np
 from flax import nnx
 
+from onnxforge.safetensors_stream import CheckpointReader
+
 
 class Family(Protocol):
     name: str
+    environment: str  # which envs/<environment>.lock.txt and config images.<environment>
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         """Write a deterministic tiny checkpoint in the Hugging Face layout (transformers)."""
@@ -22,9 +25,11 @@ class Family(Protocol):
         """The JAX model (parameters zero until loaded); call under ``nnx.eval_shape``."""
 
     def stage_tensors(
-        self, checkpoint_dir: Path, config: Any
-    ) -> list[tuple[str, dict[tuple[str, ...], Any]]]:
-        """Checkpoint tensor name -> {parameter path: transform}, one entry per tensor."""
+        self, reader: CheckpointReader, config: Any
+    ) -> list[tuple[tuple[str, ...], dict[tuple[str, ...], Any]]]:
+        """(checkpoint tensor names, {parameter path: transform(*tensors)}), read once each."""
 
-    def reference_logits(self, checkpoint_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_logits(
+        self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
+    ) -> list[np.ndarray]:
         """Logits of an independent implementation (transformers, PyTorch), float32."""

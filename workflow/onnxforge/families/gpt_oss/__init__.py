@@ -9,52 +9,19 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
+from onnxforge.families.gpt_oss import synthetic
 from onnxforge.families.gpt_oss.config import GptOssConfig
 from onnxforge.families.gpt_oss.hf_layout import tensor_rules
 from onnxforge.families.gpt_oss.model import GptOss
-
-# A tiny model that still has every feature: grouped heads, sinks, a sliding window shorter
-# than the parity inputs, YaRN, several experts with top-k routing.
-TINY = {
-    "vocab_size": 256,
-    "hidden_size": 64,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "num_local_experts": 4,
-    "num_experts_per_tok": 2,
-    "sliding_window": 16,
-    "max_position_embeddings": 4096,
-}
+from onnxforge.safetensors_stream import CheckpointReader
 
 
 class GptOssFamily:
     name = "gpt_oss"
+    environment = "jax"  # envs/jax.lock.txt, image config.images.jax
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
-        import torch
-        import transformers
-
-        unknown = set(overrides) - set(TINY) - {"init_std", "tie_word_embeddings"}
-        if unknown:
-            raise InputError(
-                f"synthetic://gpt_oss: unknown parameter(s) {sorted(unknown)}; "
-                f"known: {sorted(TINY)}, init_std, tie_word_embeddings"
-            )
-        settings = {**TINY, **overrides}
-        init_std = float(settings.pop("init_std", 0.1))
-        config = transformers.GptOssConfig(**settings)
-        torch.manual_seed(seed)
-        model = transformers.GptOssForCausalLM(config)
-        # Every tensor random (norms near one, biases near zero): a mapping mistake anywhere
-        # then changes the logits, which an init of ones and zeros would hide.
-        with torch.no_grad():
-            for name, param in sorted(model.named_parameters()):
-                noise = torch.randn(param.shape) * init_std
-                param.copy_(1.0 + noise if name.endswith("norm.weight") else noise)
-        model.save_pretrained(out_dir)
+        synthetic.synthesize(out_dir, seed, overrides)
 
     def read_config(self, checkpoint_dir: Path) -> GptOssConfig:
         path = Path(checkpoint_dir) / "config.json"
@@ -69,15 +36,30 @@ class GptOssFamily:
     def build(self, config: GptOssConfig, dtype: Any) -> GptOss:
         return GptOss(config, dtype=dtype)
 
-    def stage_tensors(self, checkpoint_dir: Path, config: GptOssConfig):
-        return [(rule.checkpoint_name, rule.targets) for rule in tensor_rules(config)]
+    def stage_tensors(self, reader: CheckpointReader, config: GptOssConfig):
+        quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
+        return [(rule.sources, rule.targets) for rule in tensor_rules(config, quantized)]
 
-    def reference_logits(self, checkpoint_dir: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def reference_logits(
+        self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
+    ) -> list[np.ndarray]:
+        """transformers' GptOss on the downloaded files, with the staged config (so a
+        layer-truncated stage is compared with the same layers); MXFP4 is dequantized by
+        transformers itself."""
         import torch
         import transformers
 
+        config = transformers.AutoConfig.from_pretrained(config_dir)
+        extra = {}
+        if getattr(config, "quantization_config", None):
+            # On CPU transformers dequantizes MXFP4 with its own decoder.
+            extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
         model = transformers.GptOssForCausalLM.from_pretrained(
-            checkpoint_dir, dtype=torch.float32, attn_implementation="eager"
+            checkpoint_dir,
+            config=config,
+            dtype=torch.float32,
+            attn_implementation="eager",
+            **extra,
         )
         model.eval()
         outputs = []

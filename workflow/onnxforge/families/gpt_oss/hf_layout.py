@@ -1,7 +1,9 @@
 """Hugging Face GptOss safetensors names -> our parameter paths.
 
-Each rule reads one checkpoint tensor once and fills one or more parameters: the fused,
-interleaved ``gate_up_proj`` (gate on even columns, up on odd) becomes two kernels.
+Each rule reads its checkpoint tensors once and fills one or more parameters: the fused,
+interleaved ``gate_up_proj`` (gate on even columns, up on odd) becomes two kernels. Expert
+weights come plain (``gate_up_proj``, as transformers saves them) or MXFP4 (``*_blocks`` and
+``*_scales``, as the hub's gpt-oss checkpoints ship them).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from onnxforge.families.gpt_oss import mxfp4
 from onnxforge.families.gpt_oss.config import GptOssConfig
 
-Transform = Callable[[np.ndarray], np.ndarray]
+Transform = Callable[..., np.ndarray]
 
 
 def same(x: np.ndarray) -> np.ndarray:
@@ -33,54 +36,82 @@ def odd_columns(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[..., 1::2])
 
 
+def mxfp4_transposed(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    # MXFP4 packs along the input axis: [e, out, in] -> our [e, in, out].
+    return np.ascontiguousarray(np.swapaxes(mxfp4.dequantize(blocks, scales), 1, 2))
+
+
 @dataclass(frozen=True)
 class TensorRule:
-    checkpoint_name: str
+    """Read ``sources`` (checkpoint tensor names); each target is ``transform(*tensors)``."""
+
+    sources: tuple[str, ...]
     targets: dict[tuple[str, ...], Transform]
 
+    @classmethod
+    def one(cls, name: str, targets: dict[tuple[str, ...], Transform]) -> TensorRule:
+        return cls((name,), targets)
 
-def tensor_rules(cfg: GptOssConfig) -> list[TensorRule]:
+
+def _expert_rules(hf: str, mlp: tuple[str, ...], quantized: bool) -> list[TensorRule]:
+    gate_up = {(*mlp, "gate_kernel"): even_columns, (*mlp, "up_kernel"): odd_columns}
+    if not quantized:
+        return [
+            TensorRule.one(f"{hf}.gate_up_proj", gate_up),
+            TensorRule.one(f"{hf}.down_proj", {(*mlp, "down_kernel"): same}),
+        ]
+
+    def dequantized(split: Transform) -> Transform:
+        return lambda blocks, scales: split(mxfp4_transposed(blocks, scales))
+
+    return [
+        TensorRule(
+            (f"{hf}.gate_up_proj_blocks", f"{hf}.gate_up_proj_scales"),
+            {path: dequantized(split) for path, split in gate_up.items()},
+        ),
+        TensorRule(
+            (f"{hf}.down_proj_blocks", f"{hf}.down_proj_scales"),
+            {(*mlp, "down_kernel"): mxfp4_transposed},
+        ),
+    ]
+
+
+def tensor_rules(cfg: GptOssConfig, quantized: bool = False) -> list[TensorRule]:
     embedding_targets: dict[tuple[str, ...], Transform] = {("embedding",): same}
     if cfg.tie_word_embeddings:
         embedding_targets[("lm_head",)] = transpose
     rules = [
-        TensorRule("model.embed_tokens.weight", embedding_targets),
-        TensorRule("model.norm.weight", {("norm", "scale"): same}),
+        TensorRule.one("model.embed_tokens.weight", embedding_targets),
+        TensorRule.one("model.norm.weight", {("norm", "scale"): same}),
     ]
     if not cfg.tie_word_embeddings:
-        rules.append(TensorRule("lm_head.weight", {("lm_head",): transpose}))
+        rules.append(TensorRule.one("lm_head.weight", {("lm_head",): transpose}))
     for i in range(cfg.num_hidden_layers):
         hf = f"model.layers.{i}"
         ours = ("layers", str(i))
         attn = (*ours, "attention")
         mlp = (*ours, "mlp")
         rules += [
-            TensorRule(f"{hf}.input_layernorm.weight", {(*ours, "input_norm", "scale"): same}),
-            TensorRule(
+            TensorRule.one(f"{hf}.input_layernorm.weight", {(*ours, "input_norm", "scale"): same}),
+            TensorRule.one(
                 f"{hf}.post_attention_layernorm.weight",
                 {(*ours, "post_attention_norm", "scale"): same},
             ),
-            TensorRule(f"{hf}.self_attn.sinks", {(*attn, "sinks"): same}),
-        ]
-        for proj in "qkvo":
-            rules += [
-                TensorRule(
-                    f"{hf}.self_attn.{proj}_proj.weight", {(*attn, f"{proj}_kernel"): transpose}
-                ),
-                TensorRule(f"{hf}.self_attn.{proj}_proj.bias", {(*attn, f"{proj}_bias"): same}),
-            ]
-        rules += [
-            TensorRule(f"{hf}.mlp.router.weight", {(*mlp, "router_kernel"): transpose}),
-            TensorRule(f"{hf}.mlp.router.bias", {(*mlp, "router_bias"): same}),
-            TensorRule(
-                f"{hf}.mlp.experts.gate_up_proj",
-                {(*mlp, "gate_kernel"): even_columns, (*mlp, "up_kernel"): odd_columns},
-            ),
-            TensorRule(
+            TensorRule.one(f"{hf}.self_attn.sinks", {(*attn, "sinks"): same}),
+            TensorRule.one(f"{hf}.mlp.router.weight", {(*mlp, "router_kernel"): transpose}),
+            TensorRule.one(f"{hf}.mlp.router.bias", {(*mlp, "router_bias"): same}),
+            TensorRule.one(
                 f"{hf}.mlp.experts.gate_up_proj_bias",
                 {(*mlp, "gate_bias"): even_columns, (*mlp, "up_bias"): odd_columns},
             ),
-            TensorRule(f"{hf}.mlp.experts.down_proj", {(*mlp, "down_kernel"): same}),
-            TensorRule(f"{hf}.mlp.experts.down_proj_bias", {(*mlp, "down_bias"): same}),
+            TensorRule.one(f"{hf}.mlp.experts.down_proj_bias", {(*mlp, "down_bias"): same}),
+            *_expert_rules(f"{hf}.mlp.experts", mlp, quantized),
         ]
+        for proj in "qkvo":
+            rules += [
+                TensorRule.one(
+                    f"{hf}.self_attn.{proj}_proj.weight", {(*attn, f"{proj}_kernel"): transpose}
+                ),
+                TensorRule.one(f"{hf}.self_attn.{proj}_proj.bias", {(*attn, f"{proj}_bias"): same}),
+            ]
     return rules

@@ -1,0 +1,54 @@
+"""With `--sdm apptainer`, every job of the DAG runs in the pinned image of its environment."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import (
+    ConfigSettings,
+    DAGSettings,
+    OutputSettings,
+    ResourceSettings,
+    StorageSettings,
+)
+
+from conftest import REPO
+from onnxforge.families import get_family
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _jobs(workdir: Path):
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow_api = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=[REPO / "config.yaml"]),
+            storage_settings=StorageSettings(),
+            snakefile=REPO / "Snakefile",
+            workdir=workdir,
+        )
+        workflow = workflow_api.dag(dag_settings=DAGSettings(forceall=True)).workflow_api._workflow
+        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
+        workflow._build_dag()
+        return [
+            (job.rule.name, dict(job.wildcards_dict), job.container_img_url)
+            for job in workflow.dag.jobs
+        ]
+
+
+def test_every_job_resolves_to_its_environment_image(tmp_path):
+    jobs = _jobs(tmp_path)
+    assert {name for name, _, _ in jobs} >= {"download", "stage", "export", "parity_report"}
+    for name, wildcards, image in jobs:
+        if name == "all":
+            continue
+        family = get_family(CONFIG["models"][wildcards["model"]]["family"])
+        assert image == CONFIG["images"][family.environment], name
+
+
+def test_images_are_pinned_by_digest():
+    for image in CONFIG["images"].values():
+        assert re.fullmatch(r"docker://[^@]+@sha256:[0-9a-f]{64}", image)

@@ -1,0 +1,55 @@
+"""MXFP4, the 4-bit format of GPT-OSS's expert weights.
+
+Each block of 32 values is 16 bytes of FP4 codes (two per byte, low nibble first) and one
+uint8 power-of-two scale biased by 127. ``dequantize`` is checked against transformers'
+``convert_moe_packed_tensors`` on the same bytes; ``quantize`` writes test checkpoints.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+FP4_VALUES = np.array(
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+    dtype=np.float32,
+)
+BLOCK = 32
+
+
+def dequantize(blocks: np.ndarray, scales: np.ndarray, dtype=ml_dtypes.bfloat16) -> np.ndarray:
+    """``blocks [..., G, 16]`` uint8 and ``scales [..., G]`` uint8 -> values ``[..., G * 32]``.
+
+    Works row-chunk by row-chunk so the float32 temporaries stay small next to the output.
+    """
+    if blocks.shape[:-1] != scales.shape or blocks.shape[-1] != BLOCK // 2:
+        raise ValueError(f"MXFP4 blocks {blocks.shape} do not match scales {scales.shape}")
+    *prefix, groups, _ = blocks.shape
+    flat_blocks = blocks.reshape(-1, BLOCK // 2)
+    flat_scales = scales.reshape(-1).astype(np.int32) - 127
+    out = np.empty((flat_blocks.shape[0], BLOCK), dtype=dtype)
+    step = 1 << 16
+    for start in range(0, flat_blocks.shape[0], step):
+        chunk = flat_blocks[start : start + step]
+        values = np.empty((chunk.shape[0], BLOCK), dtype=np.float32)
+        values[:, 0::2] = FP4_VALUES[chunk & 0x0F]
+        values[:, 1::2] = FP4_VALUES[chunk >> 4]
+        out[start : start + step] = np.ldexp(values, flat_scales[start : start + step, None])
+    return out.reshape(*prefix, groups * BLOCK)
+
+
+def quantize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Round ``[..., N]`` (N a multiple of 32) to MXFP4: ``(blocks [..., N/32, 16], scales)``."""
+    *prefix, n = values.shape
+    if n % BLOCK:
+        raise ValueError(f"last axis {n} is not a multiple of {BLOCK}")
+    groups = values.astype(np.float32).reshape(-1, BLOCK)
+    # The largest FP4 magnitude is 6 = 1.5 * 2**2: pick the exponent that fits the block's max.
+    peak = np.maximum(np.abs(groups).max(axis=1), np.finfo(np.float32).tiny)
+    exponent = np.clip(np.ceil(np.log2(peak / 6.0)), -127, 127).astype(np.int32)
+    scaled = groups / np.ldexp(np.float32(1), exponent)[:, None]
+    codes = np.abs(scaled[..., None] - FP4_VALUES[None, None, :]).argmin(axis=-1).astype(np.uint8)
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8)
+    blocks = packed.reshape(*prefix, n // BLOCK, BLOCK // 2)
+    scales = (exponent + 127).astype(np.uint8).reshape(*prefix, n // BLOCK)
+    return blocks, scales

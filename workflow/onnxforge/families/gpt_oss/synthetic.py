@@ -1,0 +1,87 @@
+"""Tiny GPT-OSS checkpoints for tests and the offline default, written by transformers.
+
+transformers writes the model (``save_pretrained``: real safetensors, real config.json). With
+``mxfp4=true`` the expert weights are then re-packed into the hub's MXFP4 layout
+(``*_blocks``/``*_scales`` plus ``quantization_config``), which transformers itself reads back
+by dequantizing, so the reference stays independent of our decoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxforge.errors import InputError
+from onnxforge.families.gpt_oss import mxfp4
+
+# A tiny model that still has every feature: grouped heads, sinks, a sliding window shorter
+# than the parity inputs, YaRN, several experts with top-k routing. Widths are multiples of
+# 32 so that the MXFP4 layout applies.
+TINY = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "sliding_window": 16,
+    "max_position_embeddings": 4096,
+}
+OPTIONS = {"init_std", "tie_word_embeddings", "mxfp4"}
+# As in openai/gpt-oss-20b's config.json.
+MXFP4_CONFIG = {
+    "quant_method": "mxfp4",
+    "modules_to_not_convert": [
+        "model.layers.*.self_attn",
+        "model.layers.*.mlp.router",
+        "model.embed_tokens",
+        "lm_head",
+    ],
+}
+
+
+def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
+    import torch
+    import transformers
+
+    unknown = set(overrides) - set(TINY) - OPTIONS
+    if unknown:
+        raise InputError(
+            f"synthetic://gpt_oss: unknown parameter(s) {sorted(unknown)}; "
+            f"known: {sorted(TINY)} and {sorted(OPTIONS)}"
+        )
+    settings = {**TINY, **overrides}
+    init_std = float(settings.pop("init_std", 0.1))
+    quantize = bool(settings.pop("mxfp4", False))
+    torch.manual_seed(seed)
+    model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**settings))
+    # Every tensor random (norms near one, biases near zero): a mapping mistake anywhere then
+    # changes the logits, which an init of ones and zeros would hide.
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape) * init_std
+            param.copy_(1.0 + noise if name.endswith("norm.weight") else noise)
+    model.save_pretrained(out_dir)
+    if quantize:
+        _repack_experts_as_mxfp4(Path(out_dir))
+
+
+def _repack_experts_as_mxfp4(directory: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    path = directory / "model.safetensors"
+    tensors = load_file(str(path))
+    for name in [n for n in tensors if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        # transformers keeps [e, in, out]; MXFP4 packs along the input axis of [e, out, in].
+        blocks, scales = mxfp4.quantize(np.swapaxes(tensors.pop(name), 1, 2))
+        tensors[f"{name}_blocks"], tensors[f"{name}_scales"] = blocks, scales
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = MXFP4_CONFIG
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
