@@ -93,3 +93,19 @@ def test_truncated_stage_keeps_the_first_layers(tiny_checkpoint, tmp_path):
 def test_truncating_to_more_layers_than_exist(tiny_checkpoint, tmp_path):
     with pytest.raises(InputError, match="cannot keep 5 layers; num_hidden_layers is 2"):
         stage("gpt_oss", tiny_checkpoint, tmp_path, layers=5)
+
+
+def test_openai_original_layout_stages_to_the_same_parameters(tmp_path):
+    """The hub ships both layouts of one model; both must stage to identical parameters, and
+    the original/ stage must match transformers on the root (Hugging Face) files."""
+    FAMILY.synthesize(tmp_path / "repo", seed=4, overrides={"original": True})
+    stage("gpt_oss", tmp_path / "repo" / "original", tmp_path / "from_original")
+    stage("gpt_oss", tmp_path / "repo", tmp_path / "from_hf")
+    original, hf = _load(tmp_path / "from_original"), _load(tmp_path / "from_hf")
+    for (path, a), (_, b) in zip(
+        nnx.to_flat_state(nnx.state(original)), nnx.to_flat_state(nnx.state(hf)), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(path))
+    ids = np.random.default_rng(2).integers(0, 256, (1, 40), dtype=np.int32)
+    (reference,) = FAMILY.reference_logits(tmp_path / "repo", tmp_path / "from_original", [ids])
+    np.testing.assert_allclose(np.asarray(original(jnp.asarray(ids))), reference, atol=5e-5)

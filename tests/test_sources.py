@@ -45,3 +45,10 @@ def test_missing_directory_leaves_nothing(tmp_path, capsys):
     assert main(["download", "--source", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_parse_hub_sources():
+    assert parse_source("hf://openai/gpt-oss-20b@main").options == {"revision": "main"}
+    assert parse_source("hf://openai/gpt-oss-20b").location == "openai/gpt-oss-20b"
+    with pytest.raises(InputError, match=r"expected hf://org/repo\[@revision\]"):
+        parse_source("hf://just-a-name")

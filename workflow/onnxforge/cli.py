@@ -20,7 +20,7 @@ def cmd_download(args: argparse.Namespace) -> None:
     from onnxforge.sources import download
 
     with outputs.atomic_directory(args.out) as tmp:
-        record = download(args.source, tmp)
+        record = download(args.source, tmp, include=args.include, exclude=args.exclude)
         outputs.write_manifest(tmp, "download", {}, record)
 
 
@@ -96,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = steps.add_parser("download", help="fetch or synthesize a checkpoint")
     s.add_argument("--source", required=True)
+    s.add_argument("--include", action="append", help="glob of files to fetch (hf://)")
+    s.add_argument("--exclude", action="append", help="glob of files to skip (hf://)")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_download)
 

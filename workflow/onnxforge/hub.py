@@ -1,4 +1,4 @@
-"""Hugging Face Hub sources (``hf://org/repo@revision``) through the real ``huggingface_hub`` client.
+"""Hugging Face Hub sources (``hf://org/repo@revision``) through the ``huggingface_hub`` client.
 
 - The revision is pinned: a branch or tag is resolved once (``model_info``) to its commit sha and
   every file is fetched at that sha; the manifest records both.
@@ -81,7 +81,8 @@ def _hub_error(err: Exception, where: str, repo_id: str, revision: str | None) -
     network = (httpx2.TransportError, hf.LocalEntryNotFoundError, hf.OfflineModeIsEnabled)
     if isinstance(err, network):
         return InputError(
-            f"{where}: cannot reach the hub at {endpoint} ({type(err).__name__}: {err}); check "
+            f"{where}: cannot reach or lost the connection to the hub at {endpoint} "
+            f"({type(err).__name__}: {err}); check "
             "the network, or set HF_ENDPOINT to a reachable hub or mirror; files already "
             "downloaded stay in the cache and are not fetched again"
         )

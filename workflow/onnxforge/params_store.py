@@ -1,8 +1,9 @@
 """Parameter trees on disk (Orbax) and into NNX modules.
 
-A staged checkpoint is a nested dict of arrays keyed like the module's state paths
-(``layers/0/attention/q_kernel``), saved with Orbax. Loading checks every path and shape,
-so a stage that does not fit the model fails loudly instead of exporting zeros.
+A staged checkpoint holds one Orbax checkpoint per parameter, named by the module's state
+path (``params/layers.0.attention.q_kernel``): staging writes each tensor as soon as it is
+converted, so memory is bounded by the largest tensor, never the model. Loading checks every
+path and shape, so a stage that does not fit the model fails loudly instead of exporting zeros.
 """
 
 from __future__ import annotations
@@ -29,29 +30,35 @@ def state_shapes(abstract_model: nnx.Module) -> dict[Path_, tuple[tuple[int, ...
     }
 
 
-def nest(flat: dict[Path_, np.ndarray]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = value
-    return tree
+def _name(path: Path_) -> str:
+    return ".".join(path)
 
 
-def flatten(tree: dict[str, Any], prefix: Path_ = ()) -> dict[Path_, Any]:
-    flat: dict[Path_, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, (*prefix, key)))
-        else:
-            flat[(*prefix, key)] = value
-    return flat
+class StreamingWriter:
+    """Write parameters one at a time; ``checkpointer`` stays open across writes."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory).absolute()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._checkpointer = ocp.PyTreeCheckpointer()
+
+    def write(self, path: Path_, value: np.ndarray) -> None:
+        self._checkpointer.save(self.directory / _name(path), {"value": value})
+
+    def close(self) -> None:
+        self._checkpointer.close()
+
+    def __enter__(self) -> StreamingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def save(flat: dict[Path_, np.ndarray], directory: Path) -> None:
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save(Path(directory).absolute(), nest(flat))
+    with StreamingWriter(directory) as writer:
+        for path, value in flat.items():
+            writer.write(path, value)
 
 
 def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Module:
@@ -59,13 +66,11 @@ def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Mo
     directory = Path(directory).absolute()
     if not directory.exists():
         raise InputError(f"{directory}: staged parameters not found; run the stage step first")
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        stored = flatten(checkpointer.restore(directory))
     graphdef, state = nnx.split(abstract_model)
     flat_state = nnx.to_flat_state(state)
-    expected = {tuple(str(p) for p in path) for path, _ in flat_state}
-    missing = sorted("/".join(p) for p in expected - stored.keys())
-    extra = sorted("/".join(p) for p in stored.keys() - expected)
+    expected = {_name(tuple(str(p) for p in path)) for path, _ in flat_state}
+    stored = {p.name for p in directory.iterdir() if p.is_dir()}
+    missing, extra = sorted(expected - stored), sorted(stored - expected)
     if missing or extra:
         raise InputError(
             f"{directory}: staged parameters do not fit the model: "
@@ -73,13 +78,14 @@ def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Mo
             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''}. Re-run stage."
         )
     leaves = []
-    for path, var in flat_state:
-        key = tuple(str(p) for p in path)
-        value = stored[key]
-        if tuple(value.shape) != tuple(var.get_value().shape):
-            raise InputError(
-                f"{directory}: parameter {'/'.join(key)} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(var.get_value().shape)}. Re-run stage."
-            )
-        leaves.append((path, var.replace(jnp.asarray(value, dtype=dtype))))
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        for path, var in flat_state:
+            name = _name(tuple(str(p) for p in path))
+            value = checkpointer.restore(directory / name)["value"]
+            if tuple(value.shape) != tuple(var.get_value().shape):
+                raise InputError(
+                    f"{directory}: parameter {name} has shape {tuple(value.shape)}, "
+                    f"the model expects {tuple(var.get_value().shape)}. Re-run stage."
+                )
+            leaves.append((path, var.replace(jnp.asarray(value, dtype=dtype))))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))

@@ -1,6 +1,8 @@
 """Download: a checkpoint source -> a local directory of real checkpoint files.
 
 Sources:
+- ``hf://org/repo@revision``: the Hugging Face Hub through its own client (see ``hub.py``),
+  pinned to a commit, with include/exclude patterns from the catalog.
 - ``synthetic://<family>?seed=N&key=value``: a tiny checkpoint written by transformers itself
   from the family's tiny config (keys override it), deterministic for a seed.
 - ``file:///abs/dir`` or a plain path: a local Hugging Face checkpoint directory, copied.
@@ -17,7 +19,7 @@ from urllib.parse import parse_qsl, urlparse
 from onnxforge.errors import InputError
 from onnxforge.families import get_family
 
-SCHEMES = ("synthetic", "file")
+SCHEMES = ("hf", "synthetic", "file")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,11 @@ def _number(text: str) -> Any:
 
 def parse_source(uri: str) -> Source:
     parsed = urlparse(uri)
+    if parsed.scheme == "hf":
+        repo, _, revision = f"{parsed.netloc}{parsed.path}".partition("@")
+        if repo.count("/") != 1:
+            raise InputError(f"source {uri!r}: expected hf://org/repo[@revision]")
+        return Source("hf", repo, {"revision": revision or None})
     if parsed.scheme == "synthetic":
         return Source(
             "synthetic", parsed.netloc, {k: _number(v) for k, v in parse_qsl(parsed.query)}
@@ -52,9 +59,26 @@ def parse_source(uri: str) -> Source:
     )
 
 
-def download(uri: str, out_dir: Path) -> dict[str, Any]:
+def download(
+    uri: str,
+    out_dir: Path,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> dict[str, Any]:
     """Fill ``out_dir`` with the checkpoint's files; return what the manifest should record."""
     source = parse_source(uri)
+    if source.scheme == "hf":
+        from onnxforge.hub import download_hf
+
+        record = download_hf(
+            source.location,
+            source.options["revision"],
+            out_dir,
+            include=include,
+            exclude=exclude,
+            cache_dir=None,
+        )
+        return {**record, "source": uri}
     if source.scheme == "synthetic":
         options = dict(source.options)
         seed = int(options.pop("seed", 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from onnxforge.families import get_family
 from onnxforge.safetensors_stream import CheckpointReader
 
 
-def write_config(checkpoint_dir: Path, out_dir: Path, layers: int | None = None) -> None:
+def write_config(
+    family_name: str, checkpoint_dir: Path, out_dir: Path, layers: int | None = None
+) -> None:
     """The checkpoint's config.json, cut to its first ``layers`` layers when asked.
 
     A layer-truncated stage lets a real-width model be checked on a small machine; the
@@ -27,6 +30,7 @@ def write_config(checkpoint_dir: Path, out_dir: Path, layers: int | None = None)
         config = json.loads(source.read_text())
     except ValueError as err:
         raise InputError(f"{source}: not valid JSON ({err})") from err
+    config = get_family(family_name).normalize_config(config)
     if layers is not None:
         available = config.get("num_hidden_layers")
         if not isinstance(available, int) or not 0 < layers <= available:
@@ -41,13 +45,13 @@ def write_config(checkpoint_dir: Path, out_dir: Path, layers: int | None = None)
 
 def staged_params(
     family_name: str, checkpoint_dir: Path, config_dir: Path
-) -> dict[tuple[str, ...], np.ndarray]:
-    """Every model parameter filled from the checkpoint, shape-checked against the model."""
+) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
+    """Every model parameter, one at a time, filled from the checkpoint and shape-checked."""
     family = get_family(family_name)
     config = family.read_config(config_dir)
     expected = params_store.state_shapes(nnx.eval_shape(lambda: family.build(config, np.float32)))
     reader = CheckpointReader(checkpoint_dir)
-    params: dict[tuple[str, ...], np.ndarray] = {}
+    filled: set[tuple[str, ...]] = set()
     for sources, targets in family.stage_tensors(reader, config):
         tensors = [reader.read(name) for name in sources]
         for path, transform in targets.items():
@@ -65,15 +69,18 @@ def staged_params(
                     f"{'/'.join(path)}; the model built from config.json expects {want_shape}. "
                     "Does config.json match the weights?"
                 )
-            params[path] = value
-    unfilled = sorted("/".join(p) for p in expected.keys() - params.keys())
+            filled.add(path)
+            yield path, value
+        del tensors  # only this rule's tensors are alive at any time
+    unfilled = sorted("/".join(p) for p in expected.keys() - filled)
     if unfilled:
         raise InputError(f"{checkpoint_dir}: no checkpoint tensor fills {unfilled[:5]}")
-    return params
 
 
 def stage(family_name: str, checkpoint_dir: Path, out_dir: Path, layers: int | None = None) -> None:
     """Write ``config.json`` and ``params/`` (Orbax) into ``out_dir`` (a fresh directory)."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_config(checkpoint_dir, out_dir, layers)
-    params_store.save(staged_params(family_name, checkpoint_dir, out_dir), out_dir / "params")
+    write_config(family_name, checkpoint_dir, out_dir, layers)
+    with params_store.StreamingWriter(out_dir / "params") as writer:
+        for path, value in staged_params(family_name, checkpoint_dir, out_dir):
+            writer.write(path, value)

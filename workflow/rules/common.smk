@@ -46,6 +46,12 @@ def source_of(wildcards):
     return checkpoint_entry(config, wildcards.model, wildcards.checkpoint)["source"]
 
 
+def download_patterns(wildcards):
+    entry = checkpoint_entry(config, wildcards.model, wildcards.checkpoint)
+    flags = [f"--include '{p}'" for p in entry.get("include", [])]
+    return " ".join(flags + [f"--exclude '{p}'" for p in entry.get("exclude", [])])
+
+
 def variant_of(wildcards):
     return variant_entry(config, wildcards.variant)
 

@@ -12,7 +12,8 @@ rule download:
         runtime=60,
     params:
         source=source_of,
+        patterns=download_patterns,
     message:
         "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     shell:
-        "python -m onnxforge download --source '{params.source}' --out {output} > {log} 2>&1"
+        "python -m onnxforge download --source '{params.source}' {params.patterns} --out {output} > {log} 2>&1"

@@ -14,6 +14,7 @@ rule stage:
         runtime=60,
     params:
         family=family_of,
+        subdir=lambda w: checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
         layers=lambda w: (
             f"--layers {n}"
             if (n := checkpoint_entry(config, w.model, w.checkpoint).get("layers"))
@@ -22,5 +23,5 @@ rule stage:
     message:
         "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
-        "python -m onnxforge stage --family {params.family} --checkpoint {input} {params.layers}"
-        " --out {output} > {log} 2>&1"
+        "python -m onnxforge stage --family {params.family} --checkpoint {input}/{params.subdir}"
+        " {params.layers} --out {output} > {log} 2>&1"

@@ -18,6 +18,9 @@ class Family(Protocol):
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         """Write a deterministic tiny checkpoint in the Hugging Face layout (transformers)."""
 
+    def normalize_config(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The config.json stage writes (the reference loads it), from the checkpoint's."""
+
     def read_config(self, checkpoint_dir: Path) -> Any:
         """The family's config from the checkpoint's ``config.json``."""
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
-from onnxforge.families.gpt_oss import synthetic
+from onnxforge.families.gpt_oss import openai_layout, synthetic
 from onnxforge.families.gpt_oss.config import GptOssConfig
 from onnxforge.families.gpt_oss.hf_layout import tensor_rules
 from onnxforge.families.gpt_oss.model import GptOss
@@ -23,44 +23,65 @@ class GptOssFamily:
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         synthetic.synthesize(out_dir, seed, overrides)
 
+    def normalize_config(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The Hugging Face config.json for either layout's config."""
+        return openai_layout.to_hf_config(raw) if openai_layout.is_openai_config(raw) else raw
+
     def read_config(self, checkpoint_dir: Path) -> GptOssConfig:
         path = Path(checkpoint_dir) / "config.json"
         if not path.exists():
-            raise InputError(f"{path}: missing; a Hugging Face checkpoint needs its config.json")
+            raise InputError(f"{path}: missing; a checkpoint needs its config.json")
         try:
             raw = json.loads(path.read_text())
         except ValueError as err:
             raise InputError(f"{path}: not valid JSON ({err})") from err
-        return GptOssConfig.from_hf(raw, source=str(path))
+        return GptOssConfig.from_hf(self.normalize_config(raw), source=str(path))
 
     def build(self, config: GptOssConfig, dtype: Any) -> GptOss:
         return GptOss(config, dtype=dtype)
 
     def stage_tensors(self, reader: CheckpointReader, config: GptOssConfig):
-        quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
-        return [(rule.sources, rule.targets) for rule in tensor_rules(config, quantized)]
+        if openai_layout.MARKER in reader:
+            rules = openai_layout.tensor_rules(config)
+        else:
+            quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
+            rules = tensor_rules(config, quantized)
+        return [(rule.sources, rule.targets) for rule in rules]
 
     def reference_logits(
         self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
     ) -> list[np.ndarray]:
-        """transformers' GptOss on the downloaded files, with the staged config (so a
-        layer-truncated stage is compared with the same layers); MXFP4 is dequantized by
-        transformers itself."""
+        """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
+        staged number of layers; MXFP4 is dequantized by transformers itself."""
         import torch
         import transformers
 
-        config = transformers.AutoConfig.from_pretrained(config_dir)
+        if not list(Path(checkpoint_dir).glob("*.safetensors")):
+            raise InputError(
+                f"{checkpoint_dir}: the reference needs the Hugging Face layout (config.json and "
+                "*.safetensors at the top of the download); include those files"
+            )
+        config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
+        staged = self.read_config(config_dir)
+        config.num_hidden_layers = staged.num_hidden_layers
+        config.layer_types = list(staged.layer_types)
         extra = {}
         if getattr(config, "quantization_config", None):
             # On CPU transformers dequantizes MXFP4 with its own decoder.
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
-        model = transformers.GptOssForCausalLM.from_pretrained(
+        model, info = transformers.GptOssForCausalLM.from_pretrained(
             checkpoint_dir,
             config=config,
             dtype=torch.float32,
             attn_implementation="eager",
+            output_loading_info=True,
             **extra,
         )
+        if info["missing_keys"]:
+            raise InputError(
+                f"{checkpoint_dir}: transformers found no weights for "
+                f"{sorted(info['missing_keys'])[:5]}; the reference would be random"
+            )
         model.eval()
         outputs = []
         with torch.no_grad():

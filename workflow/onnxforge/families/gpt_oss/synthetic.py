@@ -3,7 +3,9 @@
 transformers writes the model (``save_pretrained``: real safetensors, real config.json). With
 ``mxfp4=true`` the expert weights are then re-packed into the hub's MXFP4 layout
 (``*_blocks``/``*_scales`` plus ``quantization_config``), which transformers itself reads back
-by dequantizing, so the reference stays independent of our decoder.
+by dequantizing, so the reference stays independent of our decoder. With ``original=true``
+the same MXFP4 weights are also written in OpenAI's ``original/`` layout, as the hub's
+gpt-oss repositories ship both.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ TINY = {
     "sliding_window": 16,
     "max_position_embeddings": 4096,
 }
-OPTIONS = {"init_std", "tie_word_embeddings", "mxfp4"}
+OPTIONS = {"init_std", "tie_word_embeddings", "mxfp4", "original"}
 # As in openai/gpt-oss-20b's config.json.
 MXFP4_CONFIG = {
     "quant_method": "mxfp4",
@@ -58,7 +60,8 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         )
     settings = {**TINY, **overrides}
     init_std = float(settings.pop("init_std", 0.1))
-    quantize = bool(settings.pop("mxfp4", False))
+    original = bool(settings.pop("original", False))
+    quantize = bool(settings.pop("mxfp4", False)) or original
     torch.manual_seed(seed)
     model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**settings))
     # Every tensor random (norms near one, biases near zero): a mapping mistake anywhere then
@@ -70,6 +73,8 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     model.save_pretrained(out_dir)
     if quantize:
         _repack_experts_as_mxfp4(Path(out_dir))
+    if original:
+        _write_openai_layout(Path(out_dir), settings)
 
 
 def _repack_experts_as_mxfp4(directory: Path) -> None:
@@ -85,3 +90,53 @@ def _repack_experts_as_mxfp4(directory: Path) -> None:
     config = json.loads((directory / "config.json").read_text())
     config["quantization_config"] = MXFP4_CONFIG
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _write_openai_layout(directory: Path, settings: dict[str, Any]) -> None:
+    """``original/``: OpenAI's names for the same (already MXFP4) tensors as the root."""
+    from safetensors.numpy import load_file, save_file
+
+    hf = load_file(str(directory / "model.safetensors"))
+    out = {
+        "embedding.weight": hf["model.embed_tokens.weight"],
+        "norm.scale": hf["model.norm.weight"],
+        "unembedding.weight": hf["lm_head.weight"],
+    }
+    for i in range(settings["num_hidden_layers"]):
+        src, dst = f"model.layers.{i}", f"block.{i}"
+        attn = f"{src}.self_attn"
+        for kind in ("weight", "bias"):
+            out[f"{dst}.attn.qkv.{kind}"] = np.concatenate(
+                [hf[f"{attn}.{p}_proj.{kind}"] for p in "qkv"], axis=0
+            )
+            out[f"{dst}.attn.out.{kind}"] = hf[f"{attn}.o_proj.{kind}"]
+            out[f"{dst}.mlp.gate.{kind}"] = hf[f"{src}.mlp.router.{kind}"]
+        out[f"{dst}.attn.sinks"] = hf[f"{attn}.sinks"]
+        out[f"{dst}.attn.norm.scale"] = hf[f"{src}.input_layernorm.weight"]
+        out[f"{dst}.mlp.norm.scale"] = hf[f"{src}.post_attention_layernorm.weight"]
+        experts = f"{src}.mlp.experts"
+        for theirs, ours in (("mlp1", "gate_up_proj"), ("mlp2", "down_proj")):
+            out[f"{dst}.mlp.{theirs}_weight.blocks"] = hf[f"{experts}.{ours}_blocks"]
+            out[f"{dst}.mlp.{theirs}_weight.scales"] = hf[f"{experts}.{ours}_scales"]
+            out[f"{dst}.mlp.{theirs}_bias"] = hf[f"{experts}.{ours}_bias"]
+    (directory / "original").mkdir()
+    save_file(out, str(directory / "original" / "model.safetensors"))
+    config = {
+        "num_hidden_layers": settings["num_hidden_layers"],
+        "num_experts": settings["num_local_experts"],
+        "experts_per_token": settings["num_experts_per_tok"],
+        "vocab_size": settings["vocab_size"],
+        "hidden_size": settings["hidden_size"],
+        "intermediate_size": settings["intermediate_size"],
+        "swiglu_limit": 7.0,
+        "head_dim": settings["head_dim"],
+        "num_attention_heads": settings["num_attention_heads"],
+        "num_key_value_heads": settings["num_key_value_heads"],
+        "sliding_window": settings["sliding_window"],
+        "initial_context_length": 4096,
+        "rope_theta": 150000.0,
+        "rope_scaling_factor": 32.0,
+        "rope_ntk_alpha": 1.0,
+        "rope_ntk_beta": 32.0,
+    }
+    (directory / "original" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
