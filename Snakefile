@@ -1,4 +1,4 @@
-# onnxforge: model x checkpoint -> download -> stage -> export -> parity.
+# onnxforge: model x checkpoint -> download -> stage -> export -> parity -> promote.
 # The table of contents; each step is one file under workflow/rules/.
 
 
@@ -10,6 +10,7 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/stage.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/parity.smk"
+include: "workflow/rules/promote.smk"
 
 
 rule all:

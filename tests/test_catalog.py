@@ -18,7 +18,7 @@ def _config(**changes):
 
 def test_shipped_config_is_valid():
     catalog.validate(copy.deepcopy(CONFIG))
-    assert catalog.default_targets(CONFIG) == ["results/tiny-gpt-oss/hf/parity/f32.passed.json"]
+    assert catalog.default_targets(CONFIG) == ["results/release/tiny-gpt-oss/hf/f32"]
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,27 @@ def test_default_target_passes_with_reports_and_manifests(built):
     assert not list(built.glob("results/**/*.tmp-*"))
 
 
+def test_release_holds_only_what_passed_with_full_provenance(built):
+    release = built / "results/release/tiny-gpt-oss/hf/f32"
+    names = {p.name for p in release.iterdir() if not p.name.startswith(".snakemake")}
+    assert names == {"model.onnx", "model.onnx.data", "report.md", "report.json", "manifest.json"}
+    manifest = json.loads((release / "manifest.json").read_text())
+    download = json.loads((built / TARGET / "download/manifest.json").read_text())
+    assert manifest["inputs"]["checkpoint"] == download["outputs"]
+    assert manifest["revision"] == "seed=0"
+    assert (
+        manifest["locked_packages"]["jax2onnx"] == manifest["environment"]["packages"]["jax2onnx"]
+    )
+    assert set(manifest["steps"]) == {"download", "stage", "export", "parity"}
+    assert manifest["command"].startswith("snakemake")
+    assert (
+        manifest["outputs"]["model.onnx"]
+        == json.loads((built / TARGET / "export/f32/manifest.json").read_text())["outputs"][
+            "model.onnx"
+        ]
+    )
+
+
 def test_second_run_has_nothing_to_do(built):
     run = snakemake(built, "--dry-run")
     assert run.returncode == 0
@@ -72,8 +93,8 @@ def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
     shutil.copytree(built, workdir, symlinks=True)
     original = hf_layout.tensor_rules
 
-    def broken_rules(cfg):
-        rules = original(cfg)
+    def broken_rules(cfg, quantized=False):
+        rules = original(cfg, quantized)
         return [
             hf_layout.TensorRule(r.sources, {p: hf_layout.same for p in r.targets})
             if r.sources[0].endswith("o_proj.weight")
@@ -96,6 +117,7 @@ def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
     assert any(f.startswith("jax_vs_reference") for f in report["failures"])
     assert report["summary"]["onnx_vs_jax"]["max_abs"] < 1e-3  # export faithful to bad weights
     assert not (workdir / TARGET / "parity/f32.passed.json").exists()
+    assert not (workdir / "results/release/tiny-gpt-oss/hf/f32").exists()
 
 
 def test_truncated_checkpoint_fails_at_stage_with_a_clear_log(built, tmp_path):

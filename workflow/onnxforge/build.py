@@ -27,7 +27,7 @@ def _config(extra: list[Path]) -> dict:
     return catalog.validate(config, source="config")
 
 
-def model_targets(config: dict, model: str) -> list[str]:
+def model_targets(config: dict, model: str) -> list[catalog.Target]:
     """The model's targets named in ``targets``, else every checkpoint x variant."""
     catalog.model_entry(config, model)
     named = [t for t in config["targets"] if t["model"] == model]
@@ -37,7 +37,7 @@ def model_targets(config: dict, model: str) -> list[str]:
             for c in config["models"][model]["checkpoints"]
             for v in config["variants"]
         ]
-    return [catalog.lookup_target(config, **t).passed for t in named]
+    return [catalog.lookup_target(config, **t) for t in named]
 
 
 def catalog_listing(config: dict) -> str:
@@ -77,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     configfiles = [str(WORKFLOW / "config.yaml"), *map(str, args.configfile)]
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(WORKFLOW / "Snakefile"),
-        "--directory", os.getcwd(), "--cores", args.cores, *args.snakemake_args, *targets,
+        "--directory", os.getcwd(), "--cores", args.cores, *args.snakemake_args,
+        *(t.release for t in targets),
         "--configfile", *configfiles,
     ]  # fmt: skip
     result = subprocess.run(command, check=False)
     for target in targets:
-        report = Path(target).with_suffix("").with_suffix("") / "report.md"
+        report = Path(target.root) / "parity" / target.variant / "report.md"
         if report.exists():
             print(f"report: {report}")
+        if Path(target.release).exists():
+            print(f"release: {target.release}")
     return result.returncode

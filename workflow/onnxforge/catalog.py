@@ -44,6 +44,8 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     from onnxforge.families import FAMILIES  # late: heavy imports only once the config is sane
 
     for name, model in config["models"].items():
+        if name == "release":
+            raise InputError(f"{source}: models.release: the name is reserved for results/release")
         if model["family"] not in FAMILIES:
             raise InputError(
                 f"{source}: models.{name}.family: unknown family {model['family']!r}; "
@@ -73,6 +75,10 @@ class Target:
     @property
     def passed(self) -> str:
         return f"{self.root}/parity/{self.variant}.passed.json"
+
+    @property
+    def release(self) -> str:
+        return f"{RESULTS}/release/{self.model}/{self.checkpoint}/{self.variant}"
 
 
 def lookup_target(
@@ -119,4 +125,4 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
 
 
 def default_targets(config: dict[str, Any]) -> list[str]:
-    return [lookup_target(config, **t).passed for t in config["targets"]]
+    return [lookup_target(config, **t).release for t in config["targets"]]

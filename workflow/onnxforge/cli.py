@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -78,6 +80,9 @@ def cmd_gate(args: argparse.Namespace) -> None:
     """Fail unless the report passed; the report itself stays for reading either way."""
     report = json.loads(Path(args.report).read_text())
     if report["status"] != "PASS":
+        if args.release and args.release.exists():
+            # An earlier release of this target no longer matches what now fails.
+            shutil.rmtree(args.release)
         reasons = "\n  ".join(report["failures"])
         raise ParityGateFailed(
             f"parity gate failed for {report.get('target', args.report)}:\n  {reasons}\n"
@@ -87,6 +92,14 @@ def cmd_gate(args: argparse.Namespace) -> None:
         args.out, {"status": "PASS", "report": str(args.report), "summary": report["summary"]}
     )
     print(f"PASS {report.get('target', '')}: {args.report}")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from onnxforge.promote import promote
+
+    with outputs.atomic_directory(args.out) as tmp:
+        command = os.environ.get("ONNXFORGE_COMMAND", "")
+        promote(args.target, args.root, args.variant, args.passed, tmp, command)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -128,8 +141,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = steps.add_parser("gate", help="fail unless a parity report passed its gates")
     s.add_argument("--report", type=Path, required=True)
+    s.add_argument("--release", type=Path, help="withdrawn when the gate fails")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_gate)
+    s = steps.add_parser("promote", help="publish a target that passed, with provenance")
+    s.add_argument("--target", required=True)
+    s.add_argument("--root", type=Path, required=True, help="results/{model}/{checkpoint}")
+    s.add_argument("--variant", required=True)
+    s.add_argument("--passed", type=Path, required=True)
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_promote)
     return p
 
 

@@ -61,12 +61,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def default_lock() -> Path:
+    """The lock of the environment this runs in (set in images, else beside the package)."""
+    return Path(os.environ.get("ONNXFORGE_LOCK", Path(__file__).parents[2] / "envs/jax.lock.txt"))
+
+
 def environment() -> dict[str, Any]:
     """Where a step ran: the container image digest when there is one, else the lock's hash."""
-    lock = Path(os.environ.get("ONNXFORGE_LOCK", Path(__file__).parents[2] / "envs/jax.lock.txt"))
+    lock = default_lock()
     return {
         "image": os.environ.get("ONNXFORGE_IMAGE"),
         "lock": str(lock.name) if lock.exists() else None,
+        "lock_path": str(lock) if lock.exists() else None,
         "lock_sha256": sha256_file(lock) if lock.exists() else None,
         "python": platform.python_version(),
         "packages": package_versions(),

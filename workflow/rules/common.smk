@@ -34,6 +34,11 @@ JAX_IMAGE = config["images"]["jax"]
 # Provenance: apptainer passes APPTAINERENV_X into the job as X; manifests record it.
 os.environ["APPTAINERENV_ONNXFORGE_IMAGE"] = JAX_IMAGE
 
+# For provenance: the command line this workflow was started with, in the environment rather
+# than a param so that running with other options does not rebuild anything.
+for _name in ("ONNXFORGE_COMMAND", "APPTAINERENV_ONNXFORGE_COMMAND"):
+    os.environ[_name] = " ".join(["snakemake", *sys.argv[1:]])
+
 RESULT = "results/{model}/{checkpoint}"
 LOGS = "results/{model}/{checkpoint}/logs"
 

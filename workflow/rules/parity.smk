@@ -40,7 +40,10 @@ rule parity_gate:
         f"{LOGS}/gate-{{variant}}.log",
     container:
         JAX_IMAGE
+    params:
+        release="results/release/{model}/{checkpoint}/{variant}",
     message:
         "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     shell:
-        "python -m onnxforge gate --report {input}/report.json --out {output} 2>&1 | tee {log}"
+        "python -m onnxforge gate --report {input}/report.json --release {params.release}"
+        " --out {output} 2>&1 | tee {log}"

@@ -1,0 +1,82 @@
+"""Promote: publish only what passed its parity gate, with one manifest naming everything.
+
+``results/release/{model}/{checkpoint}/{variant}/`` gets the ONNX files and the parity report,
+and a manifest with every input hash (checkpoint files, staged parameters, ONNX files), the
+hub revision, every package version of the lock, and the command that built it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from onnxforge import outputs
+from onnxforge.errors import InputError
+
+RELEASED = ("model.onnx", "model.onnx.data", "report.md", "report.json")
+
+
+def locked_packages(lock: Path) -> dict[str, str]:
+    """``name==version`` pins of a pip-compile lock."""
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, _, rest = line.partition("==")
+            pins[name.strip()] = rest.split()[0].rstrip("\\").strip()
+    return pins
+
+
+def _manifest(step_dir: Path) -> dict[str, Any]:
+    return json.loads((step_dir / outputs.MANIFEST).read_text())
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def promote(target: str, root: Path, variant: str, passed: Path, out_dir: Path, command: str):
+    verdict = json.loads(Path(passed).read_text())
+    if verdict.get("status") != "PASS":
+        raise InputError(f"{passed}: parity did not pass; nothing is promoted")
+    export_dir, parity_dir = root / "export" / variant, root / "parity" / variant
+    for name in RELEASED:
+        source = (export_dir if name.startswith("model") else parity_dir) / name
+        _link_or_copy(source, out_dir / name)
+    download, stage = _manifest(root / "download"), _manifest(root / "stage")
+    export, parity = _manifest(export_dir), _manifest(parity_dir)
+    lock = Path(export["environment"].get("lock_path") or outputs.default_lock())
+    outputs.write_json(
+        out_dir / outputs.MANIFEST,
+        {
+            "target": target,
+            "status": "PASS",
+            "source": download.get("source"),
+            "revision": download.get("revision"),
+            "inputs": {
+                "checkpoint": download["outputs"],
+                "stage": stage["outputs"],
+                "onnx": export["outputs"],
+                "parity_report": parity["outputs"],
+            },
+            "outputs": outputs.hash_tree(out_dir),
+            "parity": verdict["summary"],
+            "environment": export["environment"],
+            "locked_packages": locked_packages(lock) if lock.exists() else None,
+            "steps": {
+                name: manifest["command"]
+                for name, manifest in (
+                    ("download", download),
+                    ("stage", stage),
+                    ("export", export),
+                    ("parity", parity),
+                )
+            },
+            "command": command,
+        },
+    )
