@@ -7,8 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from hub_server import HubServer
 
+from hub_server import HubServer
 from onnxforge.errors import InputError
 from onnxforge.hub import download_hf
 from onnxforge.outputs import hash_tree
