@@ -52,6 +52,7 @@ lint: env
 	$(BIN)/ruff check workflow tests
 	$(BIN)/ruff format --check workflow tests
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/hadolint containers/*/Dockerfile
 
 clean:
 	rm -rf results .snakemake
