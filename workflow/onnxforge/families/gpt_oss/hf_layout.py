@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from onnxforge.families.gpt_oss import mxfp4
@@ -36,9 +37,24 @@ def odd_columns(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[..., 1::2])
 
 
-def mxfp4_transposed(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    # MXFP4 packs along the input axis: [e, out, in] -> our [e, in, out].
-    return np.ascontiguousarray(np.swapaxes(mxfp4.dequantize(blocks, scales), 1, 2))
+def mxfp4_transposed(
+    blocks: np.ndarray, scales: np.ndarray, rows: slice = slice(None)
+) -> np.ndarray:
+    """MXFP4 experts ``[e, out, in]`` (packed along ``in``) -> our ``[e, in, out[rows]]``.
+
+    Decoded expert by expert straight into the result, so memory is the result plus one
+    expert; ``rows`` picks the gate (even) or up (odd) outputs of the fused projection.
+    """
+    if blocks.ndim != 4 or scales.ndim != 3:
+        raise ValueError(f"expected MXFP4 experts [e, out, groups, 16], got {blocks.shape}")
+    experts, out_rows = blocks.shape[0], len(range(*rows.indices(blocks.shape[1])))
+    result = np.empty((experts, blocks.shape[2] * mxfp4.BLOCK, out_rows), dtype=ml_dtypes.bfloat16)
+    for e in range(experts):
+        result[e] = mxfp4.dequantize(blocks[e, rows], scales[e, rows]).T
+    return result
+
+
+EVEN, ODD = slice(0, None, 2), slice(1, None, 2)
 
 
 @dataclass(frozen=True)
@@ -61,13 +77,13 @@ def _expert_rules(hf: str, mlp: tuple[str, ...], quantized: bool) -> list[Tensor
             TensorRule.one(f"{hf}.down_proj", {(*mlp, "down_kernel"): same}),
         ]
 
-    def dequantized(split: Transform) -> Transform:
-        return lambda blocks, scales: split(mxfp4_transposed(blocks, scales))
-
     return [
         TensorRule(
             (f"{hf}.gate_up_proj_blocks", f"{hf}.gate_up_proj_scales"),
-            {path: dequantized(split) for path, split in gate_up.items()},
+            {
+                (*mlp, "gate_kernel"): lambda b, s: mxfp4_transposed(b, s, EVEN),
+                (*mlp, "up_kernel"): lambda b, s: mxfp4_transposed(b, s, ODD),
+            },
         ),
         TensorRule(
             (f"{hf}.down_proj_blocks", f"{hf}.down_proj_scales"),

@@ -13,6 +13,8 @@ import numpy as np
 
 from onnxforge.families.gpt_oss.config import GptOssConfig
 from onnxforge.families.gpt_oss.hf_layout import (
+    EVEN,
+    ODD,
     TensorRule,
     Transform,
     even_columns,
@@ -82,9 +84,6 @@ def tensor_rules(cfg: GptOssConfig) -> list[TensorRule]:
         attn, mlp = (*ours, "attention"), (*ours, "mlp")
         splits = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
 
-        def dequantized(split: Transform) -> Transform:
-            return lambda blocks, scales: split(mxfp4_transposed(blocks, scales))
-
         rules += [
             TensorRule.one(f"{block}.attn.norm.scale", {(*ours, "input_norm", "scale"): same}),
             TensorRule.one(
@@ -106,8 +105,8 @@ def tensor_rules(cfg: GptOssConfig) -> list[TensorRule]:
             TensorRule(
                 (f"{block}.mlp.mlp1_weight.blocks", f"{block}.mlp.mlp1_weight.scales"),
                 {
-                    (*mlp, "gate_kernel"): dequantized(even_columns),
-                    (*mlp, "up_kernel"): dequantized(odd_columns),
+                    (*mlp, "gate_kernel"): lambda b, s: mxfp4_transposed(b, s, EVEN),
+                    (*mlp, "up_kernel"): lambda b, s: mxfp4_transposed(b, s, ODD),
                 },
             ),
             TensorRule.one(
