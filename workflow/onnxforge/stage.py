@@ -12,6 +12,7 @@ from flax import nnx
 from onnxforge import params_store
 from onnxforge.errors import InputError
 from onnxforge.families import get_family
+from onnxforge.families.base import read_config_json
 from onnxforge.safetensors_stream import CheckpointReader
 
 
@@ -24,13 +25,7 @@ def write_config(
     reference then loads the same layers from this config.
     """
     source = Path(checkpoint_dir) / "config.json"
-    if not source.exists():
-        raise InputError(f"{source}: missing; a Hugging Face checkpoint needs its config.json")
-    try:
-        config = json.loads(source.read_text())
-    except ValueError as err:
-        raise InputError(f"{source}: not valid JSON ({err})") from err
-    config = get_family(family_name).normalize_config(config)
+    config = get_family(family_name).normalize_config(read_config_json(checkpoint_dir))
     if layers is not None:
         available = config.get("num_hidden_layers")
         if not isinstance(available, int) or not 0 < layers <= available:

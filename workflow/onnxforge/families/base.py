@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from flax import nnx
 
+from onnxforge.errors import InputError
 from onnxforge.safetensors_stream import CheckpointReader
+
+
+def read_config_json(directory: Path) -> dict[str, Any]:
+    """A checkpoint's config.json as a dict, or an error naming the file."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise InputError(f"{path}: missing; a checkpoint needs its config.json")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
 
 
 class Family(Protocol):

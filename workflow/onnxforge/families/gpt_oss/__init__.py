@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnxforge.errors import InputError
+from onnxforge.families.base import read_config_json
 from onnxforge.families.gpt_oss import openai_layout, synthetic
 from onnxforge.families.gpt_oss.config import GptOssConfig
 from onnxforge.families.gpt_oss.hf_layout import tensor_rules
@@ -28,14 +28,9 @@ class GptOssFamily:
         return openai_layout.to_hf_config(raw) if openai_layout.is_openai_config(raw) else raw
 
     def read_config(self, checkpoint_dir: Path) -> GptOssConfig:
-        path = Path(checkpoint_dir) / "config.json"
-        if not path.exists():
-            raise InputError(f"{path}: missing; a checkpoint needs its config.json")
-        try:
-            raw = json.loads(path.read_text())
-        except ValueError as err:
-            raise InputError(f"{path}: not valid JSON ({err})") from err
-        return GptOssConfig.from_hf(self.normalize_config(raw), source=str(path))
+        raw = read_config_json(checkpoint_dir)
+        source = str(Path(checkpoint_dir) / "config.json")
+        return GptOssConfig.from_hf(self.normalize_config(raw), source=source)
 
     def build(self, config: GptOssConfig, dtype: Any) -> GptOss:
         return GptOss(config, dtype=dtype)
