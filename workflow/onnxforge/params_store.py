@@ -34,12 +34,27 @@ def _name(path: Path_) -> str:
     return ".".join(path)
 
 
+class _NoCopyNumpyHandler(ocp.type_handlers.NumpyHandler):
+    """Orbax's numpy handler deep-copies each array so that the caller may change it while an
+    asynchronous save runs. Our saves are synchronous, and the copy doubled staging's peak
+    memory (a whole embedding matrix), so write the array as it is."""
+
+    async def serialize(self, values, infos, args=None):
+        args = args or [ocp.type_handlers.SaveArgs()] * len(values)
+        return [
+            ocp.future.CommitFutureAwaitingContractedSignals(
+                self._background_serialize(list(values), infos, args), name="np_type_handler"
+            )
+        ]
+
+
 class StreamingWriter:
-    """Write parameters one at a time; ``checkpointer`` stays open across writes."""
+    """Write parameters one at a time, synchronously; the checkpointer stays open."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
+        ocp.type_handlers.register_type_handler(np.ndarray, _NoCopyNumpyHandler(), override=True)
         self._checkpointer = ocp.PyTreeCheckpointer()
 
     def write(self, path: Path_, value: np.ndarray) -> None:

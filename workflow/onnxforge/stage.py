@@ -49,16 +49,16 @@ def staged_params(
     filled: set[tuple[str, ...]] = set()
     for sources, targets in family.stage_tensors(reader, config):
         tensors = [reader.read(name) for name in sources]
-        for path, transform in targets.items():
+        shapes = ", ".join(f"{n!r} {t.shape}" for n, t in zip(sources, tensors, strict=True))
+        for index, (path, transform) in enumerate(targets.items()):
             try:
                 value = transform(*tensors)
             except ValueError as err:  # e.g. MXFP4 blocks and scales that do not pair up
                 raise InputError(f"{reader.directory}: tensors {list(sources)}: {err}") from err
+            if index == len(targets) - 1:
+                tensors = []  # free the source before the value is written
             want_shape = expected[path][0]
             if value.shape != want_shape:
-                shapes = ", ".join(
-                    f"{n!r} {t.shape}" for n, t in zip(sources, tensors, strict=True)
-                )
                 raise InputError(
                     f"{reader.info(sources[0]).file}: tensor {shapes} gives {value.shape} for "
                     f"{'/'.join(path)}; the model built from config.json expects {want_shape}. "
@@ -66,7 +66,7 @@ def staged_params(
                 )
             filled.add(path)
             yield path, value
-        del tensors  # only this rule's tensors are alive at any time
+            del value
     unfilled = sorted("/".join(p) for p in expected.keys() - filled)
     if unfilled:
         raise InputError(f"{checkpoint_dir}: no checkpoint tensor fills {unfilled[:5]}")
