@@ -49,8 +49,8 @@ images: env
 	containers/build.sh cpu
 
 lint: env
-	$(BIN)/ruff check workflow tests
-	$(BIN)/ruff format --check workflow tests
+	$(BIN)/ruff check workflow tests benchmarks
+	$(BIN)/ruff format --check workflow tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/hadolint containers/*/Dockerfile
 
