@@ -45,8 +45,9 @@ system-deps:
 	    $$sudo apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
 
-images: env
+images:
 	containers/build.sh cpu
+	containers/build.sh cuda
 
 lint: env
 	$(BIN)/ruff check workflow tests benchmarks

@@ -21,16 +21,22 @@ from onnxforge.families import get_family
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
-def _jobs(workdir: Path):
+CUDA_IMAGE = "docker://example.org/onnxforge-cuda@sha256:" + "c" * 64
+
+
+def _jobs(workdir: Path, targets: tuple[str, ...] = ()):
+    extra = workdir / "images.yaml"
+    extra.write_text(yaml.safe_dump({"images": {"jax-cuda": CUDA_IMAGE}}))
     with SnakemakeApi(OutputSettings()) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(configfiles=[REPO / "config.yaml"]),
+            config_settings=ConfigSettings(configfiles=[REPO / "config.yaml", extra]),
             storage_settings=StorageSettings(),
             snakefile=REPO / "Snakefile",
             workdir=workdir,
         )
-        workflow = workflow_api.dag(dag_settings=DAGSettings(forceall=True)).workflow_api._workflow
+        dag_settings = DAGSettings(forceall=True, targets=set(targets))
+        workflow = workflow_api.dag(dag_settings=dag_settings).workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         workflow._build_dag()
         return [
@@ -47,6 +53,13 @@ def test_every_job_resolves_to_its_environment_image(tmp_path):
             continue
         family = get_family(CONFIG["models"][wildcards["model"]]["family"])
         assert image == CONFIG["images"][family.environment], name
+
+
+def test_cuda_variants_run_in_the_cuda_image(tmp_path):
+    jobs = _jobs(tmp_path, ("results/release/tiny-gpt-oss/hf/bf16-cuda",))
+    images = {name: image for name, _, image in jobs}
+    assert images["export"] == images["parity_report"] == CUDA_IMAGE
+    assert images["download"] == images["stage"] == CONFIG["images"]["jax"]
 
 
 def test_images_are_pinned_by_digest():

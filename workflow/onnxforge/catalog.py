@@ -119,9 +119,16 @@ def checkpoint_entry(config: dict[str, Any], model: str, checkpoint: str) -> dic
 
 def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant: str) -> dict:
     """What ParitySettings takes: global parity options, the checkpoint's overrides, the gates."""
-    dtype = config["variants"][variant]["dtype"]
+    entry = variant_entry(config, variant)
+    dtype = entry["dtype"]
     overrides = checkpoint_entry(config, model, checkpoint).get("parity", {})
-    return {**config["parity"], **overrides, "dtype": dtype, "gates": config["gates"][dtype]}
+    return {
+        **config["parity"],
+        **overrides,
+        "dtype": dtype,
+        "provider": entry.get("provider", "cpu"),
+        "gates": config["gates"][dtype],
+    }
 
 
 def default_targets(config: dict[str, Any]) -> list[str]:

@@ -27,6 +27,7 @@ _TRACKED_PACKAGES = (
     "jax2onnx",
     "onnx",
     "onnxruntime",
+    "onnxruntime-gpu",
     "orbax-checkpoint",
     "safetensors",
     "numpy",

@@ -23,6 +23,7 @@ from onnxforge.families import get_family
 class ParitySettings:
     dtype: str
     gates: dict[str, float]
+    provider: str = "cpu"  # ONNX Runtime execution provider: cpu or cuda
     short_batch: int = 2
     short_tokens: int = 24
     long_tokens: int = 256
@@ -44,10 +45,18 @@ def parity_inputs(vocab_size: int, settings: ParitySettings) -> dict[str, np.nda
 
 
 class OnnxModel:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, provider: str = "cpu"):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if provider == "cuda":
+            # onnxruntime-gpu finds the pip NVIDIA libraries only when asked to load them.
+            ort.preload_dlls()
+            providers = ["CUDAExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), providers=providers)
+        if self.session.get_providers()[0] != providers[0]:
+            raise RuntimeError(f"ONNX Runtime could not use {providers[0]} for {path}")
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, token_ids: np.ndarray) -> np.ndarray:
@@ -81,7 +90,7 @@ def run_parity(
     )
     graphdef, state = nnx.split(model)
     jax_forward = jax.jit(lambda ids: nnx.merge(graphdef, state)(ids).astype(jnp.float32))
-    onnx_model = OnnxModel(onnx_path)
+    onnx_model = OnnxModel(onnx_path, settings.provider)
 
     inputs = parity_inputs(config.vocab_size, settings)
     jax_logits = {name: np.asarray(jax_forward(ids)) for name, ids in inputs.items()}

@@ -15,6 +15,7 @@ from onnxforge.catalog import (
     variant_entry,
 )
 from onnxforge.errors import InputError
+from onnxforge.families import get_family
 
 try:
     validate(config, source="config")
@@ -28,11 +29,29 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
-# The pinned image of each environment, used by `--sdm apptainer`; without it, this
-# environment's python runs the jobs.
-JAX_IMAGE = config["images"]["jax"]
-# Provenance: apptainer passes APPTAINERENV_X into the job as X; manifests record it.
-os.environ["APPTAINERENV_ONNXFORGE_IMAGE"] = JAX_IMAGE
+IN_IMAGES = "apptainer" in str(workflow.deployment_settings.deployment_method).lower()
+
+
+def image_for(wildcards):
+    """The pinned image of the job's environment (config images), used by `--sdm apptainer`;
+    without it, this environment's python runs the jobs. CUDA variants use `<env>-cuda`."""
+    environment = get_family(model_entry(config, wildcards.model)["family"]).environment
+    if "variant" in wildcards.keys() and variant_of(wildcards).get("provider") == "cuda":
+        environment += "-cuda"
+    image = config["images"].get(environment)
+    if image is None and IN_IMAGES:
+        raise WorkflowError(
+            f"config images.{environment} is not set: build it (make images), push it and "
+            "add its docker://...@sha256 reference"
+        )
+    return image
+
+
+def provenance_image(wildcards):
+    """What the step's manifest records as its image: the pinned image under apptainer, the
+    image's own name inside `docker run IMAGE` (its ONNXFORGE_IMAGE), else 'local'."""
+    return image_for(wildcards) if IN_IMAGES else os.environ.get("ONNXFORGE_IMAGE", "local")
+
 
 # For provenance: the command line this workflow was started with, in the environment rather
 # than a param so that running with other options does not rebuild anything.

@@ -6,14 +6,16 @@ rule download:
     benchmark:
         f"{LOGS}/download.benchmark.tsv"
     container:
-        JAX_IMAGE
+        image_for
     resources:
         mem_mb=2000,
         runtime=60,
     params:
+        image=provenance_image,
         source=source_of,
         patterns=download_patterns,
     message:
         "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     shell:
-        "python -m onnxforge download --source '{params.source}' {params.patterns} --out {output} > {log} 2>&1"
+        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        " download --source '{params.source}' {params.patterns} --out {output} > {log} 2>&1"

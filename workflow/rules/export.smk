@@ -8,16 +8,18 @@ rule export:
     benchmark:
         f"{LOGS}/export-{{variant}}.benchmark.tsv"
     container:
-        JAX_IMAGE
+        image_for
     resources:
         mem_mb=8000,
         runtime=120,
     params:
+        image=provenance_image,
         family=family_of,
         dtype=lambda w: variant_of(w)["dtype"],
         opset=lambda w: variant_of(w).get("opset", 23),
     message:
         "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     shell:
-        "python -m onnxforge export --family {params.family} --stage {input}"
+        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        " export --family {params.family} --stage {input}"
         " --dtype {params.dtype} --opset {params.opset} --out {output} > {log} 2>&1"

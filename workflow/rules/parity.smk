@@ -14,11 +14,12 @@ rule parity_report:
     benchmark:
         f"{LOGS}/parity-{{variant}}.benchmark.tsv"
     container:
-        JAX_IMAGE
+        image_for
     resources:
         mem_mb=8000,
         runtime=120,
     params:
+        image=provenance_image,
         family=family_of,
         settings=parity_settings_json,
         target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
@@ -26,7 +27,8 @@ rule parity_report:
         "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
         "ONNX Runtime vs JAX vs reference"
     shell:
-        "python -m onnxforge parity --family {params.family} --target {params.target}"
+        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        " parity --family {params.family} --target {params.target}"
         " --checkpoint {input.checkpoint} --stage {input.stage} --export {input.export}"
         " --settings '{params.settings}' --out {output} > {log} 2>&1"
 
@@ -39,11 +41,13 @@ rule parity_gate:
     log:
         f"{LOGS}/gate-{{variant}}.log",
     container:
-        JAX_IMAGE
+        image_for
     params:
+        image=provenance_image,
         release="results/release/{model}/{checkpoint}/{variant}",
     message:
         "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     shell:
-        "python -m onnxforge gate --report {input}/report.json --release {params.release}"
+        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        " gate --report {input}/report.json --release {params.release}"
         " --out {output} 2>&1 | tee {log}"

@@ -9,13 +9,15 @@ rule promote:
     log:
         f"{LOGS}/promote-{{variant}}.log",
     container:
-        JAX_IMAGE
+        image_for
     params:
+        image=provenance_image,
         root=RESULT,
         target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
     message:
         "Promote {wildcards.model}/{wildcards.checkpoint} {wildcards.variant} to results/release"
     shell:
-        "python -m onnxforge promote --target {params.target} --root {params.root}"
+        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        " promote --target {params.target} --root {params.root}"
         " --variant {wildcards.variant} --passed {input.passed}"
         " --out {output} > {log} 2>&1"

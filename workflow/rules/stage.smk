@@ -8,11 +8,12 @@ rule stage:
     benchmark:
         f"{LOGS}/stage.benchmark.tsv"
     container:
-        JAX_IMAGE
+        image_for
     resources:
         mem_mb=4000,
         runtime=60,
     params:
+        image=provenance_image,
         family=family_of,
         subdir=lambda w: checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
         layers=lambda w: (
@@ -23,5 +24,6 @@ rule stage:
     message:
         "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
-        "python -m onnxforge stage --family {params.family} --checkpoint {input}/{params.subdir}"
+        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        " stage --family {params.family} --checkpoint {input}/{params.subdir}"
         " {params.layers} --out {output} > {log} 2>&1"
