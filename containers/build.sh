@@ -2,6 +2,7 @@
 # Build an onnxforge image.
 #
 #   containers/build.sh cpu [--engine podman|docker]   build onnxforge-cpu:<lock sha256[:12]> + :latest
+#   containers/build.sh cuda [...]                     onnxforge-cuda from envs/jax-cuda.lock.txt
 #   containers/build.sh podman-conf                    print the containers.conf podman needs here
 #                                                      (empty when the defaults work); use it as
 #                                                      CONTAINERS_CONF=... podman run ...
@@ -60,7 +61,7 @@ while (($#)); do
         *) [[ -z $flavor ]] || die "one flavor at a time"; flavor=$1; shift ;;
     esac
 done
-[[ -n $flavor ]] || die "usage: $0 cpu [--engine podman|docker]"
+[[ -n $flavor ]] || die "usage: $0 cpu|cuda [--engine podman|docker]"
 dockerfile="$here/$flavor/Dockerfile"
 [[ -f $dockerfile ]] || die "no such flavor: $flavor (no $dockerfile)"
 if [[ -z $engine ]]; then
@@ -83,7 +84,13 @@ if [[ $engine == podman ]]; then
     fi
 fi
 
-lock="$root/envs/jax.lock.txt"
+# The flavor's lock: cpu -> envs/jax.lock.txt, cuda -> envs/jax-cuda.lock.txt (its Dockerfile
+# installs the same file; the tag and LOCK_SHA256 are its hash).
+case $flavor in
+    cpu) lock="$root/envs/jax.lock.txt" ;;
+    *) lock="$root/envs/jax-$flavor.lock.txt" ;;
+esac
+[[ -f $lock ]] || die "no lock for flavor $flavor ($lock)"
 lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 image=onnxforge-$flavor
 tag=${lock_sha:0:12}
@@ -135,8 +142,13 @@ fi
 
 build_args+=(--build-arg "LOCK_SHA256=$lock_sha")
 [[ -n "${PIP_EXTRA_INDEX_URL:-}" ]] && build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=$PIP_EXTRA_INDEX_URL")
+# Extra wheels go into the context's wheels/ (empty when there are none): docker's built-in
+# BuildKit (20.10) has no --build-context. Hard links where the file system allows.
 wheels=${WHEELS_DIR:-/opt/wheels}
-[[ -d $wheels ]] && build_args+=(--build-context "wheels=$wheels")
+mkdir "$ctx/wheels"
+if [[ -d $wheels ]]; then
+    cp -rl "$wheels/." "$ctx/wheels/" 2>/dev/null || cp -r "$wheels/." "$ctx/wheels/"
+fi
 ca=${HOST_CA:-/etc/ssl/certs/ca-certificates.crt}
 [[ -f $ca ]] && build_args+=(--secret "id=hostca,src=$ca")
 
