@@ -70,12 +70,6 @@ class StreamingWriter:
         self.close()
 
 
-def save(flat: dict[Path_, np.ndarray], directory: Path) -> None:
-    with StreamingWriter(directory) as writer:
-        for path, value in flat.items():
-            writer.write(path, value)
-
-
 def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Module:
     """A concrete module whose parameters come from the Orbax checkpoint, cast to ``dtype``."""
     directory = Path(directory).absolute()
