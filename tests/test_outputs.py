@@ -38,3 +38,17 @@ def test_manifest_hashes_inputs_and_outputs(tmp_path):
     assert set(manifest["outputs"]) == {"a.txt"}
     assert manifest["environment"]["packages"]["jax"]
     assert manifest["environment"]["lock_sha256"]
+
+
+def test_inputs_with_a_manifest_are_not_hashed_again(tmp_path):
+    upstream = tmp_path / "download"
+    upstream.mkdir()
+    (upstream / "big.bin").write_bytes(b"weights")
+    outputs.write_manifest(upstream, "download", {}, known_outputs={"big.bin": "from-the-hub"})
+    assert json.loads((upstream / "manifest.json").read_text())["outputs"] == {
+        "big.bin": "from-the-hub"
+    }
+    out = tmp_path / "stage"
+    out.mkdir()
+    manifest = outputs.write_manifest(out, "stage", {"checkpoint": upstream})
+    assert manifest["inputs"]["checkpoint"] == {"big.bin": "from-the-hub"}

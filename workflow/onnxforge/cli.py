@@ -23,7 +23,8 @@ def cmd_download(args: argparse.Namespace) -> None:
 
     with outputs.atomic_directory(args.out) as tmp:
         record = download(args.source, tmp, include=args.include, exclude=args.exclude)
-        outputs.write_manifest(tmp, "download", {}, record)
+        hub_hashes = {name: f["sha256"] for name, f in record.get("files", {}).items()}
+        outputs.write_manifest(tmp, "download", {}, record, known_outputs=hub_hashes)
 
 
 def cmd_stage(args: argparse.Namespace) -> None:

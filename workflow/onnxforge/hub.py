@@ -21,13 +21,12 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from onnxforge.errors import InputError
-from onnxforge.outputs import MANIFEST
+from onnxforge.outputs import MANIFEST, link_or_copy
 
 _WORKERS = 4
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -137,14 +136,6 @@ def _evict(pointer: str) -> None:
             os.unlink(path)
 
 
-def _place(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copyfile(src, dst)
-
-
 def download_hf(
     repo_id: str,
     revision: str | None,
@@ -235,7 +226,7 @@ def download_hf(
             "and if it keeps failing, check HF_ENDPOINT (a proxy or mirror altering files)"
         )
     for name in names:
-        _place(Path(os.path.realpath(cached[name])), targets[name])
+        link_or_copy(Path(os.path.realpath(cached[name])), targets[name])
     return {
         "source": where,
         "repo": repo_id,

@@ -44,14 +44,34 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def hash_tree(directory: Path) -> dict[str, str]:
-    """sha256 of every file below ``directory``, by relative path (the manifest excluded)."""
-    directory = Path(directory)
-    return {
-        str(p.relative_to(directory)): sha256_file(p)
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
+def hash_tree(directory: Path, known: dict[str, str] | None = None) -> dict[str, str]:
+    """sha256 of every file below ``directory``, by relative path (the manifest excluded);
+    ``known`` hashes (computed while the files were written) are not read again."""
+    directory, known = Path(directory), known or {}
+    hashes = {}
+    for path in sorted(directory.rglob("*")):
+        name = str(path.relative_to(directory))
+        if path.is_file() and path.name != MANIFEST:
+            hashes[name] = known.get(name) or sha256_file(path)
+    return hashes
+
+
+def recorded_hashes(directory: Path) -> dict[str, str] | None:
+    """The output hashes a previous step recorded for ``directory``: a checkpoint of tens of
+    GB is then hashed once, when it is written, not again by every step that reads it."""
+    manifest = Path(directory) / MANIFEST
+    if not manifest.exists():
+        return None
+    return json.loads(manifest.read_text()).get("outputs")
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (no second copy of the weights), else a copy."""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def package_versions() -> dict[str, str]:
@@ -89,14 +109,18 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_manifest(
-    directory: Path, step: str, inputs: dict[str, Path], extra: dict[str, Any] | None = None
+    directory: Path,
+    step: str,
+    inputs: dict[str, Path],
+    extra: dict[str, Any] | None = None,
+    known_outputs: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Record the step, the sha256 of every input file and output file, and the versions."""
     input_hashes = {}
     for label, path in inputs.items():
         path = Path(path)
         if path.is_dir():
-            input_hashes[label] = hash_tree(path)
+            input_hashes[label] = recorded_hashes(path) or hash_tree(path)
         elif path.exists():
             input_hashes[label] = sha256_file(path)
     manifest = {
@@ -104,7 +128,7 @@ def write_manifest(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": sys.argv,
         "inputs": input_hashes,
-        "outputs": hash_tree(directory),
+        "outputs": hash_tree(directory, known_outputs),
         "environment": environment(),
         **(extra or {}),
     }

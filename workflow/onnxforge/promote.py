@@ -8,8 +8,6 @@ hub revision, every package version of the lock, and the command that built it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +31,6 @@ def _manifest(step_dir: Path) -> dict[str, Any]:
     return json.loads((step_dir / outputs.MANIFEST).read_text())
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def promote(target: str, root: Path, variant: str, passed: Path, out_dir: Path, command: str):
     verdict = json.loads(Path(passed).read_text())
     if verdict.get("status") != "PASS":
@@ -47,7 +38,7 @@ def promote(target: str, root: Path, variant: str, passed: Path, out_dir: Path, 
     export_dir, parity_dir = root / "export" / variant, root / "parity" / variant
     for name in RELEASED:
         source = (export_dir if name.startswith("model") else parity_dir) / name
-        _link_or_copy(source, out_dir / name)
+        outputs.link_or_copy(source, out_dir / name)
     download, stage = _manifest(root / "download"), _manifest(root / "stage")
     export, parity = _manifest(export_dir), _manifest(parity_dir)
     lock = Path(export["environment"].get("lock_path") or outputs.default_lock())

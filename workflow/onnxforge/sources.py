@@ -10,7 +10,6 @@ Sources:
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from urllib.parse import parse_qsl, urlparse
 
 from onnxforge.errors import InputError
 from onnxforge.families import get_family
+from onnxforge.outputs import link_or_copy
 
 SCHEMES = ("hf", "synthetic", "file")
 
@@ -91,7 +91,5 @@ def download(
     if not any(p.suffix == ".safetensors" for p in files):
         raise InputError(f"source {uri!r}: {directory} holds no *.safetensors file")
     for path in files:
-        target = out_dir / path.relative_to(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        link_or_copy(path, out_dir / path.relative_to(directory))
     return {"source": uri, "revision": None}
