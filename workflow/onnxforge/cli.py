@@ -28,15 +28,16 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from onnxforge.stage import stage
+    from onnxforge.families import get_family
 
+    options = json.loads(args.options)
     with outputs.atomic_directory(args.out) as tmp:
-        stage(args.family, args.checkpoint, tmp, layers=args.layers)
+        get_family(args.family).stage(args.checkpoint, tmp, layers=args.layers, options=options)
         outputs.write_manifest(
             tmp,
             "stage",
             {"checkpoint": args.checkpoint},
-            {"family": args.family, "layers": args.layers},
+            {"family": args.family, "layers": args.layers, "options": options},
         )
 
 
@@ -119,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--family", required=True)
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--layers", type=int, help="keep only the first N layers")
+    s.add_argument("--options", default="{}", help="the family's catalog settings, as JSON")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_stage)
 

@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 import onnx
 import onnx_ir as ir
-from flax import nnx
 
-from onnxforge import params_store
 from onnxforge.families import get_family
 
 ONNX_FILE = "model.onnx"
@@ -26,12 +24,7 @@ DATA_FILE = "model.onnx.data"
 def export(family_name: str, stage_dir: Path, out_dir: Path, *, dtype: str, opset: int) -> dict:
     from jax2onnx import to_onnx
 
-    family = get_family(family_name)
-    config = family.read_config(stage_dir)
-    jdtype = jnp.dtype(dtype)
-    model = params_store.load_into(
-        nnx.eval_shape(lambda: family.build(config, jdtype)), stage_dir / "params", jdtype
-    )
+    model = get_family(family_name).load(stage_dir, jnp.dtype(dtype))
 
     model_ir = to_onnx(
         model,  # token ids -> logits

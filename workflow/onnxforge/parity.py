@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from onnxforge import metrics, params_store
+from onnxforge import metrics
 from onnxforge.families import get_family
 
 
@@ -85,11 +85,12 @@ def run_parity(
     family = get_family(family_name)
     config = family.read_config(stage_dir)
     dtype = jnp.dtype(settings.dtype)
-    model = params_store.load_into(
-        nnx.eval_shape(lambda: family.build(config, dtype)), stage_dir / "params", dtype
-    )
-    graphdef, state = nnx.split(model)
-    jax_forward = jax.jit(lambda ids: nnx.merge(graphdef, state)(ids).astype(jnp.float32))
+    model = family.load(stage_dir, dtype)
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+        jax_forward = jax.jit(lambda ids: nnx.merge(graphdef, state)(ids).astype(jnp.float32))
+    else:
+        jax_forward = jax.jit(lambda ids: model(ids).astype(jnp.float32))
     onnx_model = OnnxModel(onnx_path, settings.provider)
 
     inputs = parity_inputs(config.vocab_size, settings)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from onnxforge.errors import InputError
 from onnxforge.families.base import Family
 from onnxforge.families.gpt_oss import FAMILY as GPT_OSS
+from onnxforge.families.maxtext import FAMILY as MAXTEXT
 
-FAMILIES: dict[str, Family] = {GPT_OSS.name: GPT_OSS}
+FAMILIES: dict[str, Family] = {family.name: family for family in (GPT_OSS, MAXTEXT)}
 
 
 def get_family(name: str) -> Family:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -39,6 +40,20 @@ class Family(Protocol):
 
     def build(self, config: Any, dtype: Any) -> nnx.Module:
         """The JAX model (parameters zero until loaded); call under ``nnx.eval_shape``."""
+
+    def stage(
+        self,
+        checkpoint_dir: Path,
+        out_dir: Path,
+        layers: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        """Write the staged parameters and config.json into ``out_dir`` (a fresh directory);
+        ``options`` are the catalog model's family settings."""
+
+    def load(self, stage_dir: Path, dtype: Any) -> Callable[[Any], Any]:
+        """The staged model: ``token ids [batch, sequence] -> logits``, an NNX module or a
+        pure function, which jax2onnx exports and ``jax.jit`` runs."""
 
     def stage_tensors(
         self, reader: CheckpointReader, config: Any

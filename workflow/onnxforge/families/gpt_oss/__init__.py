@@ -35,6 +35,27 @@ class GptOssFamily:
     def build(self, config: GptOssConfig, dtype: Any) -> GptOss:
         return GptOss(config, dtype=dtype)
 
+    def stage(
+        self,
+        checkpoint_dir: Path,
+        out_dir: Path,
+        layers: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        from onnxforge.stage import stage
+
+        stage(self.name, checkpoint_dir, out_dir, layers)
+
+    def load(self, stage_dir: Path, dtype: Any) -> GptOss:
+        """The staged model (an NNX module: jax2onnx exports it with its weights)."""
+        from flax import nnx
+
+        from onnxforge import params_store
+
+        config = self.read_config(stage_dir)
+        abstract = nnx.eval_shape(lambda: self.build(config, dtype))
+        return params_store.load_into(abstract, Path(stage_dir) / "params", dtype)
+
     def stage_tensors(self, reader: CheckpointReader, config: GptOssConfig):
         if openai_layout.MARKER in reader:
             rules = openai_layout.tensor_rules(config)

@@ -1,0 +1,140 @@
+"""MaxText models on the CPU: its config system, its NNX model, and a pure forward function.
+
+Only the ``maxtext`` environment imports this module (MaxText, TensorFlow and friends are not
+in the ``jax`` environment).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Before JAX starts: MaxText's savers shard over simulated CPU devices; one is enough here.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# What every onnxforge MaxText model is: unscanned (scan_layers=True does not export: jax2onnx
+# has no random_split), plain dot-product attention, no dropout or remat, CPU, one process.
+INFERENCE_SETTINGS: dict[str, Any] = {
+    "override_model_config": True,
+    "hardware": "cpu",
+    "skip_jax_distributed_system": True,
+    "scan_layers": False,
+    "attention": "dot_product",
+    "remat_policy": "none",
+    "enable_dropout": False,
+    "enable_checkpointing": False,
+    "per_device_batch_size": 1,
+    "max_target_length": 4096,
+    "max_prefill_predict_length": 4096,
+    "matmul_precision": "highest",
+    "sparse_matmul": False,  # MoE: dense dispatch, which exports
+    "megablox": False,
+    "use_tokamax_gmm": False,
+    "use_tokamax_splash": False,
+    "quantization": "",
+    "use_multimodal": False,
+    "log_config": False,
+    "run_name": "onnxforge",
+}
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def make_config(model_name: str, overrides: dict[str, Any], dtype: str = "float32"):
+    """MaxText's pyconfig for ``configs/models/<model_name>.yml`` with our overrides."""
+    from maxtext.configs import pyconfig
+    from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
+
+    settings = {
+        **INFERENCE_SETTINGS,
+        "model_name": model_name,
+        "dtype": dtype,
+        "weight_dtype": dtype,
+        "base_output_directory": os.environ.get("TMPDIR", "/tmp"),
+        **overrides,
+    }
+    argv = ["onnxforge", os.path.join(MAXTEXT_CONFIGS_DIR, "base.yml")]
+    argv += [f"{key}={_format(value)}" for key, value in settings.items()]
+    return pyconfig.initialize(argv)
+
+
+def abstract_model(config) -> nnx.Module:
+    from maxtext.utils import model_creation_utils
+
+    return nnx.eval_shape(
+        lambda: model_creation_utils.from_config(config, model_mode="train", rngs=nnx.Rngs(0))
+    )
+
+
+def param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Every parameter's path and shape, as the model built from ``config`` expects it."""
+    params = nnx.state(abstract_model(config), nnx.Param)
+    return {tuple(map(str, path)): tuple(v.shape) for path, v in params.flat_state()}
+
+
+def forward_function(
+    config, params: dict[tuple[str, ...], np.ndarray]
+) -> Callable[[jax.Array], jax.Array]:
+    """``token ids [batch, sequence] -> logits`` with the weights closed over.
+
+    A pure function, so ``jax.jit`` and jax2onnx both trace it; the model is merged inside
+    with ``copy=True`` (MaxText's decoder updates layer state while it runs, which must
+    happen at the trace's own level). RNG keys are closed over as raw data: key arrays
+    cannot become ONNX constants.
+    """
+    graphdef, param_state, rest = nnx.split(abstract_model(config), nnx.Param, ...)
+    dtype = jnp.dtype(config.weight_dtype)
+    missing = []
+    for path, variable in param_state.flat_state():
+        key = tuple(map(str, path))
+        if key not in params:
+            missing.append("/".join(key))
+            continue
+        variable.set_value(jnp.asarray(params[key], dtype))
+    if missing:
+        raise KeyError(f"no staged value for MaxText parameters {missing[:5]}")
+
+    def concrete(x):
+        if not isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.key_data(jax.random.key(0))  # RNG state of a deterministic model
+        return jnp.zeros(x.shape, x.dtype)
+
+    rest_flat = [(path, variable) for path, variable in rest.flat_state()]
+    keys = {path for path, v in rest_flat if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)}
+    for _, variable in rest_flat:
+        variable.set_value(concrete(variable.get_value()))
+
+    def forward(token_ids: jax.Array) -> jax.Array:
+        state = nnx.State.from_flat_path(
+            [
+                (path, v.replace(jax.random.wrap_key_data(v.get_value())) if path in keys else v)
+                for path, v in rest_flat
+            ]
+        )
+        model = nnx.merge(graphdef, param_state, state, copy=True)
+        positions = jax.lax.broadcasted_iota(jnp.int32, token_ids.shape, 1)
+        return model(
+            decoder_input_tokens=token_ids,
+            decoder_positions=positions,
+            enable_dropout=False,
+            model_mode="train",
+        )
+
+    return forward
+
+
+def config_dir() -> Path:
+    from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
+
+    return Path(MAXTEXT_CONFIGS_DIR)
