@@ -14,11 +14,18 @@ PIP_ARGS ?=
 BIN := $(VENV)/bin
 ENV_STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) pyproject.toml | sha256sum | cut -c1-16)
 
+# The maxtext environment (MaxText, TensorFlow, ...) runs only the maxtext family's jobs; it
+# needs Python >= 3.12 (pyenv's where there is one).
+MAXTEXT_PYTHON ?= $(shell ls -d $$HOME/.pyenv/versions/3.12.*/bin/python 2>/dev/null | tail -1 || command -v python3.12)
+MAXTEXT_VENV := .venv-maxtext
+MAXTEXT_LOCK := envs/maxtext.lock.txt
+MAXTEXT_STAMP := $(MAXTEXT_VENV)/.installed-$(shell sha256sum $(MAXTEXT_LOCK) pyproject.toml | sha256sum | cut -c1-16)
+
 # Debian packages the cluster and container tests use: a real SLURM and a real container engine.
 SYSTEM_PACKAGES := slurm-wlm munge podman runc mmdebstrap uidmap
 SYSTEM_COMMANDS := slurmctld slurmd munged podman runc mmdebstrap
 
-.PHONY: run test lint env system-deps images clean
+.PHONY: run test lint env env-maxtext system-deps images clean
 
 env: $(ENV_STAMP)
 
@@ -27,13 +34,32 @@ $(ENV_STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	echo jax.lock.txt > $(VENV)/onnxforge-lock
 	touch $@
 
+env-maxtext: $(MAXTEXT_STAMP)
+
+# pip's output filtered: it warns once per package about this machine's empty local indexes.
+$(MAXTEXT_STAMP): $(MAXTEXT_LOCK) pyproject.toml
+	@test -x "$(MAXTEXT_PYTHON)" || { echo "maxtext needs Python >= 3.12: set MAXTEXT_PYTHON"; exit 1; }
+	rm -rf $(MAXTEXT_VENV)
+	$(MAXTEXT_PYTHON) -m venv $(MAXTEXT_VENV)
+	$(MAXTEXT_VENV)/bin/pip install --quiet --require-hashes --no-deps $(PIP_ARGS) \
+	  -r $(MAXTEXT_LOCK) 2>&1 | grep -v "^WARNING: Location" || true
+	$(MAXTEXT_VENV)/bin/python -c "import maxtext, jax2onnx, onnxruntime, torch, transformers"
+	$(MAXTEXT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
+	echo maxtext.lock.txt > $(MAXTEXT_VENV)/onnxforge-lock
+	touch $@
+
+# The environments the chosen targets need (all of config.yaml's `targets` by default).
+NEEDED_ENVS = $(shell $(BIN)/python -m onnxforge environments $(TARGETS))
+
 run: env
+	$(if $(filter maxtext,$(NEEDED_ENVS)),$(MAKE) env-maxtext)
 	$(BIN)/snakemake --cores $(CORES) $(TARGETS)
 	@echo "Reports: $$(ls results/*/*/parity/*/report.md)"
 
-test: env system-deps lint
+test: env env-maxtext system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 system-deps:

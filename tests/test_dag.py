@@ -18,6 +18,7 @@ from onnxforge.stage import stage
 
 pytestmark = pytest.mark.dag
 TARGET = Path("results/tiny-gpt-oss/hf")
+RELEASE = "results/release/tiny-gpt-oss/hf/f32"  # the maxtext targets: test_maxtext.py
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 600):
@@ -35,7 +36,7 @@ def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: in
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("dag")
-    run = snakemake(workdir)
+    run = snakemake(workdir, RELEASE)
     assert run.returncode == 0, run.stderr[-3000:]
     return workdir
 
@@ -82,7 +83,7 @@ def test_release_holds_only_what_passed_with_full_provenance(built):
 
 
 def test_second_run_has_nothing_to_do(built):
-    run = snakemake(built, "--dry-run")
+    run = snakemake(built, "--dry-run", RELEASE)
     assert run.returncode == 0
     assert "Nothing to be done" in run.stdout + run.stderr
 
@@ -109,7 +110,7 @@ def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
     with outputs.atomic_directory(workdir / TARGET / "stage") as tmp:
         stage("gpt_oss", workdir / TARGET / "download", tmp)
 
-    run = snakemake(workdir)
+    run = snakemake(workdir, RELEASE)
     assert run.returncode != 0
     assert "parity gate failed" in run.stdout + run.stderr
     report = json.loads((workdir / TARGET / "parity/f32/report.json").read_text())

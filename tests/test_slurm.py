@@ -19,6 +19,7 @@ from slurm_cluster import missing_binaries, processes_of, single_node_slurm
 
 pytestmark = pytest.mark.slurm
 TARGET = Path("results/tiny-gpt-oss/hf")
+RELEASE = "results/release/tiny-gpt-oss/hf/f32"  # MaxText targets need their own env
 # The run takes 2.5 to 4 minutes on 2 cores (more when other work competes for them).
 SNAKEMAKE_TIMEOUT = 420  # seconds
 
@@ -74,7 +75,7 @@ def run_snakemake(workdir: Path, env: dict[str, str], *args: str, timeout: int):
 
 def test_default_target_passes_through_slurm(cluster, tmp_path):
     _root, env = started(cluster)
-    run = run_snakemake(tmp_path, env, timeout=SNAKEMAKE_TIMEOUT)
+    run = run_snakemake(tmp_path, env, RELEASE, timeout=SNAKEMAKE_TIMEOUT)
     output = run.stdout + run.stderr
     if run.returncode != 0:
         job_logs = sorted((tmp_path / ".snakemake/slurm_logs").rglob("*.log"))

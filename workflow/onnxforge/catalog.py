@@ -133,3 +133,20 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
 
 def default_targets(config: dict[str, Any]) -> list[str]:
     return [lookup_target(config, **t).release for t in config["targets"]]
+
+
+def environments_for(config: dict[str, Any], targets: list[str]) -> list[str]:
+    """The environments whose jobs building ``targets`` (result paths; none: the config's
+    ``targets``) may run: `make run` builds only those."""
+    from onnxforge.families import get_family
+
+    if not targets:
+        models = {t["model"] for t in config["targets"]}
+    else:
+        models = {part for t in targets for part in Path(t).parts if part in config["models"]}
+    environments = {"jax"} | {
+        get_family(config["models"][model]["family"]).environment for model in models
+    }
+    if any(Path(t).name.startswith("maxtext-survey") for t in targets):
+        environments.add("maxtext")
+    return sorted(environments)

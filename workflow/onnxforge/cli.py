@@ -108,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxforge", description=__doc__)
     steps = p.add_subparsers(dest="step", required=True)
     steps.add_parser("build", help="build one model's targets (see: onnxforge build --help)")
+    steps.add_parser("environments", help="the environments that building TARGETS... needs")
 
     s = steps.add_parser("download", help="fetch or synthesize a checkpoint")
     s.add_argument("--source", required=True)
@@ -159,6 +160,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["environments"]:  # for `make run`: which environments the targets need
+        import yaml
+
+        from onnxforge.catalog import environments_for
+
+        print(" ".join(environments_for(yaml.safe_load(Path("config.yaml").read_text()), argv[1:])))
+        return 0
     if argv[:1] == ["build"]:
         from onnxforge.build import main as build
 

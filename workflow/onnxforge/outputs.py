@@ -29,6 +29,8 @@ _TRACKED_PACKAGES = (
     "onnxruntime",
     "onnxruntime-gpu",
     "orbax-checkpoint",
+    "maxtext",
+    "tensorflow-cpu",
     "safetensors",
     "numpy",
     "transformers",
@@ -83,8 +85,13 @@ def package_versions() -> dict[str, str]:
 
 
 def default_lock() -> Path:
-    """The lock of the environment this runs in (set in images, else beside the package)."""
-    return Path(os.environ.get("ONNXFORGE_LOCK", Path(__file__).parents[2] / "envs/jax.lock.txt"))
+    """The lock of the environment this runs in: set in images; a virtual environment built by
+    `make` names its lock in ``<venv>/onnxforge-lock``; else the jax lock beside the package."""
+    if "ONNXFORGE_LOCK" in os.environ:
+        return Path(os.environ["ONNXFORGE_LOCK"])
+    envs = Path(__file__).parents[2] / "envs"
+    marker = Path(sys.prefix) / "onnxforge-lock"
+    return envs / (marker.read_text().strip() if marker.exists() else "jax.lock.txt")
 
 
 def environment() -> dict[str, Any]:

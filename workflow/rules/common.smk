@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 # Jobs run this environment's python (where onnxforge is installed), activated or not.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
@@ -35,7 +36,7 @@ IN_IMAGES = "apptainer" in str(workflow.deployment_settings.deployment_method).l
 def image_for(wildcards):
     """The pinned image of the job's environment (config images), used by `--sdm apptainer`;
     without it, this environment's python runs the jobs. CUDA variants use `<env>-cuda`."""
-    environment = get_family(model_entry(config, wildcards.model)["family"]).environment
+    environment = environment_of(wildcards)
     if "variant" in wildcards.keys() and variant_of(wildcards).get("provider") == "cuda":
         environment += "-cuda"
     image = config["images"].get(environment)
@@ -45,6 +46,29 @@ def image_for(wildcards):
             "add its docker://...@sha256 reference"
         )
     return image
+
+
+def environment_of(wildcards):
+    return get_family(model_entry(config, wildcards.model)["family"]).environment
+
+
+def python_for_environment(environment):
+    """The python that runs a job: the image's own under `--sdm apptainer`; locally this
+    environment's (the `jax` one runs Snakemake itself) or `.venv-<environment>` of this
+    checkout, which `make env-<environment>` builds from envs/<environment>.lock.txt."""
+    if IN_IMAGES or environment == "jax":
+        return "python"
+    python = Path(workflow.basedir) / f".venv-{environment}" / "bin" / "python"
+    if not python.exists():
+        raise WorkflowError(
+            f"{python} is missing: the {environment} environment runs these jobs; "
+            f"build it with `make env-{environment}`"
+        )
+    return str(python)
+
+
+def python_for(wildcards):
+    return python_for_environment(environment_of(wildcards))
 
 
 def provenance_image(wildcards):

@@ -12,10 +12,11 @@ rule download:
         runtime=60,
     params:
         image=provenance_image,
+        python=python_for,
         source=source_of,
         patterns=download_patterns,
     message:
         "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     shell:
-        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
         " download --source '{params.source}' {params.patterns} --out {output} > {log} 2>&1"

@@ -20,6 +20,7 @@ rule parity_report:
         runtime=120,
     params:
         image=provenance_image,
+        python=python_for,
         family=family_of,
         settings=parity_settings_json,
         target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
@@ -27,7 +28,7 @@ rule parity_report:
         "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
         "ONNX Runtime vs JAX vs reference"
     shell:
-        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
         " parity --family {params.family} --target {params.target}"
         " --checkpoint {input.checkpoint} --stage {input.stage} --export {input.export}"
         " --settings '{params.settings}' --out {output} > {log} 2>&1"
@@ -44,10 +45,11 @@ rule parity_gate:
         image_for
     params:
         image=provenance_image,
+        python=python_for,
         release="results/release/{model}/{checkpoint}/{variant}",
     message:
         "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     shell:
-        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
         " gate --report {input}/report.json --release {params.release}"
         " --out {output} 2>&1 | tee {log}"

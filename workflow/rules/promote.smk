@@ -12,12 +12,13 @@ rule promote:
         image_for
     params:
         image=provenance_image,
+        python=python_for,
         root=RESULT,
         target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
     message:
         "Promote {wildcards.model}/{wildcards.checkpoint} {wildcards.variant} to results/release"
     shell:
-        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
         " promote --target {params.target} --root {params.root}"
         " --variant {wildcards.variant} --passed {input.passed}"
         " --out {output} > {log} 2>&1"

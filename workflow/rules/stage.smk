@@ -14,7 +14,9 @@ rule stage:
         runtime=60,
     params:
         image=provenance_image,
+        python=python_for,
         family=family_of,
+        options=lambda w: json.dumps(model_entry(config, w.model).get("options", {})),
         subdir=lambda w: checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
         layers=lambda w: (
             f"--layers {n}"
@@ -24,6 +26,6 @@ rule stage:
     message:
         "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
-        "ONNXFORGE_IMAGE={params.image} python -m onnxforge"
+        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
         " stage --family {params.family} --checkpoint {input}/{params.subdir}"
-        " {params.layers} --out {output} > {log} 2>&1"
+        " {params.layers} --options '{params.options}' --out {output} > {log} 2>&1"

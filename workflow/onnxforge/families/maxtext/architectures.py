@@ -47,7 +47,12 @@ ARCHITECTURES = {
             {**_TINY, "num_key_value_heads": 4},  # llama2-7b: one kv head per query head
         ),
         Architecture(
-            "mistral", "MistralForCausalLM", "MistralConfig", "mistral-7b", "llama_or_mistral", _TINY
+            "mistral",
+            "MistralForCausalLM",
+            "MistralConfig",
+            "mistral-7b",
+            "llama_or_mistral",
+            _TINY,
         ),
         Architecture(
             "mixtral",
