@@ -59,7 +59,9 @@ ARCHITECTURES = {
             "MixtralForCausalLM",
             "MixtralConfig",
             "mixtral-8x7b",
-            "llama_or_mistral",
+            # llama_or_mistral_ckpt's safetensors path cannot read experts (it maps every
+            # tensor with expert index -1); to_maxtext's Mixtral mapping can.
+            "to_maxtext:mixtral-8x7b",
             {**_TINY, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
         Architecture(

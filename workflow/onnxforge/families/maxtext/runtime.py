@@ -45,7 +45,7 @@ INFERENCE_SETTINGS: dict[str, Any] = {
 }
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -63,7 +63,7 @@ def make_config(model_name: str, overrides: dict[str, Any], dtype: str = "float3
         **overrides,
     }
     argv = ["onnxforge", os.path.join(MAXTEXT_CONFIGS_DIR, "base.yml")]
-    argv += [f"{key}={_format(value)}" for key, value in settings.items()]
+    argv += [f"{key}={format_value(value)}" for key, value in settings.items()]
     return pyconfig.initialize(argv)
 
 
@@ -81,6 +81,52 @@ def param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {tuple(map(str, path)): tuple(v.shape) for path, v in params.flat_state()}
 
 
+def _attend_on_embedding(query, embedding_table, attend_dtype, config, out_sharding=None):
+    """Tied-embedding logits with the table in the model's dtype, not always bfloat16.
+
+    MaxText's ``layers/embeddings.py`` ``attend_on_embedding`` (the logits of Gemma and other
+    ``logits_via_embedding`` models, called from ``layers/nnx_decoders.py``) casts the table
+    with ``jnp.asarray(embedding_table, jnp.bfloat16)`` whatever ``dtype`` says: float32
+    logits lose precision and the exported Einsum mixes float32 and bfloat16, which ONNX
+    Runtime rejects. Same product otherwise; our CPU settings never shard or offload it.
+    """
+    table = jnp.asarray(embedding_table, config.dtype)
+    return jnp.dot(query, table.T, preferred_element_type=attend_dtype)
+
+
+def _use_model_dtype_for_tied_logits() -> None:
+    from maxtext.layers import embeddings, nnx_decoders
+
+    embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
+    nnx_decoders.attend_on_embedding = _attend_on_embedding  # the decoder's logits
+
+
+def _expert_weights_by_one_hot(self, weights, indices, safe_updates=False):
+    """MaxText's ``RoutedMoE.reshape_and_update_weights`` (layers/moe.py) without its scatter.
+
+    It scatters the top-k gate weights into a [batch, sequence, experts] array indexed by
+    ``jnp.arange(batch)``, which jax2onnx cannot index with a symbolic batch. The same values
+    as a one-hot sum (top-k indices are distinct, so ``set`` and ``add`` agree).
+    """
+    if safe_updates:  # forced routing: not used for inference here
+        return _ORIGINAL_EXPERT_WEIGHTS(self, weights, indices, safe_updates)
+    one_hot = jax.nn.one_hot(indices, self.num_experts, dtype=self.dtype)
+    return jnp.einsum("bsk,bske->bse", weights.astype(self.dtype), one_hot)
+
+
+_ORIGINAL_EXPERT_WEIGHTS = None
+
+
+def patch_for_export() -> None:
+    """Workarounds for MaxText code jax2onnx cannot export (README: known issues)."""
+    global _ORIGINAL_EXPERT_WEIGHTS
+    from maxtext.layers import moe
+
+    if _ORIGINAL_EXPERT_WEIGHTS is None:
+        _ORIGINAL_EXPERT_WEIGHTS = moe.RoutedMoE.reshape_and_update_weights
+        moe.RoutedMoE.reshape_and_update_weights = _expert_weights_by_one_hot
+
+
 def forward_function(
     config, params: dict[tuple[str, ...], np.ndarray]
 ) -> Callable[[jax.Array], jax.Array]:
@@ -91,6 +137,8 @@ def forward_function(
     happen at the trace's own level). RNG keys are closed over as raw data: key arrays
     cannot become ONNX constants.
     """
+    _use_model_dtype_for_tied_logits()
+    patch_for_export()
     graphdef, param_state, rest = nnx.split(abstract_model(config), nnx.Param, ...)
     dtype = jnp.dtype(config.weight_dtype)
     missing = []
