@@ -5,6 +5,12 @@ MaxText's ``llama_or_mistral_ckpt`` maps Llama, Mistral and Mixtral safetensors 
 layout; we register the checkpoint's own dimensions with it (its table knows only the
 published sizes), keep float32 instead of its bfloat16 cast, and unroll the scanned layer axis
 as MaxText's ``generate_param_only_checkpoint force_unroll=true`` does.
+
+Gemma (v1) has no Hugging Face converter in MaxText; its ``convert_gemma_chkpt`` reads Google's
+Flax checkpoint (``google/gemma-2b-flax``), which the checkpoint directory must hold under
+``flax/`` (the synthetic writer puts the same weights there). It adds one to the norm scales,
+pre-scales queries and the embedding, and saves a scanned MaxText checkpoint that we restore
+and unroll.
 """
 
 from __future__ import annotations
@@ -65,6 +71,55 @@ def convert_llama_like(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[
     return unroll(weights, hf_config["num_hidden_layers"])
 
 
+GEMMA_FLAX = "flax"
+
+
+def convert_gemma(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
+    import tempfile
+    import types
+    from unittest import mock
+
+    import jax.numpy as jnp
+    from maxtext.checkpoint_conversion.standalone_scripts import convert_gemma_chkpt as mt
+
+    flax_dir = (Path(checkpoint_dir) / GEMMA_FLAX).resolve()
+    if not (flax_dir / "_METADATA").exists() and not (flax_dir / "checkpoint").exists():
+        raise InputError(
+            f"{flax_dir}: no Flax Gemma checkpoint. MaxText converts Gemma (v1) only from "
+            "Google's Flax/Orbax layout (transformer/layer_N/attn/q_einsum, ...), which the "
+            "hub repos google/gemma-2b-flax and google/gemma-7b-flax ship; put that checkpoint "
+            f"(the folder holding _METADATA) at {flax_dir}"
+        )
+    heads = hf_config["num_attention_heads"]
+    # Its model_size only picks the attention layout: "7b" reads qkv_einsum (one kv head per
+    # query head, as Flax Gemma stores it then), "2b" q_einsum + kv_einsum.
+    size = "7b" if hf_config.get("num_key_value_heads", heads) == heads else "2b"
+    # main() ends by casting every weight with a local x.astype(jnp.bfloat16); for the call it
+    # sees a jnp whose bfloat16 is float32, so float32 weights stay float32.
+    float32_jnp = types.SimpleNamespace(**{**vars(jnp), "bfloat16": jnp.float32})
+    with tempfile.TemporaryDirectory(prefix="onnxforge-gemma-") as scratch:
+        args = ["--base_model_path", str(flax_dir), "--maxtext_model_path", scratch]
+        try:
+            with mock.patch.object(mt, "jnp", float32_jnp):
+                mt.main([*args, "--model_size", size])
+        except KeyError as err:
+            raise InputError(
+                f"{flax_dir}: MaxText's Gemma converter found no {err} in the Flax checkpoint; "
+                f"is it Gemma (v1) in the layout of google/gemma-2b-flax, with "
+                f"{'qkv_einsum' if size == '7b' else 'q_einsum and kv_einsum'} as config.json's "
+                "heads imply?"
+            ) from err
+        weights = load(Path(scratch))
+    weights = {key: _numpy(value) for key, value in weights.items()}
+    return unroll(weights, hf_config["num_hidden_layers"])
+
+
+def _numpy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {key: _numpy(value) for key, value in tree.items()}
+    return np.asarray(tree)
+
+
 def flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
     flat = {}
     for key, value in tree.items():
@@ -75,11 +130,18 @@ def flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[st
     return flat
 
 
-CONVERTERS = {"llama_or_mistral": convert_llama_like}
+CONVERTERS = {"llama_or_mistral": convert_llama_like, "gemma": convert_gemma}
 
 
 def convert(converter: str, checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
-    """The unscanned MaxText parameter tree (float32 numpy arrays) for a checkpoint."""
+    """The unscanned MaxText parameter tree (float32 numpy arrays) for a checkpoint.
+
+    ``to_maxtext:<key>``: MaxText's general converter with the mapping of its model <key>.
+    """
+    if converter.startswith("to_maxtext:"):
+        from onnxforge.families.maxtext import to_maxtext
+
+        return to_maxtext.convert(checkpoint_dir, hf_config, converter.split(":", 1)[1])
     if converter not in CONVERTERS:
         raise InputError(f"{checkpoint_dir}: no MaxText converter {converter!r} is wired up yet")
     return CONVERTERS[converter](checkpoint_dir, hf_config)
