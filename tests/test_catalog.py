@@ -18,7 +18,10 @@ def _config(**changes):
 
 def test_shipped_config_is_valid():
     catalog.validate(copy.deepcopy(CONFIG))
-    assert catalog.default_targets(CONFIG) == ["results/release/tiny-gpt-oss/hf/f32"]
+    assert catalog.default_targets(CONFIG) == [
+        f"results/release/tiny-{name}/hf/f32"
+        for name in ("gpt-oss", "llama2", "mistral", "mixtral", "gemma")
+    ]
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,13 @@ CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 CUDA_IMAGE = "docker://example.org/onnxforge-cuda@sha256:" + "c" * 64
+MAXTEXT_IMAGE = "docker://example.org/onnxforge-maxtext@sha256:" + "d" * 64
+IMAGES = {**CONFIG["images"], "jax-cuda": CUDA_IMAGE, "maxtext": MAXTEXT_IMAGE}
 
 
 def _jobs(workdir: Path, targets: tuple[str, ...] = ()):
     extra = workdir / "images.yaml"
-    extra.write_text(yaml.safe_dump({"images": {"jax-cuda": CUDA_IMAGE}}))
+    extra.write_text(yaml.safe_dump({"images": IMAGES}))
     with SnakemakeApi(OutputSettings()) as api:
         workflow_api = api.workflow(
             resource_settings=ResourceSettings(cores=1),
@@ -52,7 +54,8 @@ def test_every_job_resolves_to_its_environment_image(tmp_path):
         if name == "all":
             continue
         family = get_family(CONFIG["models"][wildcards["model"]]["family"])
-        assert image == CONFIG["images"][family.environment], name
+        assert image == IMAGES[family.environment], name
+    assert {image for _, _, image in jobs} >= {CONFIG["images"]["jax"], MAXTEXT_IMAGE}
 
 
 def test_cuda_variants_run_in_the_cuda_image(tmp_path):
