@@ -212,3 +212,26 @@ def test_unreachable_hub_mentions_the_endpoint(monkeypatch, tmp_path, no_credent
         InputError, match=f"cannot reach .* hub at http://127.0.0.1:{port}.*HF_ENDPOINT"
     ):
         fetch(tmp_path)
+
+
+def test_download_step_fetches_another_layout_into_a_folder(commits, monkeypatch, tmp_path):
+    """`--extra flax=hf://...`: a second repository (Gemma's Flax layout, say) under flax/,
+    recorded with its own revision and hashed like the rest."""
+    import json
+
+    from onnxforge.cli import main
+
+    flax = {"2b/_METADATA": b"{}", "2b/d/0": b"tensorstore bytes"}
+    repos = {REPO: {NEW: dict(commits[NEW])}, "acme/tiny-flax": {OLD: flax}}
+    server = HubServer(repos, {REPO: {"main": NEW}, "acme/tiny-flax": {"main": OLD}})
+    with server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+        out = tmp_path / "download"
+        argv = ["download", "--source", f"hf://{REPO}@main", "--out", str(out)]
+        assert main([*argv, "--extra", "flax=hf://acme/tiny-flax@main"]) == 0
+    assert (out / "flax/2b/d/0").read_bytes() == flax["2b/d/0"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["extra"]["flax"]["revision"] == OLD
+    assert manifest["outputs"]["flax/2b/_METADATA"] == hashlib.sha256(b"{}").hexdigest()
+    assert manifest["outputs"]["config.json"] == expected(commits[NEW])["config.json"]

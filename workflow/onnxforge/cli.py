@@ -24,6 +24,11 @@ def cmd_download(args: argparse.Namespace) -> None:
     with outputs.atomic_directory(args.out) as tmp:
         record = download(args.source, tmp, include=args.include, exclude=args.exclude)
         hub_hashes = {name: f["sha256"] for name, f in record.get("files", {}).items()}
+        for name, uri in (item.split("=", 1) for item in args.extra or []):
+            # Another layout of the same weights, which a converter reads (Gemma's Flax one).
+            extra = download(uri, tmp / name)
+            record.setdefault("extra", {})[name] = extra
+            hub_hashes |= {f"{name}/{n}": f["sha256"] for n, f in extra.get("files", {}).items()}
         outputs.write_manifest(tmp, "download", {}, record, known_outputs=hub_hashes)
 
 
@@ -114,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--source", required=True)
     s.add_argument("--include", action="append", help="glob of files to fetch (hf://)")
     s.add_argument("--exclude", action="append", help="glob of files to skip (hf://)")
+    s.add_argument("--extra", action="append", help="NAME=SOURCE: also fetch SOURCE into NAME/")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_download)
 

@@ -97,7 +97,8 @@ def source_of(wildcards):
 def download_patterns(wildcards):
     entry = checkpoint_entry(config, wildcards.model, wildcards.checkpoint)
     flags = [f"--include '{p}'" for p in entry.get("include", [])]
-    return " ".join(flags + [f"--exclude '{p}'" for p in entry.get("exclude", [])])
+    flags += [f"--exclude '{p}'" for p in entry.get("exclude", [])]
+    return " ".join(flags + [f"--extra '{n}={u}'" for n, u in entry.get("extra", {}).items()])
 
 
 def variant_of(wildcards):

@@ -82,7 +82,7 @@ def convert_gemma(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, 
     import jax.numpy as jnp
     from maxtext.checkpoint_conversion.standalone_scripts import convert_gemma_chkpt as mt
 
-    flax_dir = (Path(checkpoint_dir) / GEMMA_FLAX).resolve()
+    flax_dir = _flax_checkpoint((Path(checkpoint_dir) / GEMMA_FLAX).resolve())
     if not (flax_dir / "_METADATA").exists() and not (flax_dir / "checkpoint").exists():
         raise InputError(
             f"{flax_dir}: no Flax Gemma checkpoint. MaxText converts Gemma (v1) only from "
@@ -112,6 +112,13 @@ def convert_gemma(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, 
         weights = load(Path(scratch))
     weights = {key: _numpy(value) for key, value in weights.items()}
     return unroll(weights, hf_config["num_hidden_layers"])
+
+
+def _flax_checkpoint(folder: Path) -> Path:
+    """The Orbax folder in a Flax Gemma download: the folder itself, or its one subfolder
+    holding ``_METADATA`` (the hub repos ship it as ``2b/`` or ``7b/``)."""
+    inner = [p.parent for p in folder.glob("*/_METADATA")]
+    return inner[0] if not (folder / "_METADATA").exists() and len(inner) == 1 else folder
 
 
 def _numpy(tree: Any) -> Any:
