@@ -74,6 +74,7 @@ system-deps:
 images:
 	containers/build.sh cpu
 	containers/build.sh cuda
+	containers/build.sh maxtext
 
 lint: env
 	$(BIN)/ruff check workflow tests benchmarks

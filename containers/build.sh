@@ -3,6 +3,8 @@
 #
 #   containers/build.sh cpu [--engine podman|docker]   build onnxforge-cpu:<lock sha256[:12]> + :latest
 #   containers/build.sh cuda [...]                     onnxforge-cuda from envs/jax-cuda.lock.txt
+#   containers/build.sh maxtext [...]                  onnxforge-maxtext from envs/maxtext.lock.txt
+#                                                      (its Python 3.12 base must be pullable)
 #   containers/build.sh podman-conf                    print the containers.conf podman needs here
 #                                                      (empty when the defaults work); use it as
 #                                                      CONTAINERS_CONF=... podman run ...
@@ -61,7 +63,7 @@ while (($#)); do
         *) [[ -z $flavor ]] || die "one flavor at a time"; flavor=$1; shift ;;
     esac
 done
-[[ -n $flavor ]] || die "usage: $0 cpu|cuda [--engine podman|docker]"
+[[ -n $flavor ]] || die "usage: $0 cpu|cuda|maxtext [--engine podman|docker]"
 dockerfile="$here/$flavor/Dockerfile"
 [[ -f $dockerfile ]] || die "no such flavor: $flavor (no $dockerfile)"
 if [[ -z $engine ]]; then
@@ -88,6 +90,7 @@ fi
 # installs the same file; the tag and LOCK_SHA256 are its hash).
 case $flavor in
     cpu) lock="$root/envs/jax.lock.txt" ;;
+    maxtext) lock="$root/envs/maxtext.lock.txt" ;;
     *) lock="$root/envs/jax-$flavor.lock.txt" ;;
 esac
 [[ -f $lock ]] || die "no lock for flavor $flavor ($lock)"
@@ -101,6 +104,9 @@ build_args=()
 if [[ -n "${BASE_IMAGE:-}" ]]; then
     build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     echo "build.sh: base $BASE_IMAGE"
+elif [[ $flavor == maxtext ]]; then
+    # Bookworm has no Python 3.12: the Dockerfile's pinned python:3.12 base, from a registry.
+    echo "build.sh: base from containers/maxtext/Dockerfile (pulled)"
 else
     if "$engine" image inspect "$base_tag" >/dev/null 2>&1; then
         echo "build.sh: base $base_tag (cached)"
