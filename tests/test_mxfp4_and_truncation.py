@@ -31,6 +31,22 @@ def test_dequantize_matches_transformers_on_the_same_bytes():
     )
 
 
+def test_table_decode_gives_the_same_bits_as_dequantize():
+    """Every byte under every scale, including those past bfloat16's range (inf) and below
+    its normals, in the transposed layout staging writes."""
+    rng = np.random.default_rng(2)
+    rows, groups = 256, 3
+    blocks = rng.integers(0, 256, (rows, groups, 16), dtype=np.uint8)
+    blocks[:, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    scales = np.arange(rows * groups, dtype=np.int64).reshape(rows, groups).astype(np.uint8)
+    out = np.empty((groups * 32, rows), dtype=ml_dtypes.bfloat16)
+    mxfp4.dequantize_transposed(blocks, scales, out)
+    expected = mxfp4.dequantize(blocks, scales).T
+    np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
+    with pytest.raises(ValueError, match="do not match"):
+        mxfp4.dequantize_transposed(blocks, scales[:, :2], out)
+
+
 def test_quantize_round_trip():
     rng = np.random.default_rng(1)
     values = rng.normal(size=(2, 5, 64)).astype(np.float32)

@@ -48,7 +48,7 @@ def staged_params(
     reader = CheckpointReader(checkpoint_dir)
     filled: set[tuple[str, ...]] = set()
     for sources, targets in family.stage_tensors(reader, config):
-        tensors = [reader.read(name) for name in sources]
+        tensors = [reader.tensor(name) for name in sources]
         shapes = ", ".join(f"{n!r} {t.shape}" for n, t in zip(sources, tensors, strict=True))
         for index, (path, transform) in enumerate(targets.items()):
             try:
