@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -108,6 +109,7 @@ def write_checkpoint(directory: Path) -> Path:
     """Stream a safetensors file: header with every offset first, then tensor by tensor."""
     path = directory / "model.safetensors"
     if (directory / "complete").exists():
+        record_hashes(directory)
         return path
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -130,11 +132,24 @@ def write_checkpoint(directory: Path) -> Path:
     seconds = time.perf_counter() - started
     print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {seconds:.0f}s")
     (directory / "complete").write_text("")
+    record_hashes(directory)
     return path
 
 
+def record_hashes(directory: Path) -> None:
+    """The manifest the download step writes: stage reads the checkpoint's hashes from it."""
+    from onnxforge import outputs
+
+    if not (directory / outputs.MANIFEST).exists():
+        outputs.write_manifest(directory, "download", {})
+
+
 def measure(cmd: list[str], limit: float, log: Path) -> dict:
-    """Run ``cmd`` in a fresh process: exit code, wall seconds, peak RSS; stderr to ``log``."""
+    """Run ``cmd`` in a fresh process: exit code, wall seconds, peak RSS; stderr to ``log``.
+
+    Dirty pages are flushed first, so no command pays for the writeback of the one before.
+    """
+    os.sync()
     wrapper = [sys.executable, "-c", WRAPPER, str(limit), str(log), *cmd]
     out = subprocess.run(wrapper, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])

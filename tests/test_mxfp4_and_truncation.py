@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-from onnxforge import params_store
+from onnxforge import outputs, params_store
 from onnxforge.errors import InputError
 from onnxforge.families.gpt_oss import FAMILY, mxfp4
 from onnxforge.safetensors_stream import CheckpointReader
@@ -125,3 +125,9 @@ def test_openai_original_layout_stages_to_the_same_parameters(tmp_path):
     ids = np.random.default_rng(2).integers(0, 256, (1, 40), dtype=np.int32)
     (reference,) = FAMILY.reference_logits(tmp_path / "repo", tmp_path / "from_original", [ids])
     np.testing.assert_allclose(np.asarray(original(jnp.asarray(ids))), reference, atol=5e-5)
+
+
+def test_stage_returns_the_hashes_of_what_it_wrote(tiny_checkpoint, tmp_path):
+    hashes = stage("gpt_oss", tiny_checkpoint, tmp_path)
+    on_disk = outputs.hash_tree(tmp_path)
+    assert hashes and hashes == {k: v for k, v in on_disk.items() if k.startswith("params/")}

@@ -31,12 +31,13 @@ def cmd_stage(args: argparse.Namespace) -> None:
     from onnxforge.stage import stage
 
     with outputs.atomic_directory(args.out) as tmp:
-        stage(args.family, args.checkpoint, tmp, layers=args.layers)
+        params_hashes = stage(args.family, args.checkpoint, tmp, layers=args.layers)
         outputs.write_manifest(
             tmp,
             "stage",
             {"checkpoint": args.checkpoint},
             {"family": args.family, "layers": args.layers},
+            known_outputs=params_hashes,
         )
 
 

@@ -8,7 +8,9 @@ weights come plain (``gate_up_proj``, as transformers saves them) or MXFP4 (``*_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -51,14 +53,19 @@ def mxfp4_transposed(
     """MXFP4 experts ``[e, out, in]`` (packed along ``in``) -> our ``[e, in, out[rows]]``.
 
     Read and decoded expert by expert straight into the result, so memory is the result plus
-    one expert; ``rows`` picks the gate (even) or up (odd) outputs of the fused projection.
+    one expert per core; ``rows`` picks the gate (even) or up (odd) outputs of the fused
+    projection. numpy releases the GIL in the lookups, so experts decode on every core.
     """
     if blocks.ndim != 4 or scales.ndim != 3:
         raise ValueError(f"expected MXFP4 experts [e, out, groups, 16], got {blocks.shape}")
     experts, out_rows = blocks.shape[0], len(range(*rows.indices(blocks.shape[1])))
     result = np.empty((experts, blocks.shape[2] * mxfp4.BLOCK, out_rows), dtype=ml_dtypes.bfloat16)
-    for e in range(experts):
+
+    def decode(e: int) -> None:
         mxfp4.dequantize_transposed(blocks[e][rows], scales[e][rows], result[e])
+
+    with ThreadPoolExecutor(min(experts, os.cpu_count() or 1)) as pool:
+        list(pool.map(decode, range(experts)))  # list(): raise what a decode raised
     return result
 
 
