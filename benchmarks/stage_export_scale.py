@@ -61,8 +61,10 @@ while proc.poll() is None:
     if rss > limit:
         proc.kill(); killed = True
     time.sleep(0.1)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": proc.returncode, "seconds": time.perf_counter() - started,
-    "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "killed": killed}))
+    "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024,
+    "killed": killed}))
 """
 
 
@@ -212,6 +214,7 @@ def main() -> int:
         import_peak_rss=imports["peak_rss"],
         stage_rc=stage["rc"],
         stage_seconds=stage["seconds"],
+        stage_cpu_seconds=stage["cpu_seconds"],  # user + system: less swayed by other load
         stage_bytes_per_s=ckpt_bytes / stage["seconds"],
         stage_peak_rss=stage["peak_rss"],
         stage_vs_copy=copy["seconds"] / stage["seconds"],  # throughput ratio, same bytes
@@ -233,6 +236,7 @@ def main() -> int:
             export_rc=export["rc"],
             export_killed_at_limit=export["killed"],
             export_seconds=export["seconds"],
+            export_cpu_seconds=export["cpu_seconds"],
             export_peak_rss=export["peak_rss"],
             export_rss_over_weights=export["peak_rss"] / weights,
         )
