@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -60,8 +61,10 @@ while proc.poll() is None:
     if rss > limit:
         proc.kill(); killed = True
     time.sleep(0.1)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"rc": proc.returncode, "seconds": time.perf_counter() - started,
-    "peak_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "killed": killed}))
+    "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss": usage.ru_maxrss * 1024,
+    "killed": killed}))
 """
 
 
@@ -108,6 +111,7 @@ def write_checkpoint(directory: Path) -> Path:
     """Stream a safetensors file: header with every offset first, then tensor by tensor."""
     path = directory / "model.safetensors"
     if (directory / "complete").exists():
+        record_hashes(directory)
         return path
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
@@ -130,11 +134,24 @@ def write_checkpoint(directory: Path) -> Path:
     seconds = time.perf_counter() - started
     print(f"wrote {path} ({path.stat().st_size / 1e9:.2f} GB) in {seconds:.0f}s")
     (directory / "complete").write_text("")
+    record_hashes(directory)
     return path
 
 
+def record_hashes(directory: Path) -> None:
+    """The manifest the download step writes: stage reads the checkpoint's hashes from it."""
+    from onnxforge import outputs
+
+    if not (directory / outputs.MANIFEST).exists():
+        outputs.write_manifest(directory, "download", {})
+
+
 def measure(cmd: list[str], limit: float, log: Path) -> dict:
-    """Run ``cmd`` in a fresh process: exit code, wall seconds, peak RSS; stderr to ``log``."""
+    """Run ``cmd`` in a fresh process: exit code, wall seconds, peak RSS; stderr to ``log``.
+
+    Dirty pages are flushed first, so no command pays for the writeback of the one before.
+    """
+    os.sync()
     wrapper = [sys.executable, "-c", WRAPPER, str(limit), str(log), *cmd]
     out = subprocess.run(wrapper, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -197,6 +214,7 @@ def main() -> int:
         import_peak_rss=imports["peak_rss"],
         stage_rc=stage["rc"],
         stage_seconds=stage["seconds"],
+        stage_cpu_seconds=stage["cpu_seconds"],  # user + system: less swayed by other load
         stage_bytes_per_s=ckpt_bytes / stage["seconds"],
         stage_peak_rss=stage["peak_rss"],
         stage_vs_copy=copy["seconds"] / stage["seconds"],  # throughput ratio, same bytes
@@ -218,6 +236,7 @@ def main() -> int:
             export_rc=export["rc"],
             export_killed_at_limit=export["killed"],
             export_seconds=export["seconds"],
+            export_cpu_seconds=export["cpu_seconds"],
             export_peak_rss=export["peak_rss"],
             export_rss_over_weights=export["peak_rss"] / weights,
         )

@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-from onnxforge import params_store
+from onnxforge import outputs, params_store
 from onnxforge.errors import InputError
 from onnxforge.families.gpt_oss import FAMILY, mxfp4
 from onnxforge.safetensors_stream import CheckpointReader
@@ -29,6 +29,22 @@ def test_dequantize_matches_transformers_on_the_same_bytes():
     np.testing.assert_array_equal(
         np.swapaxes(ours.astype(np.float32), 1, 2), theirs.float().numpy()
     )
+
+
+def test_table_decode_gives_the_same_bits_as_dequantize():
+    """Every byte under every scale, including those past bfloat16's range (inf) and below
+    its normals, in the transposed layout staging writes."""
+    rng = np.random.default_rng(2)
+    rows, groups = 256, 3
+    blocks = rng.integers(0, 256, (rows, groups, 16), dtype=np.uint8)
+    blocks[:, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    scales = np.arange(rows * groups, dtype=np.int64).reshape(rows, groups).astype(np.uint8)
+    out = np.empty((groups * 32, rows), dtype=ml_dtypes.bfloat16)
+    mxfp4.dequantize_transposed(blocks, scales, out)
+    expected = mxfp4.dequantize(blocks, scales).T
+    np.testing.assert_array_equal(out.view(np.uint16), expected.view(np.uint16))
+    with pytest.raises(ValueError, match="do not match"):
+        mxfp4.dequantize_transposed(blocks, scales[:, :2], out)
 
 
 def test_quantize_round_trip():
@@ -109,3 +125,9 @@ def test_openai_original_layout_stages_to_the_same_parameters(tmp_path):
     ids = np.random.default_rng(2).integers(0, 256, (1, 40), dtype=np.int32)
     (reference,) = FAMILY.reference_logits(tmp_path / "repo", tmp_path / "from_original", [ids])
     np.testing.assert_allclose(np.asarray(original(jnp.asarray(ids))), reference, atol=5e-5)
+
+
+def test_stage_returns_the_hashes_of_what_it_wrote(tiny_checkpoint, tmp_path):
+    hashes = stage("gpt_oss", tiny_checkpoint, tmp_path)
+    on_disk = outputs.hash_tree(tmp_path)
+    assert hashes and hashes == {k: v for k, v in on_disk.items() if k.startswith("params/")}

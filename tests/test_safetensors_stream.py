@@ -17,6 +17,20 @@ def test_reads_every_tensor_like_the_safetensors_library(tiny_checkpoint):
         np.testing.assert_array_equal(reader.read(name), value)
 
 
+def test_stored_tensor_reads_rows_on_demand(tiny_checkpoint):
+    reader = CheckpointReader(tiny_checkpoint)
+    expected = load_file(str(tiny_checkpoint / "model.safetensors"))
+    name = max(expected, key=lambda n: (expected[n].ndim, expected[n].size))
+    value, stored = expected[name], reader.tensor(name)
+    assert stored.shape == value.shape and stored.dtype == value.dtype and value.ndim >= 2
+    np.testing.assert_array_equal(np.asarray(stored), value)
+    np.testing.assert_array_equal(stored[1:3], value[1:3])
+    np.testing.assert_array_equal(stored[-1], value[-1])
+    np.testing.assert_array_equal(stored[0, 1:], value[0, 1:])
+    np.testing.assert_array_equal(stored[::2], value[::2])
+    np.testing.assert_array_equal(stored[5:2], value[5:2])
+
+
 def test_truncated_file_names_file_and_tensor(tiny_checkpoint, tmp_path):
     data = (tiny_checkpoint / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) - 100])

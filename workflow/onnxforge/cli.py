@@ -37,12 +37,15 @@ def cmd_stage(args: argparse.Namespace) -> None:
 
     options = json.loads(args.options)
     with outputs.atomic_directory(args.out) as tmp:
-        get_family(args.family).stage(args.checkpoint, tmp, layers=args.layers, options=options)
+        family = get_family(args.family)
+        # sha256 of the files it wrote, where the family hashed them as it wrote them
+        known = family.stage(args.checkpoint, tmp, layers=args.layers, options=options)
         outputs.write_manifest(
             tmp,
             "stage",
             {"checkpoint": args.checkpoint},
             {"family": args.family, "layers": args.layers, "options": options},
+            known_outputs=known,
         )
 
 

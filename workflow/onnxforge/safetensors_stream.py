@@ -116,13 +116,54 @@ class CheckpointReader:
 
     def read(self, name: str) -> np.ndarray:
         """One tensor's values, read from disk now."""
-        info = self.info(name)
-        with info.file.open("rb") as f:
-            f.seek(info.offset)
-            data = f.read(info.nbytes)
-        if len(data) != info.nbytes:
-            raise InputError(f"{info.file}: tensor {name!r} is cut short: the file is truncated")
-        return np.frombuffer(data, dtype=info.dtype).reshape(info.shape)
+        return self.tensor(name).read()
+
+    def tensor(self, name: str) -> StoredTensor:
+        """One tensor, read when (and as far as) it is indexed."""
+        return StoredTensor(self.info(name))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)
+
+
+class StoredTensor:
+    """A checkpoint tensor read on demand: ``np.asarray(t)`` reads it all, ``t[i]`` or ``t[a:b]``
+    (then any further indices) only those rows. Transforms that go row slab by row slab, like
+    a transpose, so never hold the whole source next to their result."""
+
+    def __init__(self, info: TensorInfo):
+        self.info = info
+        self.shape, self.dtype, self.ndim = info.shape, info.dtype, len(info.shape)
+
+    def read(self) -> np.ndarray:
+        return self._rows(0, self.shape[0]) if self.shape else self._read(self.info.offset, ())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.read() if dtype is None else self.read().astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        first, *rest = key if isinstance(key, tuple) else (key,)
+        if isinstance(first, slice):
+            start, stop, step = first.indices(self.shape[0])
+            if step < 1:
+                raise IndexError(f"{self.info.name}: rows need a positive step, not {step}")
+            value = self._rows(start, max(start, stop))[::step]
+        else:
+            row = range(self.shape[0])[first]
+            value = self._rows(row, row + 1)[0]
+        return value[tuple(rest)] if rest else value
+
+    def _rows(self, start: int, stop: int) -> np.ndarray:
+        row_bytes = self.info.nbytes // max(1, self.shape[0])
+        return self._read(self.info.offset + start * row_bytes, (stop - start, *self.shape[1:]))
+
+    def _read(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.empty(shape, dtype=self.dtype)
+        with self.info.file.open("rb") as f:
+            f.seek(offset)
+            got = f.readinto(out.reshape(-1).view(np.uint8))
+        if got != out.nbytes:
+            raise InputError(
+                f"{self.info.file}: tensor {self.info.name!r} is cut short: the file is truncated"
+            )
+        return out

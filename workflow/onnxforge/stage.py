@@ -48,7 +48,7 @@ def staged_params(
     reader = CheckpointReader(checkpoint_dir)
     filled: set[tuple[str, ...]] = set()
     for sources, targets in family.stage_tensors(reader, config):
-        tensors = [reader.read(name) for name in sources]
+        tensors = [reader.tensor(name) for name in sources]
         shapes = ", ".join(f"{n!r} {t.shape}" for n, t in zip(sources, tensors, strict=True))
         for index, (path, transform) in enumerate(targets.items()):
             try:
@@ -72,10 +72,18 @@ def staged_params(
         raise InputError(f"{checkpoint_dir}: no checkpoint tensor fills {unfilled[:5]}")
 
 
-def stage(family_name: str, checkpoint_dir: Path, out_dir: Path, layers: int | None = None) -> None:
-    """Write ``config.json`` and ``params/`` (Orbax) into ``out_dir`` (a fresh directory)."""
+def stage(
+    family_name: str, checkpoint_dir: Path, out_dir: Path, layers: int | None = None
+) -> dict[str, str]:
+    """Write ``config.json`` and ``params/`` (Orbax) into ``out_dir`` (a fresh directory).
+
+    Returns the sha256 of every file under ``params/``, by path relative to ``out_dir``,
+    hashed as written (for the manifest: the files need not be read again).
+    """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     write_config(family_name, checkpoint_dir, out_dir, layers)
-    with params_store.StreamingWriter(out_dir / "params") as writer:
+    with params_store.StreamingWriter(Path(out_dir) / "params") as writer:
         for path, value in staged_params(family_name, checkpoint_dir, out_dir):
             writer.write(path, value)
+            del value  # not held while the next parameter is made
+    return {f"params/{name}": digest for name, digest in writer.hashes.items()}

@@ -47,9 +47,10 @@ class Family(Protocol):
         out_dir: Path,
         layers: int | None = None,
         options: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> dict[str, str] | None:
         """Write the staged parameters and config.json into ``out_dir`` (a fresh directory);
-        ``options`` are the catalog model's family settings."""
+        ``options`` are the catalog model's family settings. Returns the sha256 of the files
+        it hashed while writing them (relative paths), if it did."""
 
     def load(self, stage_dir: Path, dtype: Any) -> Callable[[Any], Any]:
         """The staged model: ``token ids [batch, sequence] -> logits``, an NNX module or a

@@ -41,10 +41,10 @@ class GptOssFamily:
         out_dir: Path,
         layers: int | None = None,
         options: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> dict[str, str]:
         from onnxforge.stage import stage
 
-        stage(self.name, checkpoint_dir, out_dir, layers)
+        return stage(self.name, checkpoint_dir, out_dir, layers)
 
     def load(self, stage_dir: Path, dtype: Any) -> GptOss:
         """The staged model (an NNX module: jax2onnx exports it with its weights)."""

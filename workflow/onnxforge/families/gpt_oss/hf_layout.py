@@ -8,7 +8,9 @@ weights come plain (``gate_up_proj``, as transformers saves them) or MXFP4 (``*_
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import ml_dtypes
@@ -21,14 +23,15 @@ Transform = Callable[..., np.ndarray]
 
 
 def same(x: np.ndarray) -> np.ndarray:
-    return x
+    return np.asarray(x)
 
 
 def transpose(x: np.ndarray, rows: int = 512) -> np.ndarray:
     """torch Linear stores [out, in]; we multiply ``x @ kernel`` with kernel [in, out].
 
     Tiled: a plain ``x.T`` copy of a vocabulary-sized matrix walks memory with a stride of
-    one row per element and takes about 16 times longer.
+    one row per element and takes about 16 times longer. Each tile's rows are read only
+    when needed (``x`` may be a StoredTensor), so the source is never whole in memory.
     """
     out = np.empty(x.shape[::-1], dtype=x.dtype)
     for start in range(0, x.shape[0], rows):
@@ -37,11 +40,11 @@ def transpose(x: np.ndarray, rows: int = 512) -> np.ndarray:
 
 
 def even_columns(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x[..., ::2])
+    return np.ascontiguousarray(np.asarray(x)[..., ::2])
 
 
 def odd_columns(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x[..., 1::2])
+    return np.ascontiguousarray(np.asarray(x)[..., 1::2])
 
 
 def mxfp4_transposed(
@@ -49,15 +52,20 @@ def mxfp4_transposed(
 ) -> np.ndarray:
     """MXFP4 experts ``[e, out, in]`` (packed along ``in``) -> our ``[e, in, out[rows]]``.
 
-    Decoded expert by expert straight into the result, so memory is the result plus one
-    expert; ``rows`` picks the gate (even) or up (odd) outputs of the fused projection.
+    Read and decoded expert by expert straight into the result, so memory is the result plus
+    one expert per core; ``rows`` picks the gate (even) or up (odd) outputs of the fused
+    projection. numpy releases the GIL in the lookups, so experts decode on every core.
     """
     if blocks.ndim != 4 or scales.ndim != 3:
         raise ValueError(f"expected MXFP4 experts [e, out, groups, 16], got {blocks.shape}")
     experts, out_rows = blocks.shape[0], len(range(*rows.indices(blocks.shape[1])))
     result = np.empty((experts, blocks.shape[2] * mxfp4.BLOCK, out_rows), dtype=ml_dtypes.bfloat16)
-    for e in range(experts):
-        result[e] = transpose(mxfp4.dequantize(blocks[e, rows], scales[e, rows]))
+
+    def decode(e: int) -> None:
+        mxfp4.dequantize_transposed(blocks[e][rows], scales[e][rows], result[e])
+
+    with ThreadPoolExecutor(min(experts, os.cpu_count() or 1)) as pool:
+        list(pool.map(decode, range(experts)))  # list(): raise what a decode raised
     return result
 
 

