@@ -121,6 +121,24 @@ def tiny_overrides(model_yaml: dict[str, Any], base_keys: set[str]) -> dict[str,
         cycle = math.lcm(cycle, value)
     prefix = max(dense, int(model_yaml.get("first_num_hash_layers", 0) or 0))
     out["base_num_decoder_layers"] = prefix + cycle * max(1, math.ceil(2 / cycle))
+    fully_moe = (
+        experts > 1
+        and cycle == 1
+        and int(model_yaml.get("first_num_dense_layers", 0) or 0) == 0
+        and model_yaml.get("decoder_block") != "gemma4"
+    )
+    if fully_moe:
+        out["base_mlp_dim"] = out["base_moe_mlp_dim"]  # MaxText requires it of a fully MoE model
+    section = model_yaml.get("mrope_section", [24, 20, 20] if model_yaml.get("use_mrope") else None)
+    if isinstance(section, list) and section and sum(section) > 0:
+        # Multimodal RoPE: the sections split head_dim / 2 frequencies, in the config's ratios.
+        factor = float(model_yaml.get("partial_rotary_factor", 1.0) or 1.0)
+        while int(out["head_dim"] * factor) // 2 < len(section):
+            out["head_dim"] *= 2  # room for one frequency per section
+        half = int(out["head_dim"] * factor) // 2
+        scaled = [max(1, round(part * half / sum(section))) for part in section]
+        scaled[0] += half - sum(scaled)
+        out["mrope_section"] = "[" + ",".join(map(str, scaled)) + "]"
     shared = model_yaml.get("num_kv_shared_layers")
     if isinstance(shared, int) and shared > 0:
         out["num_kv_shared_layers"] = min(shared, out["base_num_decoder_layers"] // 2)
@@ -152,6 +170,16 @@ def _short(exc: BaseException) -> str:
     message = re.sub(r"/tmp/\S*/(model\.onnx)", r"\1", message)
     line = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 1] + "…"
+
+
+def export_error(symbolic: str, fixed: str) -> str:
+    """One line for an export that failed with symbolic and with fixed shapes."""
+    fixed_type = fixed.split(":", 1)[0]
+    suffix = " (fixed shape too)" if fixed == symbolic else f" (fixed shape: {fixed_type})"
+    head = symbolic.removesuffix("…")
+    if len(head) + len(suffix) > ERROR_CHARS:
+        head = head[: ERROR_CHARS - len(suffix) - 1] + "…"
+    return head + suffix
 
 
 # ---- worker: one config, in its own process -------------------------------------------------
@@ -248,7 +276,7 @@ def _run_stages(model_name: str, row: dict[str, Any], save) -> None:
             )
         except Exception as fixed_exc:
             row["fixed_shape_error"] = _short(fixed_exc)
-            raise _Recorded(f"{symbolic_error} (fixed shape too)") from fixed_exc
+            raise _Recorded(export_error(symbolic_error, row["fixed_shape_error"])) from fixed_exc
         row["shape"] = "fixed shape"
     with tempfile.TemporaryDirectory(prefix="survey-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -356,6 +384,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, header: dict[str, Any]) 
         "",
         f"- Date: {header['date']}; survey run time {header['seconds']:.0f} s "
         f"({header['jobs']} jobs, timeout {header['timeout']:g} s per config)",
+        *([f"- Note: {header['note']}"] if header.get("note") else []),
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
         f"- Config dir: `{header['config_dir']}`",
         "- Settings: onnxforge's inference settings "
