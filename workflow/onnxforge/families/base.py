@@ -25,6 +25,35 @@ def read_config_json(directory: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not valid JSON ({err})") from err
 
 
+def transformers_logits(
+    model_class: str, checkpoint_dir: Path, config: Any, inputs: list[np.ndarray], **options
+) -> list[np.ndarray]:
+    """Logits of transformers' ``model_class`` loaded from the downloaded files (float32, eager
+    attention): the independent reference. Missing weights are an error, never random ones."""
+    import torch
+    import transformers
+
+    model, info = getattr(transformers, model_class).from_pretrained(
+        checkpoint_dir,
+        config=config,
+        dtype=torch.float32,
+        attn_implementation="eager",
+        output_loading_info=True,
+        **options,
+    )
+    if info["missing_keys"]:
+        raise InputError(
+            f"{checkpoint_dir}: transformers found no weights for "
+            f"{sorted(info['missing_keys'])[:5]}; the reference would be random"
+        )
+    model.eval()
+    with torch.no_grad():
+        return [
+            model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
+            for ids in inputs
+        ]
+
+
 class Family(Protocol):
     name: str
     environment: str  # which envs/<environment>.lock.txt and config images.<environment>

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
-from onnxforge.families.base import read_config_json
+from onnxforge.families.base import read_config_json, transformers_logits
 from onnxforge.families.gpt_oss import openai_layout, synthetic
 from onnxforge.families.gpt_oss.config import GptOssConfig
 from onnxforge.families.gpt_oss.hf_layout import tensor_rules
@@ -69,7 +69,6 @@ class GptOssFamily:
     ) -> list[np.ndarray]:
         """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
         staged number of layers; MXFP4 is dequantized by transformers itself."""
-        import torch
         import transformers
 
         if not list(Path(checkpoint_dir).glob("*.safetensors")):
@@ -85,26 +84,7 @@ class GptOssFamily:
         if getattr(config, "quantization_config", None):
             # On CPU transformers dequantizes MXFP4 with its own decoder.
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
-        model, info = transformers.GptOssForCausalLM.from_pretrained(
-            checkpoint_dir,
-            config=config,
-            dtype=torch.float32,
-            attn_implementation="eager",
-            output_loading_info=True,
-            **extra,
-        )
-        if info["missing_keys"]:
-            raise InputError(
-                f"{checkpoint_dir}: transformers found no weights for "
-                f"{sorted(info['missing_keys'])[:5]}; the reference would be random"
-            )
-        model.eval()
-        outputs = []
-        with torch.no_grad():
-            for ids in inputs:
-                logits = model(input_ids=torch.from_numpy(np.asarray(ids, dtype=np.int64))).logits
-                outputs.append(logits.float().numpy())
-        return outputs
+        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
 
 
 FAMILY = GptOssFamily()

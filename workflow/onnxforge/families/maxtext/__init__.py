@@ -12,7 +12,6 @@ Orbax checkpoint (``0/items``, unscanned) written by MaxText's own saver.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
-from onnxforge.families.base import read_config_json
+from onnxforge.families.base import read_config_json, transformers_logits
 from onnxforge.families.maxtext.architectures import (
     ARCHITECTURES,
     architecture,
@@ -122,33 +121,13 @@ class MaxTextFamily:
         self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
     ) -> list[np.ndarray]:
         """transformers' own model class on the downloaded files, cut to the staged layers."""
-        import torch
         import transformers
 
         staged = self.read_config(config_dir).hf_config
-        arch = ARCHITECTURES[staged["model_type"]]
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
-        model_class = getattr(transformers, arch.transformers_class)
-        model, info = model_class.from_pretrained(
-            checkpoint_dir,
-            config=config,
-            dtype=torch.float32,
-            attn_implementation="eager",
-            output_loading_info=True,
-        )
-        if info["missing_keys"]:
-            raise InputError(
-                f"{checkpoint_dir}: transformers found no weights for "
-                f"{sorted(info['missing_keys'])[:5]}; the reference would be random"
-            )
-        model.eval()
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
-        with torch.no_grad():
-            return [
-                model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
-                for ids in inputs
-            ]
+        model_class = ARCHITECTURES[staged["model_type"]].transformers_class
+        return transformers_logits(model_class, checkpoint_dir, config, inputs)
 
 
 FAMILY = MaxTextFamily()
