@@ -108,10 +108,9 @@ stage = Path(sys.argv[1])
 weights = convert.load(stage / "checkpoint")
 kernel = weights["decoder"]["layers_1"]["mlp"]["wo"]["kernel"]
 kernel[:] = kernel * 1.5  # one converted tensor, scaled: every shape still fits
-shutil_target = stage / "checkpoint"
 import shutil
-shutil.rmtree(shutil_target)
-convert.save(weights, shutil_target)
+shutil.rmtree(stage / "checkpoint")
+convert.save(weights, stage / "checkpoint")
 """
 
 
@@ -128,6 +127,8 @@ def test_a_perturbed_converted_tensor_fails_the_gate(built, tmp_path):
         check=False,
     )
     assert perturb.returncode == 0, perturb.stderr[-2000:]
+    # Snakemake dates a directory output by its .snakemake_timestamp: the stage is now newer.
+    (root / "stage/.snakemake_timestamp").touch()
     run = snakemake(workdir, release("tiny-llama2"))
     assert run.returncode != 0
     assert "parity gate failed" in run.stdout + run.stderr
