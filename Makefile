@@ -12,6 +12,9 @@ PYTEST_ARGS ?=
 PIP_ARGS ?=
 
 BIN := $(VENV)/bin
+# pip's log in the venv; on failure shown without the warning it prints for every package about
+# a local index folder that does not exist on this kind of machine.
+QUIET_PIP_LOG := grep -v "^WARNING: Location"
 ENV_STAMP := $(VENV)/.installed-$(shell sha256sum $(LOCK) pyproject.toml | sha256sum | cut -c1-16)
 
 # The maxtext environment (MaxText, TensorFlow, ...) runs only the maxtext family's jobs; it
@@ -32,20 +35,21 @@ env: $(ENV_STAMP)
 $(ENV_STAMP): $(LOCK) pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(LOCK)
+	$(BIN)/pip install --quiet --require-hashes --no-deps $(PIP_ARGS) -r $(LOCK) \
+	  > $(VENV)/pip.log 2>&1 || { $(QUIET_PIP_LOG) $(VENV)/pip.log; exit 1; }
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	echo jax.lock.txt > $(VENV)/onnxforge-lock
 	touch $@
 
 env-maxtext: $(MAXTEXT_STAMP)
 
-# pip's output filtered: it warns once per package about this machine's empty local indexes.
 $(MAXTEXT_STAMP): $(MAXTEXT_LOCK) pyproject.toml
 	@test -x "$(MAXTEXT_PYTHON)" || { echo "maxtext needs Python >= 3.12: set MAXTEXT_PYTHON"; exit 1; }
 	rm -rf $(MAXTEXT_VENV)
 	$(MAXTEXT_PYTHON) -m venv $(MAXTEXT_VENV)
 	$(MAXTEXT_VENV)/bin/pip install --quiet --require-hashes --no-deps $(PIP_ARGS) \
-	  -r $(MAXTEXT_LOCK) 2>&1 | grep -v "^WARNING: Location" || true
+	  -r $(MAXTEXT_LOCK) > $(MAXTEXT_VENV)/pip.log 2>&1 \
+	  || { $(QUIET_PIP_LOG) $(MAXTEXT_VENV)/pip.log; exit 1; }
 	$(MAXTEXT_VENV)/bin/python -c "import maxtext, jax2onnx, onnxruntime, torch, transformers"
 	$(MAXTEXT_VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	echo maxtext.lock.txt > $(MAXTEXT_VENV)/onnxforge-lock
