@@ -84,7 +84,7 @@ lint: env
 	$(BIN)/ruff check workflow tests benchmarks
 	$(BIN)/ruff format --check workflow tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
-	$(BIN)/hadolint containers/*/Dockerfile
+	$(BIN)/hadolint containers/Dockerfile
 
 clean:
 	rm -rf results .snakemake

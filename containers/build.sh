@@ -5,6 +5,7 @@
 #   containers/build.sh cuda [...]                     onnxforge-cuda from envs/jax-cuda.lock.txt
 #   containers/build.sh maxtext [...]                  onnxforge-maxtext from envs/maxtext.lock.txt
 #                                                      (its Python 3.12 base must be pullable)
+#   (one containers/Dockerfile: the flavor picks the lock, the base and the interpreter)
 #   containers/build.sh podman-conf                    print the containers.conf podman needs here
 #                                                      (empty when the defaults work); use it as
 #                                                      CONTAINERS_CONF=... podman run ...
@@ -64,8 +65,19 @@ while (($#)); do
     esac
 done
 [[ -n $flavor ]] || die "usage: $0 cpu|cuda|maxtext [--engine podman|docker]"
-dockerfile="$here/$flavor/Dockerfile"
-[[ -f $dockerfile ]] || die "no such flavor: $flavor (no $dockerfile)"
+dockerfile="$here/Dockerfile"
+# Each flavor is one environment's lock in the same Dockerfile (see its header).
+maxtext_base=docker.io/library/python:3.12-slim-bookworm@sha256:782412e85d0f0984994c290652577d4018aff08145c85b262bb63dc0c7522254
+flavor_args=(--build-arg "FLAVOR=$flavor")
+case $flavor in
+    cpu) environment=jax ;;
+    cuda) environment=jax-cuda ;;
+    maxtext)
+        environment=maxtext
+        flavor_args+=(--build-arg PYTHON=python3.12 --build-arg PYTHON_PACKAGES=) ;;
+    *) die "no such flavor: $flavor (cpu, cuda or maxtext)" ;;
+esac
+flavor_args+=(--build-arg "ENVIRONMENT=$environment")
 if [[ -z $engine ]]; then
     if command -v podman >/dev/null; then engine=podman
     elif command -v docker >/dev/null; then engine=docker
@@ -86,13 +98,8 @@ if [[ $engine == podman ]]; then
     fi
 fi
 
-# The flavor's lock: cpu -> envs/jax.lock.txt, cuda -> envs/jax-cuda.lock.txt (its Dockerfile
-# installs the same file; the tag and LOCK_SHA256 are its hash).
-case $flavor in
-    cpu) lock="$root/envs/jax.lock.txt" ;;
-    maxtext) lock="$root/envs/maxtext.lock.txt" ;;
-    *) lock="$root/envs/jax-$flavor.lock.txt" ;;
-esac
+# The flavor's lock (the Dockerfile installs the same file; the tag and LOCK_SHA256 are its hash).
+lock="$root/envs/$environment.lock.txt"
 [[ -f $lock ]] || die "no lock for flavor $flavor ($lock)"
 lock_sha=$(sha256sum "$lock" | cut -d' ' -f1)
 image=onnxforge-$flavor
@@ -100,13 +107,15 @@ tag=${lock_sha:0:12}
 started=$SECONDS
 
 # --- base image ---------------------------------------------------------------------------
-build_args=()
+build_args=("${flavor_args[@]}")
 if [[ -n "${BASE_IMAGE:-}" ]]; then
     build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     echo "build.sh: base $BASE_IMAGE"
 elif [[ $flavor == maxtext ]]; then
-    # Bookworm has no Python 3.12: the Dockerfile's pinned python:3.12 base, from a registry.
-    echo "build.sh: base from containers/maxtext/Dockerfile (pulled)"
+    # Bookworm has no Python 3.12 (so no offline mmdebstrap base): the pinned python:3.12
+    # image, from a registry.
+    build_args+=(--build-arg "BASE_IMAGE=$maxtext_base")
+    echo "build.sh: base $maxtext_base (pulled)"
 else
     if "$engine" image inspect "$base_tag" >/dev/null 2>&1; then
         echo "build.sh: base $base_tag (cached)"
