@@ -49,11 +49,9 @@ def format_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def make_config(model_name: str, overrides: dict[str, Any], dtype: str = "float32"):
-    """MaxText's pyconfig for ``configs/models/<model_name>.yml`` with our overrides."""
-    from maxtext.configs import pyconfig
-    from maxtext.utils.globals import MAXTEXT_CONFIGS_DIR
-
+def config_argv(model_name: str, overrides: dict[str, Any], dtype: str = "float32") -> list[str]:
+    """The command line MaxText's config system (and its converters' main) takes: base.yml,
+    ``configs/models/<model_name>.yml`` by name, our inference settings, then ``overrides``."""
     settings = {
         **INFERENCE_SETTINGS,
         "model_name": model_name,
@@ -62,9 +60,15 @@ def make_config(model_name: str, overrides: dict[str, Any], dtype: str = "float3
         "base_output_directory": os.environ.get("TMPDIR", "/tmp"),
         **overrides,
     }
-    argv = ["onnxforge", os.path.join(MAXTEXT_CONFIGS_DIR, "base.yml")]
-    argv += [f"{key}={format_value(value)}" for key, value in settings.items()]
-    return pyconfig.initialize(argv)
+    argv = ["onnxforge", str(config_dir() / "base.yml")]
+    return argv + [f"{key}={format_value(value)}" for key, value in settings.items()]
+
+
+def make_config(model_name: str, overrides: dict[str, Any], dtype: str = "float32"):
+    """MaxText's pyconfig for ``configs/models/<model_name>.yml`` with our overrides."""
+    from maxtext.configs import pyconfig
+
+    return pyconfig.initialize(config_argv(model_name, overrides, dtype))
 
 
 def abstract_model(config) -> nnx.Module:
@@ -94,13 +98,6 @@ def _attend_on_embedding(query, embedding_table, attend_dtype, config, out_shard
     return jnp.dot(query, table.T, preferred_element_type=attend_dtype)
 
 
-def _use_model_dtype_for_tied_logits() -> None:
-    from maxtext.layers import embeddings, nnx_decoders
-
-    embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
-    nnx_decoders.attend_on_embedding = _attend_on_embedding  # the decoder's logits
-
-
 def _expert_weights_by_one_hot(self, weights, indices, safe_updates=False):
     """MaxText's ``RoutedMoE.reshape_and_update_weights`` (layers/moe.py) without its scatter.
 
@@ -118,10 +115,13 @@ _ORIGINAL_EXPERT_WEIGHTS = None
 
 
 def patch_for_export() -> None:
-    """Workarounds for MaxText code jax2onnx cannot export (README: known issues)."""
+    """Workarounds for MaxText code that ONNX Runtime or jax2onnx cannot take (README: known
+    issues); the JAX side of parity runs them too, so transformers checks them."""
     global _ORIGINAL_EXPERT_WEIGHTS
-    from maxtext.layers import moe
+    from maxtext.layers import embeddings, moe, nnx_decoders
 
+    embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
+    nnx_decoders.attend_on_embedding = _attend_on_embedding  # the decoder's logits
     if _ORIGINAL_EXPERT_WEIGHTS is None:
         _ORIGINAL_EXPERT_WEIGHTS = moe.RoutedMoE.reshape_and_update_weights
         moe.RoutedMoE.reshape_and_update_weights = _expert_weights_by_one_hot
@@ -137,7 +137,6 @@ def forward_function(
     happen at the trace's own level). RNG keys are closed over as raw data: key arrays
     cannot become ONNX constants.
     """
-    _use_model_dtype_for_tied_logits()
     patch_for_export()
     graphdef, param_state, rest = nnx.split(abstract_model(config), nnx.Param, ...)
     dtype = jnp.dtype(config.weight_dtype)

@@ -9,7 +9,6 @@ as a MaxText checkpoint, which we read back.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,16 +28,8 @@ def convert(checkpoint_dir: Path, hf_config: dict[str, Any], mapping: str) -> di
 
     config = transformers.AutoConfig.for_model(**hf_config)
     with tempfile.TemporaryDirectory(prefix="onnxforge-to-maxtext-") as scratch:
-        settings = {
-            **runtime.INFERENCE_SETTINGS,
-            "model_name": mapping,
-            "dtype": "float32",
-            "weight_dtype": "float32",
-            **maxtext_overrides(hf_config),
-            "base_output_directory": scratch,
-        }
-        argv = ["onnxforge", os.path.join(runtime.config_dir(), "base.yml")]
-        argv += [f"{key}={runtime.format_value(value)}" for key, value in settings.items()]
+        overrides = {**maxtext_overrides(hf_config), "base_output_directory": scratch}
+        argv = runtime.config_argv(mapping, overrides)
         with mock.patch.dict(hf_model_configs.HF_MODEL_CONFIGS, {mapping: config}):
             to_maxtext.main(
                 argv,
