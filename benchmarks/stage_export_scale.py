@@ -204,7 +204,7 @@ def main() -> int:
     copy = run("copy", "-c", "import shutil, sys; shutil.copyfile(*sys.argv[1:])", str(ckpt),
                str(runs / "copy.safetensors"))  # fmt: skip
     (runs / "copy.safetensors").unlink()
-    imports = run("imports", "-c", "import onnxforge.stage, jax, orbax.checkpoint")
+    imports = run("imports", "-c", "import onnxforge.tensor_staging, jax, orbax.checkpoint")
     stage_dir = runs / "stage"
     stage = run("stage", "-m", "onnxforge", "stage", "--family", "gpt_oss",
                 "--checkpoint", str(ckpt_dir), "--out", str(stage_dir))  # fmt: skip

@@ -1,16 +1,33 @@
-"""Shared fixtures: a tiny GPT-OSS checkpoint written by transformers, staged and exported."""
+"""Shared fixtures: a tiny GPT-OSS checkpoint written by transformers, staged and exported;
+and one real DAG run over every example the family registry declares."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from onnxforge.export import export
 from onnxforge.families.gpt_oss import FAMILY
-from onnxforge.stage import stage
+from registry import CONFIG, EXAMPLES, F32, REPO, examples_config, perturb, target
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 600):
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    command += ["--directory", str(workdir), "--cores", "2", *args]
+    # One --configfile with both files, last (it takes several values): later files update
+    # earlier ones, while a second --configfile flag would replace the first.
+    command += ["--configfile", str(REPO / "config.yaml")]
+    if config is not None:
+        (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
+        command.append(str(workdir / "test-config.yaml"))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.fixture(scope="session")
@@ -23,12 +40,40 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_stage(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stage")
-    stage("gpt_oss", tiny_checkpoint, out)
+    FAMILY.stage(tiny_checkpoint, out)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_stage, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export")
-    export("gpt_oss", tiny_stage, out, dtype="float32", opset=23)
+    variant = CONFIG["variants"][F32]
+    export(FAMILY, tiny_stage, out, dtype=variant["dtype"], opset=variant["opset"])
     return out
+
+
+@pytest.fixture(scope="session")
+def registry_build(tmp_path_factory) -> Path:
+    """Every registry example through download -> ... -> promote, in one Snakemake call."""
+    workdir = tmp_path_factory.mktemp("registry")
+    releases = [target(example).release for _, example in EXAMPLES]
+    run = snakemake(workdir, *releases, config=examples_config(), timeout=2400)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The same, after each family perturbed one tensor of each example's stage: every target
+    must now fail its gate (one Snakemake call, --keep-going). Returns what was perturbed."""
+    workdir = tmp_path_factory.mktemp("perturbed") / "work"
+    shutil.copytree(registry_build, workdir, symlinks=True)
+    perturbed = {
+        example.name: perturb(family, workdir / target(example).stage)
+        for family, example in EXAMPLES
+    }
+    releases = [target(example).release for _, example in EXAMPLES]
+    run = snakemake(workdir, "--keep-going", *releases, config=examples_config(), timeout=2400)
+    assert run.returncode != 0, "perturbed stages passed their gates"
+    assert "parity gate failed" in run.stdout + run.stderr
+    return workdir, perturbed

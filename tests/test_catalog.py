@@ -20,7 +20,7 @@ def test_shipped_config_is_valid():
     catalog.validate(copy.deepcopy(CONFIG))
     assert catalog.default_targets(CONFIG) == [
         f"results/release/tiny-{name}/hf/f32"
-        for name in ("gpt-oss", "llama2", "mistral", "mixtral", "gemma")
+        for name in ("gpt-oss", "llama", "mistral", "mixtral", "gemma")
     ]
 
 
@@ -71,6 +71,23 @@ def test_variant_dtype_without_gates():
 def test_checkpoint_parity_overrides_apply():
     config = copy.deepcopy(CONFIG)
     config["models"]["tiny-gpt-oss"]["checkpoints"]["hf"]["parity"] = {"long_tokens": 64}
-    settings = catalog.parity_settings(config, "tiny-gpt-oss", "hf", "f32")
+    settings = catalog.parity_settings(catalog.validate(config), "tiny-gpt-oss", "hf", "f32")
     assert settings["long_tokens"] == 64
     assert settings["gates"] == CONFIG["gates"]["float32"]
+
+
+def test_schema_defaults_are_filled_in_once_by_validate():
+    config = catalog.validate(copy.deepcopy(CONFIG))
+    assert "opset" not in CONFIG["variants"]["f32"]  # config.yaml leaves it to the schema
+    assert config["variants"]["f32"]["opset"] == 23
+    assert config["variants"]["f32"]["provider"] == "cpu"
+    assert config["variants"]["bf16-cuda"]["provider"] == "cuda"
+    settings = catalog.parity_settings(config, "tiny-gpt-oss", "hf", "bf16-cuda")
+    assert settings["provider"] == "cuda"
+
+
+def test_an_unknown_provider_names_the_key():
+    config = copy.deepcopy(CONFIG)
+    config["variants"]["f32"]["provider"] = "tpu"
+    with pytest.raises(InputError, match=r"variants\.f32\.provider: unknown provider 'tpu'"):
+        catalog.validate(config)

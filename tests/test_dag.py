@@ -4,41 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import REPO
+from conftest import snakemake
 from onnxforge import outputs
-from onnxforge.families.gpt_oss import hf_layout
-from onnxforge.stage import stage
+from onnxforge.families.gpt_oss import FAMILY, hf_layout
 
 pytestmark = pytest.mark.dag
 TARGET = Path("results/tiny-gpt-oss/hf")
 RELEASE = "results/release/tiny-gpt-oss/hf/f32"  # the maxtext targets: test_maxtext.py
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None, timeout: int = 600):
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-    command += ["--directory", str(workdir), "--cores", "2", *args]
-    # One --configfile with both files, last (it takes several values): later files update
-    # earlier ones, while a second --configfile flag would replace the first.
-    command += ["--configfile", str(REPO / "config.yaml")]
-    if config is not None:
-        (workdir / "test-config.yaml").write_text(yaml.safe_dump(config))
-        command.append(str(workdir / "test-config.yaml"))
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("dag")
-    run = snakemake(workdir, RELEASE)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return workdir
+def built(registry_build) -> Path:
+    """The shared DAG run over the registry's examples (tiny-gpt-oss among them)."""
+    return registry_build
 
 
 def test_default_target_passes_with_reports_and_manifests(built):
@@ -104,11 +86,8 @@ def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
         ]
 
     monkeypatch.setattr(hf_layout, "tensor_rules", broken_rules)
-    import onnxforge.families.gpt_oss as gpt_oss
-
-    monkeypatch.setattr(gpt_oss, "tensor_rules", broken_rules)
     with outputs.atomic_directory(workdir / TARGET / "stage") as tmp:
-        stage("gpt_oss", workdir / TARGET / "download", tmp)
+        FAMILY.stage(workdir / TARGET / "download", tmp)
 
     run = snakemake(workdir, RELEASE)
     assert run.returncode != 0

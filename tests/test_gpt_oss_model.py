@@ -79,10 +79,9 @@ def test_yarn_frequencies_match_transformers(jax_model, torch_model):
 
 
 def test_tied_embeddings(tmp_path):
-    from onnxforge.stage import stage
 
     FAMILY.synthesize(tmp_path / "ckpt", seed=1, overrides={"tie_word_embeddings": True})
-    stage("gpt_oss", tmp_path / "ckpt", tmp_path / "stage")
+    FAMILY.stage(tmp_path / "ckpt", tmp_path / "stage")
     model = _load(tmp_path / "stage")
     ids = _ids(1, 9, model.config.vocab_size)
     ref = FAMILY.reference_logits(tmp_path / "ckpt", tmp_path / "stage", [ids])[0]

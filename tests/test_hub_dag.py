@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from conftest import snakemake
 from hub_server import HubServer
 from onnxforge.families.gpt_oss import FAMILY
-from test_dag import snakemake
 
 pytestmark = pytest.mark.dag
 REPO = "acme/gpt-oss-tiny"

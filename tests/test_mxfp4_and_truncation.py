@@ -16,7 +16,6 @@ from onnxforge import outputs, params_store
 from onnxforge.errors import InputError
 from onnxforge.families.gpt_oss import FAMILY, mxfp4
 from onnxforge.safetensors_stream import CheckpointReader
-from onnxforge.stage import stage
 
 
 def test_dequantize_matches_transformers_on_the_same_bytes():
@@ -88,7 +87,7 @@ def test_mxfp4_checkpoint_has_the_hub_layout(mxfp4_checkpoint):
 
 
 def test_mxfp4_stage_matches_transformers_dequantizing_itself(mxfp4_checkpoint, tmp_path):
-    stage("gpt_oss", mxfp4_checkpoint, tmp_path)
+    FAMILY.stage(mxfp4_checkpoint, tmp_path)
     model = _load(tmp_path)
     ids = np.random.default_rng(0).integers(0, 256, (2, 40), dtype=np.int32)
     (reference,) = FAMILY.reference_logits(mxfp4_checkpoint, tmp_path, [ids])
@@ -96,7 +95,7 @@ def test_mxfp4_stage_matches_transformers_dequantizing_itself(mxfp4_checkpoint, 
 
 
 def test_truncated_stage_keeps_the_first_layers(tiny_checkpoint, tmp_path):
-    stage("gpt_oss", tiny_checkpoint, tmp_path, layers=1)
+    FAMILY.stage(tiny_checkpoint, tmp_path, layers=1)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["layer_types"] == ["sliding_attention"]
     model = _load(tmp_path)
@@ -108,15 +107,15 @@ def test_truncated_stage_keeps_the_first_layers(tiny_checkpoint, tmp_path):
 
 def test_truncating_to_more_layers_than_exist(tiny_checkpoint, tmp_path):
     with pytest.raises(InputError, match="cannot keep 5 layers; num_hidden_layers is 2"):
-        stage("gpt_oss", tiny_checkpoint, tmp_path, layers=5)
+        FAMILY.stage(tiny_checkpoint, tmp_path, layers=5)
 
 
 def test_openai_original_layout_stages_to_the_same_parameters(tmp_path):
     """The hub ships both layouts of one model; both must stage to identical parameters, and
     the original/ stage must match transformers on the root (Hugging Face) files."""
     FAMILY.synthesize(tmp_path / "repo", seed=4, overrides={"original": True})
-    stage("gpt_oss", tmp_path / "repo" / "original", tmp_path / "from_original")
-    stage("gpt_oss", tmp_path / "repo", tmp_path / "from_hf")
+    FAMILY.stage(tmp_path / "repo" / "original", tmp_path / "from_original")
+    FAMILY.stage(tmp_path / "repo", tmp_path / "from_hf")
     original, hf = _load(tmp_path / "from_original"), _load(tmp_path / "from_hf")
     for (path, a), (_, b) in zip(
         nnx.to_flat_state(nnx.state(original)), nnx.to_flat_state(nnx.state(hf)), strict=True
@@ -128,6 +127,6 @@ def test_openai_original_layout_stages_to_the_same_parameters(tmp_path):
 
 
 def test_stage_returns_the_hashes_of_what_it_wrote(tiny_checkpoint, tmp_path):
-    hashes = stage("gpt_oss", tiny_checkpoint, tmp_path)
+    hashes = FAMILY.stage(tiny_checkpoint, tmp_path)
     on_disk = outputs.hash_tree(tmp_path)
     assert hashes and hashes == {k: v for k, v in on_disk.items() if k.startswith("params/")}

@@ -5,17 +5,17 @@ Kept out of the Snakefile so that it is unit-tested and gives errors that name t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from onnxforge import providers
 from onnxforge.errors import InputError
+from onnxforge.layout import Target
 
 SCHEMA = Path(__file__).parents[1] / "schemas" / "config.schema.yaml"
-RESULTS = "results"
 
 
 def deep_update(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -32,16 +32,34 @@ def _key_path(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+def _filling_defaults(validator_class):
+    """A validator that also writes each property's schema ``default`` into the config: the
+    schema is the one place a default is set, applied once, here."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, subschema["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": properties})
+
+
+_Validator = _filling_defaults(jsonschema.Draft202012Validator)
+
+
 def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Check the config against the schema and itself; raise InputError naming the key."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    """Check the config against the schema and itself, filling the schema's defaults in; raise
+    InputError naming the key."""
+    validator = _Validator(yaml.safe_load(SCHEMA.read_text()))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{_key_path(e.absolute_path)}: {e.message}" for e in errors[:10]]
         raise InputError(f"{source} does not match {SCHEMA.name}:\n  " + "\n  ".join(lines))
 
-    from onnxforge.families import FAMILIES  # late: heavy imports only once the config is sane
+    from onnxforge.families import FAMILIES
 
     for name, model in config["models"].items():
         if name == "release":
@@ -52,6 +70,11 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
                 f"known: {sorted(FAMILIES)}"
             )
     for name, variant in config["variants"].items():
+        if variant["provider"] not in providers.PROVIDERS:
+            raise InputError(
+                f"{source}: variants.{name}.provider: unknown provider {variant['provider']!r}; "
+                f"known: {sorted(providers.PROVIDERS)}"
+            )
         if variant["dtype"] not in config["gates"]:
             raise InputError(
                 f"{source}: variants.{name}.dtype is {variant['dtype']!r} but gates has no "
@@ -60,25 +83,6 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     for i, target in enumerate(config["targets"]):
         lookup_target(config, **target, where=f"{source}: targets[{i}]")
     return config
-
-
-@dataclass(frozen=True)
-class Target:
-    model: str
-    checkpoint: str
-    variant: str
-
-    @property
-    def root(self) -> str:
-        return f"{RESULTS}/{self.model}/{self.checkpoint}"
-
-    @property
-    def passed(self) -> str:
-        return f"{self.root}/parity/{self.variant}.passed.json"
-
-    @property
-    def release(self) -> str:
-        return f"{RESULTS}/release/{self.model}/{self.checkpoint}/{self.variant}"
 
 
 def lookup_target(
@@ -126,7 +130,7 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
         **config["parity"],
         **overrides,
         "dtype": dtype,
-        "provider": entry.get("provider", "cpu"),
+        "provider": entry["provider"],
         "gates": config["gates"][dtype],
     }
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from onnxforge import outputs
+from onnxforge import layout, outputs, threads
 from onnxforge.errors import InputError, ParityGateFailed
 
 
@@ -33,18 +33,15 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
-    from onnxforge.families import get_family
-
     options = json.loads(args.options)
     with outputs.atomic_directory(args.out) as tmp:
-        family = get_family(args.family)
         # sha256 of the files it wrote, where the family hashed them as it wrote them
-        known = family.stage(args.checkpoint, tmp, layers=args.layers, options=options)
+        known = args.family.stage(args.checkpoint, tmp, layers=args.layers, options=options)
         outputs.write_manifest(
             tmp,
             "stage",
             {"checkpoint": args.checkpoint},
-            {"family": args.family, "layers": args.layers, "options": options},
+            {"family": args.family.name, "layers": args.layers, "options": options},
             known_outputs=known,
         )
 
@@ -57,7 +54,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         info = export(args.family, args.stage, tmp, dtype=args.dtype, opset=args.opset)
         info["seconds"] = round(time.perf_counter() - started, 2)
         outputs.write_manifest(
-            tmp, "export", {"stage": args.stage}, {"family": args.family, "export": info}
+            tmp, "export", {"stage": args.stage}, {"family": args.family.name, "export": info}
         )
 
 
@@ -69,15 +66,23 @@ def cmd_parity(args: argparse.Namespace) -> None:
     with outputs.atomic_directory(args.out) as tmp:
         started = time.perf_counter()
         report = run_parity(
-            args.family, args.checkpoint, args.stage, args.export / "model.onnx", settings
+            args.family,
+            args.checkpoint,
+            args.stage,
+            args.export / layout.ONNX_FILE,
+            settings,
+            threads=args.threads,
         )
         report.update(
             target=args.target,
             seconds=round(time.perf_counter() - started, 2),
-            onnx_bytes={p.name: p.stat().st_size for p in sorted(args.export.glob("model.onnx*"))},
+            onnx_bytes={
+                name: (args.export / name).stat().st_size
+                for name in (layout.ONNX_FILE, layout.DATA_FILE)
+            },
         )
-        outputs.write_json(tmp / "report.json", report)
-        (tmp / "report.md").write_text(render_markdown(report))
+        outputs.write_json(tmp / layout.REPORT_JSON, report)
+        (tmp / layout.REPORT_MD).write_text(render_markdown(report))
         outputs.write_manifest(
             tmp,
             "parity",
@@ -96,7 +101,7 @@ def cmd_gate(args: argparse.Namespace) -> None:
         reasons = "\n  ".join(report["failures"])
         raise ParityGateFailed(
             f"parity gate failed for {report.get('target', args.report)}:\n  {reasons}\n"
-            f"Full report: {Path(args.report).with_suffix('.md')}"
+            f"Full report: {Path(args.report).with_name(layout.REPORT_MD)}"
         )
     outputs.write_json(
         args.out, {"status": "PASS", "report": str(args.report), "summary": report["summary"]}
@@ -105,11 +110,19 @@ def cmd_gate(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from onnxforge.promote import promote
+    from onnxforge.promote import StepDirs, promote
 
+    steps = StepDirs(args.download, args.stage, args.export, args.parity)
     with outputs.atomic_directory(args.out) as tmp:
         command = os.environ.get("ONNXFORGE_COMMAND", "")
-        promote(args.target, args.root, args.variant, args.passed, tmp, command)
+        promote(args.target, steps, args.passed, tmp, command)
+
+
+def cmd_perturb(args: argparse.Namespace) -> None:
+    """For tests: scale one staged tensor in place (the family says which)."""
+    print(args.family.perturb(args.stage))
+
+
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,8 +151,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--family", required=True)
     s.add_argument("--stage", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--dtype", default="float32")
-    s.add_argument("--opset", type=int, default=23)
+    s.add_argument("--dtype", required=True)
+    s.add_argument("--opset", type=int, required=True)
     s.set_defaults(run=cmd_export)
 
     s = steps.add_parser("parity", help="ONNX Runtime vs JAX vs reference; writes the report")
@@ -159,11 +172,20 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_gate)
     s = steps.add_parser("promote", help="publish a target that passed, with provenance")
     s.add_argument("--target", required=True)
-    s.add_argument("--root", type=Path, required=True, help="results/{model}/{checkpoint}")
-    s.add_argument("--variant", required=True)
+    for step in ("download", "stage", "export", "parity"):
+        s.add_argument(f"--{step}", type=Path, required=True, help=f"the target's {step} folder")
     s.add_argument("--passed", type=Path, required=True)
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_promote)
+
+    s = steps.add_parser("perturb", help="tests: scale one staged tensor so parity must fail")
+    s.add_argument("--family", required=True)
+    s.add_argument("--stage", type=Path, required=True)
+    s.set_defaults(run=cmd_perturb)
+
+    for name, step in steps.choices.items():
+        if name in ("stage", "export", "parity"):
+            step.add_argument("--threads", type=int, help="threads the step may use (the rule's)")
     return p
 
 
@@ -181,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return build(argv[1:])
     args = parser().parse_args(argv)
+    threads.use(getattr(args, "threads", None))
     try:
+        if hasattr(args, "family"):  # every step is handed the family object, not its name
+            from onnxforge.families import get_family
+
+            args.family = get_family(args.family)
         args.run(args)
     except InputError as err:
         print(f"onnxforge {args.step}: error: {err}", file=sys.stderr)

@@ -1,38 +1,34 @@
 """Export: the staged JAX model -> ONNX (jax2onnx), weights as external data.
 
-Batch and sequence stay symbolic, so one file serves any prompt length. The model stays an
-onnx_ir model and is saved with every weight in external data: a ModelProto cannot be
-serialized (or checked in memory) past 2 GB, and building one would hold a second copy of the
-weights next to JAX's.
+The graph's inputs and outputs are ``signature``'s. The model stays an onnx_ir model and is
+saved with every weight in external data: a ModelProto cannot be serialized (or checked in
+memory) past 2 GB, and building one would hold a second copy of the weights next to JAX's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import onnx
-import onnx_ir as ir
-
-from onnxforge.families import get_family
-
-ONNX_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
+from onnxforge import signature
+from onnxforge.families.base import Family
+from onnxforge.layout import DATA_FILE, ONNX_FILE
 
 
-def export(family_name: str, stage_dir: Path, out_dir: Path, *, dtype: str, opset: int) -> dict:
+def export(family: Family, stage_dir: Path, out_dir: Path, *, dtype: str, opset: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import onnx
+    import onnx_ir as ir
     from jax2onnx import to_onnx
 
-    model = get_family(family_name).load(stage_dir, jnp.dtype(dtype))
-
+    model = family.load(stage_dir, jnp.dtype(dtype))
     model_ir = to_onnx(
-        model,  # token ids -> logits
-        [jax.ShapeDtypeStruct(("batch", "sequence"), jnp.int32)],
-        model_name=f"{family_name}",
+        model.bound(),
+        [jax.ShapeDtypeStruct(signature.INPUT_AXES, signature.INPUT_DTYPE)],
+        model_name=family.name,
         opset=opset,
-        input_names=["input_ids"],
-        output_names=["logits"],
+        input_names=list(signature.INPUT_NAMES),
+        output_names=list(signature.OUTPUT_NAMES),
         return_mode="ir",
     )
     del model  # JAX's copy of the weights; the IR model holds its own from here

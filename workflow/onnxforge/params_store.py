@@ -8,6 +8,7 @@ path and shape, so a stage that does not fit the model fails loudly instead of e
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,16 @@ def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Mo
                 )
             leaves.append((path, var.replace(jnp.asarray(value, dtype=dtype))))
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
+def rescale(parameter_dir: Path, factor: float) -> None:
+    """Multiply one staged parameter by ``factor`` in place (tests: prove a gate bites)."""
+    parameter_dir = Path(parameter_dir).absolute()
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        value = np.asarray(checkpointer.restore(parameter_dir)["value"])
+    scaled = (value.astype(np.float32) * factor).astype(value.dtype)
+    tmp = parameter_dir.with_name(parameter_dir.name + ".rescaled")
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        checkpointer.save(tmp, {"value": scaled})
+    shutil.rmtree(parameter_dir)
+    tmp.rename(parameter_dir)

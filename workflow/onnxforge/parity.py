@@ -10,91 +10,86 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from onnxforge import metrics
-from onnxforge.families import get_family
+from onnxforge import metrics, providers, signature
+from onnxforge.families.base import Family
 
 
 @dataclass(frozen=True)
 class ParitySettings:
+    """What config.yaml says for one target (catalog.parity_settings): no defaults here, the
+    schema holds them."""
+
     dtype: str
     gates: dict[str, float]
-    provider: str = "cpu"  # ONNX Runtime execution provider: cpu or cuda
-    short_batch: int = 2
-    short_tokens: int = 24
-    long_tokens: int = 256
-    decode_tokens: int = 8
-    seed: int = 0
+    provider: str
+    short_batch: int
+    short_tokens: int
+    long_tokens: int
+    decode_tokens: int
+    seed: int
 
 
 def parity_inputs(vocab_size: int, settings: ParitySettings) -> dict[str, np.ndarray]:
     """Seeded token ids: a short batch and one long sequence (RoPE errors hide in short ones)."""
     rng = np.random.default_rng(settings.seed)
+    shapes = {
+        f"short_{settings.short_batch}x{settings.short_tokens}": (
+            settings.short_batch,
+            settings.short_tokens,
+        ),
+        f"long_1x{settings.long_tokens}": (1, settings.long_tokens),
+    }
     return {
-        f"short_{settings.short_batch}x{settings.short_tokens}": rng.integers(
-            0, vocab_size, (settings.short_batch, settings.short_tokens), dtype=np.int32
-        ),
-        f"long_1x{settings.long_tokens}": rng.integers(
-            0, vocab_size, (1, settings.long_tokens), dtype=np.int32
-        ),
+        name: rng.integers(0, vocab_size, shape, dtype=signature.INPUT_DTYPE)
+        for name, shape in shapes.items()
     }
 
 
 class OnnxModel:
-    def __init__(self, path: Path, provider: str = "cpu"):
-        import onnxruntime as ort
-
-        if provider == "cuda":
-            # onnxruntime-gpu finds the pip NVIDIA libraries only when asked to load them.
-            ort.preload_dlls()
-            providers = ["CUDAExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), providers=providers)
-        if self.session.get_providers()[0] != providers[0]:
-            raise RuntimeError(f"ONNX Runtime could not use {providers[0]} for {path}")
-        self.input_name = self.session.get_inputs()[0].name
+    def __init__(self, path: Path, provider: str, threads: int | None = None):
+        self.session = providers.onnx_session(path, provider, threads)
 
     def __call__(self, token_ids: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: token_ids.astype(np.int32)})[0]
+        return self.session.run([signature.LOGITS], signature.feeds(token_ids))[0]
 
 
 def greedy_decode(logits_fn, prompt: np.ndarray, steps: int) -> list[int]:
-    """Greedy tokens by re-running the whole sequence each step (no cache to disagree on)."""
-    tokens = prompt.astype(np.int32)
-    generated = []
-    for _ in range(steps):
-        next_token = int(np.asarray(logits_fn(tokens))[0, -1].argmax())
-        generated.append(next_token)
-        tokens = np.concatenate([tokens, [[next_token]]], axis=1).astype(np.int32)
-    return generated
+    """Greedy tokens without a cache (nothing to disagree on), on one fixed shape: the prompt
+    is padded to its final length, and a causal model's logits at a position do not depend on
+    what follows it. One shape means one JAX compilation instead of one per step."""
+    length = prompt.shape[1]
+    tokens = np.zeros((1, length + steps), signature.INPUT_DTYPE)
+    tokens[:, :length] = prompt
+    for position in range(length, length + steps):
+        logits = np.asarray(logits_fn(tokens))
+        tokens[0, position] = int(logits[0, position - 1].argmax())
+    return tokens[0, length:].tolist()
 
 
 def run_parity(
-    family_name: str,
+    family: Family,
     download_dir: Path,
     stage_dir: Path,
     onnx_path: Path,
     settings: ParitySettings,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Every comparison's metrics and the gate verdict, as the report records them."""
-    family = get_family(family_name)
-    config = family.read_config(stage_dir)
-    dtype = jnp.dtype(settings.dtype)
-    model = family.load(stage_dir, dtype)
-    if isinstance(model, nnx.Module):
-        graphdef, state = nnx.split(model)
-        jax_forward = jax.jit(lambda ids: nnx.merge(graphdef, state)(ids).astype(jnp.float32))
-    else:
-        jax_forward = jax.jit(lambda ids: model(ids).astype(jnp.float32))
-    onnx_model = OnnxModel(onnx_path, settings.provider)
+    import jax
+    import jax.numpy as jnp
 
-    inputs = parity_inputs(config.vocab_size, settings)
-    jax_logits = {name: np.asarray(jax_forward(ids)) for name, ids in inputs.items()}
+    model = family.load(stage_dir, jnp.dtype(settings.dtype))
+    apply = jax.jit(lambda params, ids: model.apply(params, ids).astype(jnp.float32))
+
+    def jax_forward(ids: np.ndarray) -> np.ndarray:
+        return np.asarray(apply(model.params, ids))
+
+    onnx_model = OnnxModel(onnx_path, settings.provider, threads)
+
+    inputs = parity_inputs(model.vocab_size, settings)
+    jax_logits = {name: jax_forward(ids) for name, ids in inputs.items()}
     onnx_logits = {name: onnx_model(ids).astype(np.float32) for name, ids in inputs.items()}
     reference_logits = dict(
         zip(
@@ -130,6 +125,7 @@ def run_parity(
         "status": "FAIL" if failures else "PASS",
         "failures": failures,
         "dtype": settings.dtype,
+        "provider": settings.provider,
         "gates": settings.gates,
         "inputs": {name: list(ids.shape) for name, ids in inputs.items()},
         "summary": summary,

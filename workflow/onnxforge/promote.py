@@ -8,13 +8,22 @@ hub revision, every package version of the lock, and the command that built it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxforge import outputs
+from onnxforge import layout, outputs
 from onnxforge.errors import InputError
 
-RELEASED = ("model.onnx", "model.onnx.data", "report.md", "report.json")
+
+@dataclass(frozen=True)
+class StepDirs:
+    """The folders of one target's steps (the promote rule's declared inputs)."""
+
+    download: Path
+    stage: Path
+    export: Path
+    parity: Path
 
 
 def locked_packages(lock: Path) -> dict[str, str]:
@@ -31,16 +40,15 @@ def _manifest(step_dir: Path) -> dict[str, Any]:
     return json.loads((step_dir / outputs.MANIFEST).read_text())
 
 
-def promote(target: str, root: Path, variant: str, passed: Path, out_dir: Path, command: str):
+def promote(target: str, steps: StepDirs, passed: Path, out_dir: Path, command: str):
     verdict = json.loads(Path(passed).read_text())
     if verdict.get("status") != "PASS":
         raise InputError(f"{passed}: parity did not pass; nothing is promoted")
-    export_dir, parity_dir = root / "export" / variant, root / "parity" / variant
-    for name in RELEASED:
-        source = (export_dir if name.startswith("model") else parity_dir) / name
-        outputs.link_or_copy(source, out_dir / name)
-    download, stage = _manifest(root / "download"), _manifest(root / "stage")
-    export, parity = _manifest(export_dir), _manifest(parity_dir)
+    for name in layout.RELEASED:
+        source = steps.export if name in (layout.ONNX_FILE, layout.DATA_FILE) else steps.parity
+        outputs.link_or_copy(Path(source) / name, out_dir / name)
+    download, stage = _manifest(Path(steps.download)), _manifest(Path(steps.stage))
+    export, parity = _manifest(Path(steps.export)), _manifest(Path(steps.parity))
     lock = Path(export["environment"].get("lock_path") or outputs.default_lock())
     outputs.write_json(
         out_dir / outputs.MANIFEST,

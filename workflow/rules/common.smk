@@ -1,12 +1,10 @@
-# Config validation and the helpers that turn config into targets and parameters.
+# Config validation and the helpers that turn config into targets, parameters and shells.
 import json
 import os
 import sys
 from pathlib import Path
 
-# Jobs run this environment's python (where onnxforge is installed), activated or not.
-os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]
-
+from onnxforge import layout, providers
 from onnxforge.catalog import (
     checkpoint_entry,
     default_targets,
@@ -19,7 +17,7 @@ from onnxforge.errors import InputError
 from onnxforge.families import get_family
 
 try:
-    validate(config, source="config")
+    validate(config, source="config")  # fills in the schema's defaults, once
 except InputError as err:
     raise WorkflowError(str(err)) from None
 
@@ -31,38 +29,62 @@ wildcard_constraints:
 
 
 IN_IMAGES = "apptainer" in str(workflow.deployment_settings.deployment_method).lower()
+DOWNLOAD, STAGE, EXPORT = layout.DOWNLOAD, layout.STAGE, layout.EXPORT
+PARITY, PASSED, RELEASE, LOGS = layout.PARITY, layout.PASSED, layout.RELEASE, layout.LOGS
 
 
-def image_for(wildcards):
-    """The pinned image of the job's environment (config images), used by `--sdm apptainer`;
-    without it, this environment's python runs the jobs. CUDA variants use `<env>-cuda`."""
+def environment_of(wildcards):
+    return family_of(wildcards).environment
+
+
+def family_of(wildcards):
+    return get_family(model_entry(config, wildcards.model)["family"])
+
+
+def variant_of(wildcards):
+    return variant_entry(config, wildcards.variant)
+
+
+def job_environment(wildcards):
+    """The environment a job runs in; a CUDA variant's export and parity use `<env>-cuda`."""
     environment = environment_of(wildcards)
-    if "variant" in wildcards.keys() and variant_of(wildcards).get("provider") == "cuda":
+    if "variant" in wildcards.keys() and variant_of(wildcards)["provider"] == "cuda":
         environment += "-cuda"
+    return environment
+
+
+def image_for_environment(environment):
+    """The pinned image (config images) that `--sdm apptainer` runs the job in."""
     image = config["images"].get(environment)
     if image is None and IN_IMAGES:
         raise WorkflowError(
             f"config images.{environment} is not set: build it (make images), push it and "
-            "add its docker://...@sha256 reference"
+            f"add its docker://...@sha256 reference"
         )
     return image
 
 
-def environment_of(wildcards):
-    return get_family(model_entry(config, wildcards.model)["family"]).environment
+def image_for(wildcards):
+    return image_for_environment(job_environment(wildcards))
+
+
+_MISSING_WARNED = set()
 
 
 def python_for_environment(environment):
-    """The python that runs a job: the image's own under `--sdm apptainer`; locally this
-    environment's (the `jax` one runs Snakemake itself) or `.venv-<environment>` of this
-    checkout, which `make env-<environment>` builds from envs/<environment>.lock.txt."""
-    if IN_IMAGES or environment == "jax":
+    """The python that runs a job: the image's own under `--sdm apptainer`; locally the
+    driver's for `jax`, else `.venv-<environment>` of this checkout (`make env-<environment>`
+    builds it). A missing one is named when the DAG is built and fails only its jobs."""
+    if IN_IMAGES:
         return "python"
+    if environment.startswith("jax"):
+        return sys.executable  # the driver's own environment, activated or not
     python = Path(workflow.basedir) / f".venv-{environment}" / "bin" / "python"
-    if not python.exists():
-        raise WorkflowError(
-            f"{python} is missing: the {environment} environment runs these jobs; "
-            f"build it with `make env-{environment}`"
+    if not python.exists() and environment not in _MISSING_WARNED:
+        _MISSING_WARNED.add(environment)
+        logger.warning(
+            f"{python} is missing: the {environment} jobs need it; build it with "
+            f"`make env-{environment}`"
         )
     return str(python)
 
@@ -71,10 +93,37 @@ def python_for(wildcards):
     return python_for_environment(environment_of(wildcards))
 
 
+def make_target_for(wildcards):
+    return f"env-{environment_of(wildcards)}"
+
+
+def gpus_for(wildcards):
+    return providers.gpus_for(variant_of(wildcards)["provider"])
+
+
 def provenance_image(wildcards):
     """What the step's manifest records as its image: the pinned image under apptainer, the
     image's own name inside `docker run IMAGE` (its ONNXFORGE_IMAGE), else 'local'."""
     return image_for(wildcards) if IN_IMAGES else os.environ.get("ONNXFORGE_IMAGE", "local")
+
+
+def onnxforge_step(arguments, console=False):
+    """The shell of a step: `python -m onnxforge ARGUMENTS` in the job's environment, its
+    output in the log; when it fails, its one-line error goes to the console as well
+    (`console`: all of its output, for the gate's verdict).
+
+    Every value from the config reaches the shell through `{params.x:q}` (shlex-quoted)."""
+    check = (
+        "command -v {params.python:q} >/dev/null || {{ echo 'onnxforge: {params.python} is "
+        "missing: build it with make {params.make_target}' >&2; exit 1; }}; "
+    )
+    run = f"ONNXFORGE_IMAGE={{params.image:q}} {{params.python:q}} -m onnxforge {arguments}"
+    if console:
+        return f"{check}{run} 2>&1 | tee {{log:q}}"
+    report_error = (
+        "{{ status=$?; grep -h '^onnxforge ' {log:q} >&2 || tail -n 5 {log:q} >&2; exit $status; }}"
+    )
+    return f"{check}{run} > {{log:q}} 2>&1 || {report_error}"
 
 
 # For provenance: the command line this workflow was started with, in the environment rather
@@ -82,30 +131,34 @@ def provenance_image(wildcards):
 for _name in ("ONNXFORGE_COMMAND", "APPTAINERENV_ONNXFORGE_COMMAND"):
     os.environ[_name] = " ".join(["snakemake", *sys.argv[1:]])
 
-RESULT = "results/{model}/{checkpoint}"
-LOGS = "results/{model}/{checkpoint}/logs"
-
-
-def family_of(wildcards):
-    return model_entry(config, wildcards.model)["family"]
-
 
 def source_of(wildcards):
     return checkpoint_entry(config, wildcards.model, wildcards.checkpoint)["source"]
 
 
-def download_patterns(wildcards):
+def download_arguments(wildcards):
+    """--include/--exclude/--extra flags, as a list: each element is quoted on its own."""
     entry = checkpoint_entry(config, wildcards.model, wildcards.checkpoint)
-    flags = [f"--include '{p}'" for p in entry.get("include", [])]
-    flags += [f"--exclude '{p}'" for p in entry.get("exclude", [])]
-    return " ".join(flags + [f"--extra '{n}={u}'" for n, u in entry.get("extra", {}).items()])
+    flags = [arg for p in entry.get("include", []) for arg in ("--include", p)]
+    flags += [arg for p in entry.get("exclude", []) for arg in ("--exclude", p)]
+    flags += [arg for n, u in entry.get("extra", {}).items() for arg in ("--extra", f"{n}={u}")]
+    return flags
 
 
-def variant_of(wildcards):
-    return variant_entry(config, wildcards.variant)
+def stage_arguments(wildcards):
+    entry = checkpoint_entry(config, wildcards.model, wildcards.checkpoint)
+    return ["--layers", str(entry["layers"])] if entry.get("layers") else []
 
 
 def parity_settings_json(wildcards):
     return json.dumps(
         parity_settings(config, wildcards.model, wildcards.checkpoint, wildcards.variant)
     )
+
+
+def target_name(wildcards):
+    return layout.Target(wildcards.model, wildcards.checkpoint, wildcards.variant).name
+
+
+# What every step's rule passes to onnxforge_step, besides its own params.
+STEP_PARAMS = dict(image=provenance_image, python=python_for, make_target=make_target_for)

@@ -1,22 +1,21 @@
 rule download:
     output:
-        directory(f"{RESULT}/download"),
+        directory(DOWNLOAD),
     log:
         f"{LOGS}/download.log",
     benchmark:
         f"{LOGS}/download.benchmark.tsv"
     container:
         image_for
+    threads: 1
     resources:
         mem_mb=2000,
         runtime=60,
     params:
-        image=provenance_image,
-        python=python_for,
+        **STEP_PARAMS,
         source=source_of,
-        patterns=download_patterns,
+        flags=download_arguments,
     message:
         "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     shell:
-        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
-        " download --source '{params.source}' {params.patterns} --out {output} > {log} 2>&1"
+        onnxforge_step("download --source {params.source:q} {params.flags:q} --out {output:q}")

@@ -1,26 +1,28 @@
 rule export:
     input:
-        f"{RESULT}/stage",
+        STAGE,
     output:
-        directory(f"{RESULT}/export/{{variant}}"),
+        directory(EXPORT),
     log:
         f"{LOGS}/export-{{variant}}.log",
     benchmark:
         f"{LOGS}/export-{{variant}}.benchmark.tsv"
     container:
         image_for
+    threads: 4
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=gpus_for,
     params:
-        image=provenance_image,
-        python=python_for,
-        family=family_of,
+        **STEP_PARAMS,
+        family=lambda w: family_of(w).name,
         dtype=lambda w: variant_of(w)["dtype"],
-        opset=lambda w: variant_of(w).get("opset", 23),
+        opset=lambda w: variant_of(w)["opset"],
     message:
         "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     shell:
-        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
-        " export --family {params.family} --stage {input}"
-        " --dtype {params.dtype} --opset {params.opset} --out {output} > {log} 2>&1"
+        onnxforge_step(
+            "export --family {params.family:q} --stage {input:q} --dtype {params.dtype:q}"
+            " --opset {params.opset:q} --threads {threads} --out {output:q}"
+        )

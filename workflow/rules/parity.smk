@@ -4,52 +4,62 @@
 
 rule parity_report:
     input:
-        checkpoint=f"{RESULT}/download",
-        stage=f"{RESULT}/stage",
-        export=f"{RESULT}/export/{{variant}}",
+        checkpoint=DOWNLOAD,
+        stage=STAGE,
+        export=EXPORT,
     output:
-        directory(f"{RESULT}/parity/{{variant}}"),
+        directory(PARITY),
     log:
         f"{LOGS}/parity-{{variant}}.log",
     benchmark:
         f"{LOGS}/parity-{{variant}}.benchmark.tsv"
     container:
         image_for
+    threads: 4
     resources:
         mem_mb=8000,
         runtime=120,
+        gpu=gpus_for,
     params:
-        image=provenance_image,
-        python=python_for,
-        family=family_of,
+        **STEP_PARAMS,
+        family=lambda w: family_of(w).name,
         settings=parity_settings_json,
-        target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
+        target=target_name,
     message:
         "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
         "ONNX Runtime vs JAX vs reference"
     shell:
-        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
-        " parity --family {params.family} --target {params.target}"
-        " --checkpoint {input.checkpoint} --stage {input.stage} --export {input.export}"
-        " --settings '{params.settings}' --out {output} > {log} 2>&1"
+        onnxforge_step(
+            "parity --family {params.family:q} --target {params.target:q}"
+            " --checkpoint {input.checkpoint:q} --stage {input.stage:q}"
+            " --export {input.export:q} --settings {params.settings:q}"
+            " --threads {threads} --out {output:q}"
+        )
 
 
 rule parity_gate:
     input:
-        f"{RESULT}/parity/{{variant}}",
+        PARITY,
     output:
-        f"{RESULT}/parity/{{variant}}.passed.json",
+        PASSED,
     log:
         f"{LOGS}/gate-{{variant}}.log",
+    benchmark:
+        f"{LOGS}/gate-{{variant}}.benchmark.tsv"
     container:
         image_for
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
-        image=provenance_image,
-        python=python_for,
-        release="results/release/{model}/{checkpoint}/{variant}",
+        **STEP_PARAMS,
+        release=RELEASE,
     message:
         "Gate {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}"
     shell:
-        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
-        " gate --report {input}/report.json --release {params.release}"
-        " --out {output} 2>&1 | tee {log}"
+        # The gate's verdict (PASS, or the failed gates) is the console's to see.
+        onnxforge_step(
+            "gate --report {input:q}/report.json --release {params.release:q} --out {output:q}",
+            console=True,
+        )

@@ -1,24 +1,33 @@
-# Only what passed its gate is promoted: the input is the gate's verdict.
+# Only what passed its gate is promoted: the gate's verdict and every step it publishes from.
 
 
 rule promote:
     input:
-        passed=f"{RESULT}/parity/{{variant}}.passed.json",
+        passed=PASSED,
+        download=DOWNLOAD,
+        stage=STAGE,
+        export=EXPORT,
+        parity=PARITY,
     output:
-        directory("results/release/{model}/{checkpoint}/{variant}"),
+        directory(RELEASE),
     log:
         f"{LOGS}/promote-{{variant}}.log",
+    benchmark:
+        f"{LOGS}/promote-{{variant}}.benchmark.tsv"
     container:
         image_for
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
     params:
-        image=provenance_image,
-        python=python_for,
-        root=RESULT,
-        target=lambda w: f"{w.model}/{w.checkpoint}/{w.variant}",
+        **STEP_PARAMS,
+        target=target_name,
     message:
         "Promote {wildcards.model}/{wildcards.checkpoint} {wildcards.variant} to results/release"
     shell:
-        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
-        " promote --target {params.target} --root {params.root}"
-        " --variant {wildcards.variant} --passed {input.passed}"
-        " --out {output} > {log} 2>&1"
+        onnxforge_step(
+            "promote --target {params.target:q} --download {input.download:q}"
+            " --stage {input.stage:q} --export {input.export:q} --parity {input.parity:q}"
+            " --passed {input.passed:q} --out {output:q}"
+        )

@@ -1,31 +1,31 @@
 rule stage:
     input:
-        f"{RESULT}/download",
+        DOWNLOAD,
     output:
-        directory(f"{RESULT}/stage"),
+        directory(STAGE),
     log:
         f"{LOGS}/stage.log",
     benchmark:
         f"{LOGS}/stage.benchmark.tsv"
     container:
         image_for
+    threads: 4
     resources:
         mem_mb=4000,
         runtime=60,
     params:
-        image=provenance_image,
-        python=python_for,
-        family=family_of,
+        **STEP_PARAMS,
+        family=lambda w: family_of(w).name,
         options=lambda w: json.dumps(model_entry(config, w.model).get("options", {})),
-        subdir=lambda w: checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
-        layers=lambda w: (
-            f"--layers {n}"
-            if (n := checkpoint_entry(config, w.model, w.checkpoint).get("layers"))
-            else ""
+        checkpoint=lambda w: os.path.join(
+            layout.DOWNLOAD.format(**w),
+            checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
         ),
+        flags=stage_arguments,
     message:
         "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
-        "ONNXFORGE_IMAGE={params.image} {params.python} -m onnxforge"
-        " stage --family {params.family} --checkpoint {input}/{params.subdir}"
-        " {params.layers} --options '{params.options}' --out {output} > {log} 2>&1"
+        onnxforge_step(
+            "stage --family {params.family:q} --checkpoint {params.checkpoint:q} {params.flags:q}"
+            " --options {params.options:q} --threads {threads} --out {output:q}"
+        )

@@ -13,7 +13,7 @@ rule maxtext_survey:
     benchmark:
         "results/logs/maxtext-survey.benchmark.tsv"
     container:
-        lambda w: config["images"].get("maxtext")
+        lambda w: image_for_environment("maxtext")
     threads: 2
     resources:
         mem_mb=16000,

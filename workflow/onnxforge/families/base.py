@@ -1,17 +1,80 @@
-"""What a model family provides. Adding a family is one module and one registry entry."""
+"""What a model family provides: the contract every step of the pipeline calls, and nothing
+more. Adding a family is one module and one registry entry; its ``examples`` bring its tests.
+
+Family modules import their heavy dependencies (JAX, MaxText, transformers) inside methods:
+the registry is read by the Snakefile and the catalog, which must start fast and run before
+any environment but the driver's exists.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-from flax import nnx
-
 from onnxforge.errors import InputError
-from onnxforge.safetensors_stream import CheckpointReader
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A staged model: ``apply(params, token_ids [batch, sequence]) -> logits``.
+
+    The weights are an argument, not a closure: ``jax.jit(apply)`` then takes them as buffers
+    instead of baking a second copy into the compiled program. ``bound`` closes over them
+    for jax2onnx, which makes them the ONNX initializers.
+    """
+
+    apply: Callable[[Any, Any], Any]
+    params: Any
+    vocab_size: int
+
+    def bound(self) -> Callable[[Any], Any]:
+        return lambda token_ids: self.apply(self.params, token_ids)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A tiny synthetic checkpoint a family declares; the test suite builds every example
+    through the DAG (PASS) and again with ``perturb`` applied to its stage (FAIL)."""
+
+    name: str  # the catalog model name the tests use (and config.yaml's default targets)
+    source: str  # synthetic://<family>?...
+    options: dict[str, Any] = field(default_factory=dict)  # the catalog model's options
+
+
+class Family(Protocol):
+    name: str  # the catalog's `family:` key
+    environment: str  # which envs/<environment>.lock.txt and config images.<environment>
+    examples: tuple[Example, ...]
+
+    def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
+        """Write a deterministic tiny checkpoint in the Hugging Face layout (transformers)."""
+
+    def stage(
+        self,
+        checkpoint_dir: Path,
+        out_dir: Path,
+        layers: int | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> dict[str, str]:
+        """Write the staged parameters and a Hugging Face ``config.json`` (cut to ``layers``)
+        into ``out_dir``, a fresh directory; ``options`` are the catalog model's settings.
+        Returns the sha256 of the files it hashed while writing them (relative paths)."""
+
+    def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        """The staged model, for jax2onnx to export and ``jax.jit`` to run."""
+
+    def reference_logits(
+        self, checkpoint_dir: Path, stage_dir: Path, inputs: list[Any]
+    ) -> list[Any]:
+        """Logits of an independent implementation (transformers, PyTorch), float32, on the
+        downloaded files cut to the staged layers."""
+
+    def perturb(self, stage_dir: Path) -> str:
+        """Scale one staged tensor of layer 1 in place (every shape still fits); returns its
+        name. The registry tests use it to prove that the gates bite."""
 
 
 def read_config_json(directory: Path) -> dict[str, Any]:
@@ -20,16 +83,63 @@ def read_config_json(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise InputError(f"{path}: missing; a checkpoint needs its config.json")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except ValueError as err:
         raise InputError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def write_stage_config(
+    hf_config: dict[str, Any], source: Path, out_dir: Path, layers: int | None
+) -> dict[str, Any]:
+    """Write the Hugging Face config.json a stage holds, cut to its first ``layers`` layers.
+
+    A layer-truncated stage lets a real-width model be checked on a small machine; the
+    reference then loads the same layers from this config.
+    """
+    config = dict(hf_config)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    if layers is not None:
+        available = config.get("num_hidden_layers")
+        if not isinstance(available, int) or not 0 < layers <= available:
+            raise InputError(
+                f"{source}: cannot keep {layers} layers; num_hidden_layers is {available}"
+            )
+        config["num_hidden_layers"] = layers
+        if isinstance(config.get("layer_types"), list):
+            config["layer_types"] = config["layer_types"][:layers]
+    (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
+
+
+def randomize_torch_model(model: Any, init_std: float) -> None:
+    """Every tensor random, norms near one, the rest near zero: a mapping mistake anywhere then
+    changes the logits, which an init of ones and zeros would hide. Seed torch first."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            noise = torch.randn(param.shape) * init_std
+            param.copy_(1.0 + noise if is_norm_scale(name.split(".")) else noise)
+
+
+def is_norm_scale(path: list[str] | tuple[str, ...]) -> bool:
+    """A normalization's scale, in transformers' (``*norm.weight``) or JAX's naming."""
+    return any("norm" in part.lower() for part in path[:-1]) and path[-1] in (
+        "weight",
+        "scale",
+        "value",
+    )
 
 
 def transformers_logits(
-    model_class: str, checkpoint_dir: Path, config: Any, inputs: list[np.ndarray], **options
-) -> list[np.ndarray]:
+    model_class: str, checkpoint_dir: Path, config: Any, inputs: list[Any], **options
+) -> list[Any]:
     """Logits of transformers' ``model_class`` loaded from the downloaded files (float32, eager
     attention): the independent reference. Missing weights are an error, never random ones."""
+    import numpy as np
     import torch
     import transformers
 
@@ -52,45 +162,3 @@ def transformers_logits(
             model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
             for ids in inputs
         ]
-
-
-class Family(Protocol):
-    name: str
-    environment: str  # which envs/<environment>.lock.txt and config images.<environment>
-
-    def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
-        """Write a deterministic tiny checkpoint in the Hugging Face layout (transformers)."""
-
-    def normalize_config(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """The config.json stage writes (the reference loads it), from the checkpoint's."""
-
-    def read_config(self, checkpoint_dir: Path) -> Any:
-        """The family's config from the checkpoint's ``config.json``."""
-
-    def build(self, config: Any, dtype: Any) -> nnx.Module:
-        """The JAX model (parameters zero until loaded); call under ``nnx.eval_shape``."""
-
-    def stage(
-        self,
-        checkpoint_dir: Path,
-        out_dir: Path,
-        layers: int | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> dict[str, str] | None:
-        """Write the staged parameters and config.json into ``out_dir`` (a fresh directory);
-        ``options`` are the catalog model's family settings. Returns the sha256 of the files
-        it hashed while writing them (relative paths), if it did."""
-
-    def load(self, stage_dir: Path, dtype: Any) -> Callable[[Any], Any]:
-        """The staged model: ``token ids [batch, sequence] -> logits``, an NNX module or a
-        pure function, which jax2onnx exports and ``jax.jit`` runs."""
-
-    def stage_tensors(
-        self, reader: CheckpointReader, config: Any
-    ) -> list[tuple[tuple[str, ...], dict[tuple[str, ...], Any]]]:
-        """(checkpoint tensor names, {parameter path: transform(*tensors)}), read once each."""
-
-    def reference_logits(
-        self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
-    ) -> list[np.ndarray]:
-        """Logits of an independent implementation (transformers, PyTorch), float32."""

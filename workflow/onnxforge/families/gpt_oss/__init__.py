@@ -1,38 +1,44 @@
-"""GPT-OSS: Hugging Face layout checkpoints, our NNX model, transformers as the reference."""
+"""GPT-OSS: OpenAI's and Hugging Face's layouts, our NNX model, transformers as the reference."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from onnxforge.errors import InputError
-from onnxforge.families.base import read_config_json, transformers_logits
-from onnxforge.families.gpt_oss import openai_layout, synthetic
-from onnxforge.families.gpt_oss.config import GptOssConfig
-from onnxforge.families.gpt_oss.hf_layout import tensor_rules
-from onnxforge.families.gpt_oss.model import GptOss
-from onnxforge.safetensors_stream import CheckpointReader
+from onnxforge.families.base import (
+    Example,
+    LoadedModel,
+    read_config_json,
+    transformers_logits,
+    write_stage_config,
+)
+
+PARAMS = "params"  # the stage's Orbax parameters, one checkpoint per parameter
 
 
 class GptOssFamily:
     name = "gpt_oss"
     environment = "jax"  # envs/jax.lock.txt, image config.images.jax
+    examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0"),)
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
+        from onnxforge.families.gpt_oss import synthetic
+
         synthetic.synthesize(out_dir, seed, overrides)
 
-    def normalize_config(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """The Hugging Face config.json for either layout's config."""
-        return openai_layout.to_hf_config(raw) if openai_layout.is_openai_config(raw) else raw
+    def read_config(self, directory: Path):
+        """Our GptOssConfig from a checkpoint's (either layout's) or a stage's config.json."""
+        from onnxforge.families.gpt_oss import openai_layout
+        from onnxforge.families.gpt_oss.config import GptOssConfig
 
-    def read_config(self, checkpoint_dir: Path) -> GptOssConfig:
-        raw = read_config_json(checkpoint_dir)
-        source = str(Path(checkpoint_dir) / "config.json")
-        return GptOssConfig.from_hf(self.normalize_config(raw), source=source)
+        raw = openai_layout.hf_config(read_config_json(directory))
+        return GptOssConfig.from_hf(raw, source=str(Path(directory) / "config.json"))
 
-    def build(self, config: GptOssConfig, dtype: Any) -> GptOss:
+    def build(self, config, dtype: Any):
+        """The NNX model, parameters zero until loaded; call under ``nnx.eval_shape``."""
+        from onnxforge.families.gpt_oss.model import GptOss
+
         return GptOss(config, dtype=dtype)
 
     def stage(
@@ -42,31 +48,44 @@ class GptOssFamily:
         layers: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> dict[str, str]:
-        from onnxforge.stage import stage
+        """Tensor by tensor (``tensor_staging``) into Orbax parameters under ``params/``."""
+        import numpy as np
+        from flax import nnx
 
-        return stage(self.name, checkpoint_dir, out_dir, layers)
+        from onnxforge import params_store, tensor_staging
+        from onnxforge.families.gpt_oss import hf_layout, openai_layout
+        from onnxforge.safetensors_stream import CheckpointReader
 
-    def load(self, stage_dir: Path, dtype: Any) -> GptOss:
-        """The staged model (an NNX module: jax2onnx exports it with its weights)."""
+        raw = openai_layout.hf_config(read_config_json(checkpoint_dir))
+        write_stage_config(raw, Path(checkpoint_dir) / "config.json", out_dir, layers)
+        config = self.read_config(out_dir)
+        abstract = nnx.eval_shape(lambda: self.build(config, np.float32))
+        expected = {path: shape for path, (shape, _) in params_store.state_shapes(abstract).items()}
+        reader = CheckpointReader(checkpoint_dir)
+        if openai_layout.MARKER in reader:
+            rules = openai_layout.tensor_rules(config)
+        else:
+            quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
+            rules = hf_layout.tensor_rules(config, quantized)
+        rules = [(rule.sources, rule.targets) for rule in rules]
+        return tensor_staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
+
+    def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
         from flax import nnx
 
         from onnxforge import params_store
 
         config = self.read_config(stage_dir)
         abstract = nnx.eval_shape(lambda: self.build(config, dtype))
-        return params_store.load_into(abstract, Path(stage_dir) / "params", dtype)
+        model = params_store.load_into(abstract, Path(stage_dir) / PARAMS, dtype)
+        graphdef, state = nnx.split(model)
+        return LoadedModel(
+            apply=lambda params, ids: nnx.merge(graphdef, params)(ids),
+            params=state,
+            vocab_size=config.vocab_size,
+        )
 
-    def stage_tensors(self, reader: CheckpointReader, config: GptOssConfig):
-        if openai_layout.MARKER in reader:
-            rules = openai_layout.tensor_rules(config)
-        else:
-            quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
-            rules = tensor_rules(config, quantized)
-        return [(rule.sources, rule.targets) for rule in rules]
-
-    def reference_logits(
-        self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
-    ) -> list[np.ndarray]:
+    def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
         staged number of layers; MXFP4 is dequantized by transformers itself."""
         import transformers
@@ -77,7 +96,7 @@ class GptOssFamily:
                 "*.safetensors at the top of the download); include those files"
             )
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
-        staged = self.read_config(config_dir)
+        staged = self.read_config(stage_dir)
         config.num_hidden_layers = staged.num_hidden_layers
         config.layer_types = list(staged.layer_types)
         extra = {}
@@ -85,6 +104,13 @@ class GptOssFamily:
             # On CPU transformers dequantizes MXFP4 with its own decoder.
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
         return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+
+    def perturb(self, stage_dir: Path) -> str:
+        from onnxforge import params_store
+
+        name = "layers.1.attention.o_kernel"
+        params_store.rescale(Path(stage_dir) / PARAMS / name, 1.5)
+        return name
 
 
 FAMILY = GptOssFamily()

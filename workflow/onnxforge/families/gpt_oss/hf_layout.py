@@ -8,7 +8,6 @@ weights come plain (``gate_up_proj``, as transformers saves them) or MXFP4 (``*_
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
+from onnxforge import threads
 from onnxforge.families.gpt_oss import mxfp4
 from onnxforge.families.gpt_oss.config import GptOssConfig
 
@@ -64,7 +64,7 @@ def mxfp4_transposed(
     def decode(e: int) -> None:
         mxfp4.dequantize_transposed(blocks[e][rows], scales[e][rows], result[e])
 
-    with ThreadPoolExecutor(min(experts, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(min(experts, threads.available())) as pool:
         list(pool.map(decode, range(experts)))  # list(): raise what a decode raised
     return result
 

@@ -31,6 +31,11 @@ def is_openai_config(raw: dict[str, Any]) -> bool:
     return "num_experts" in raw and "model_type" not in raw
 
 
+def hf_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The Hugging Face config.json for either layout's config."""
+    return to_hf_config(raw) if is_openai_config(raw) else raw
+
+
 def to_hf_config(raw: dict[str, Any]) -> dict[str, Any]:
     """The Hugging Face GptOss config.json that describes the same model."""
     layers = int(raw["num_hidden_layers"])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
+from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.gpt_oss import mxfp4
 
 # A tiny model that still has every feature: grouped heads, sinks, a sliding window shorter
@@ -64,12 +65,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     quantize = bool(settings.pop("mxfp4", False)) or original
     torch.manual_seed(seed)
     model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**settings))
-    # Every tensor random (norms near one, biases near zero): a mapping mistake anywhere then
-    # changes the logits, which an init of ones and zeros would hide.
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape) * init_std
-            param.copy_(1.0 + noise if name.endswith("norm.weight") else noise)
+    randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
     if quantize:
         _repack_experts_as_mxfp4(Path(out_dir))

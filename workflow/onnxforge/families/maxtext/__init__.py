@@ -19,12 +19,15 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
-from onnxforge.families.base import read_config_json, transformers_logits
-from onnxforge.families.maxtext.architectures import (
-    ARCHITECTURES,
-    architecture,
-    maxtext_overrides,
+from onnxforge.families.base import (
+    Example,
+    LoadedModel,
+    read_config_json,
+    transformers_logits,
+    write_stage_config,
 )
+from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
+from onnxforge.families.maxtext.overrides import maxtext_overrides
 
 MAXTEXT_JSON = "maxtext.json"
 CHECKPOINT = "checkpoint"
@@ -46,15 +49,21 @@ class MaxTextModel:
 class MaxTextFamily:
     name = "maxtext"
     environment = "maxtext"  # envs/maxtext.lock.txt, image config.images.maxtext
+    # One tiny checkpoint per architecture: adding an architecture adds its tests.
+    examples = tuple(
+        Example(
+            f"tiny-{arch.model_type}",
+            f"synthetic://maxtext?arch={arch.model_type}&seed=0",
+            {"model": arch.default_model},
+        )
+        for arch in ARCHITECTURES.values()
+    )
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         """A tiny checkpoint of ``arch`` (llama, mistral, mixtral, gemma) from transformers."""
         from onnxforge.families.maxtext.synthetic import synthesize
 
         synthesize(out_dir, seed, overrides)
-
-    def normalize_config(self, raw: dict[str, Any]) -> dict[str, Any]:
-        return raw
 
     def read_config(self, directory: Path) -> MaxTextModel:
         hf_config = read_config_json(directory)
@@ -71,24 +80,24 @@ class MaxTextFamily:
         out_dir: Path,
         layers: int | None = None,
         options: dict[str, Any] | None = None,
-    ) -> None:
-        from onnxforge.families.maxtext import convert
-        from onnxforge.stage import write_config
+    ) -> dict[str, str]:
+        from onnxforge.families.maxtext import checkpoint
 
         options = options or {}
-        write_config(self.name, checkpoint_dir, out_dir, layers)
-        hf_config = read_config_json(out_dir)
-        arch = architecture(hf_config, str(Path(checkpoint_dir) / "config.json"))
+        source = Path(checkpoint_dir) / "config.json"
+        hf_config = write_stage_config(read_config_json(checkpoint_dir), source, out_dir, layers)
+        arch = architecture(hf_config, str(source))
         model = MaxTextModel(
             options.get("model", arch.default_model),
             {**maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
-        weights = convert.convert(arch.converter, Path(checkpoint_dir), hf_config)
-        self._check_shapes(model, convert.flatten(weights), checkpoint_dir)
-        convert.save(weights, Path(out_dir) / CHECKPOINT)
+        weights = arch.converter(Path(checkpoint_dir), hf_config)
+        self._check_shapes(model, checkpoint.flatten(weights), checkpoint_dir)
+        checkpoint.save(weights, Path(out_dir) / CHECKPOINT)
         settings = {"model_name": model.model_name, "overrides": model.overrides}
         (Path(out_dir) / MAXTEXT_JSON).write_text(json.dumps(settings, indent=2) + "\n")
+        return {}  # MaxText's saver writes the files; the manifest hashes them
 
     def _check_shapes(self, model: MaxTextModel, flat: dict, checkpoint_dir: Path) -> None:
         from onnxforge.families.maxtext import runtime
@@ -108,26 +117,38 @@ class MaxTextFamily:
                     f"config.json expects {shape}. Does config.json match the weights?"
                 )
 
-    def load(self, stage_dir: Path, dtype: Any):
-        """The staged model as a pure ``token ids -> logits`` function (jit- and export-ready)."""
-        from onnxforge.families.maxtext import convert, runtime
+    def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        from onnxforge.families.maxtext import checkpoint, runtime
 
         model = self.read_config(stage_dir)
         config = runtime.make_config(model.model_name, model.overrides, np.dtype(dtype).name)
-        params = convert.flatten(convert.load(Path(stage_dir) / CHECKPOINT))
-        return runtime.forward_function(config, params)
+        params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
+        apply, param_state = runtime.apply_function(config, params)
+        return LoadedModel(apply, param_state, model.vocab_size)
 
-    def reference_logits(
-        self, checkpoint_dir: Path, config_dir: Path, inputs: list[np.ndarray]
-    ) -> list[np.ndarray]:
+    def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' own model class on the downloaded files, cut to the staged layers."""
         import transformers
 
-        staged = self.read_config(config_dir).hf_config
+        staged = self.read_config(stage_dir).hf_config
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
         model_class = ARCHITECTURES[staged["model_type"]].transformers_class
         return transformers_logits(model_class, checkpoint_dir, config, inputs)
+
+    def perturb(self, stage_dir: Path) -> str:
+        """Scale layer 1's MLP (or MoE) output kernel ``wo``: every shape still fits."""
+        import shutil
+
+        from onnxforge.families.maxtext import checkpoint
+
+        weights = checkpoint.load(Path(stage_dir) / CHECKPOINT)
+        flat = checkpoint.flatten(weights)
+        path = min(p for p in flat if p[:2] == ("decoder", "layers_1") and "wo" in p)
+        flat[path][...] = np.asarray(flat[path]) * 1.5
+        shutil.rmtree(Path(stage_dir) / CHECKPOINT)
+        checkpoint.save(weights, Path(stage_dir) / CHECKPOINT)
+        return "/".join(path)
 
 
 FAMILY = MaxTextFamily()

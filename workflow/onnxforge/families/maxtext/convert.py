@@ -1,5 +1,8 @@
 """Hugging Face checkpoints -> MaxText parameters, through MaxText's own converters.
 
+Each converter is a callable ``(checkpoint_dir, hf_config) -> unscanned parameter tree``
+(float32 numpy arrays); ``architectures.py`` names the one each architecture uses.
+
 MaxText's ``llama_or_mistral_ckpt`` maps Llama, Mistral and Mixtral safetensors (its
 ``_hf_to_maxtext_mapping``, RoPE permutation, query scaling, expert stacking) into its scanned
 layout; we register the checkpoint's own dimensions with it (its table knows only the
@@ -15,14 +18,17 @@ and unroll.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnxforge.errors import InputError
+from onnxforge.families.maxtext.checkpoint import load, unroll
 
-SCANNED = "layers"
+Converter = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
 
 def llama_like_params(hf_config: dict[str, Any]) -> dict[str, Any]:
@@ -40,19 +46,6 @@ def llama_like_params(hf_config: dict[str, Any]) -> dict[str, Any]:
     if hf_config.get("num_local_experts"):
         params["num_experts"] = hf_config["num_local_experts"]
     return params
-
-
-def unroll(weights: dict[str, Any], num_layers: int, scan_axis: int = 1) -> dict[str, Any]:
-    """decoder/layers/... stacked on ``scan_axis`` -> decoder/layers_0 ... layers_{n-1}."""
-    import jax
-
-    stacked = weights["decoder"].pop(SCANNED)
-    for index in range(num_layers):
-        weights["decoder"][f"{SCANNED}_{index}"] = jax.tree_util.tree_map(
-            lambda array, i=index: np.ascontiguousarray(np.take(array, i, axis=scan_axis)),
-            stacked,
-        )
-    return weights
 
 
 def convert_llama_like(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
@@ -127,45 +120,42 @@ def _numpy(tree: Any) -> Any:
     return np.asarray(tree)
 
 
-def flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, (*prefix, key)))
-        else:
-            flat[(*prefix, key)] = value
-    return flat
+def with_to_maxtext(mapping: str) -> Converter:
+    """MaxText's general converter, ``checkpoint_conversion.to_maxtext`` (Mixtral, Llama 3.1,
+    Gemma 2/3, Qwen, ...: its PARAM_MAPPING and hooks), with the mapping of its model
+    ``mapping`` (e.g. ``mixtral-8x7b``)."""
+    return functools.partial(convert_with_to_maxtext, mapping=mapping)
 
 
-CONVERTERS = {"llama_or_mistral": convert_llama_like, "gemma": convert_gemma}
+def convert_with_to_maxtext(
+    checkpoint_dir: Path, hf_config: dict[str, Any], mapping: str
+) -> dict[str, Any]:
+    """Its mapping reads the model's dimensions from a table of published Hugging Face configs
+    (HF_MODEL_CONFIGS); we put the checkpoint's own config.json there for the run, so tiny and
+    layer-truncated checkpoints convert with the same mapping. It saves unscanned float32
+    weights as a MaxText checkpoint, which we read back."""
+    import tempfile
+    from unittest import mock
 
+    import transformers
+    from maxtext.checkpoint_conversion import to_maxtext
+    from maxtext.checkpoint_conversion.utils import hf_model_configs
 
-def convert(converter: str, checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
-    """The unscanned MaxText parameter tree (float32 numpy arrays) for a checkpoint.
+    from onnxforge.families.maxtext import runtime
+    from onnxforge.families.maxtext.overrides import maxtext_overrides
 
-    ``to_maxtext:<key>``: MaxText's general converter with the mapping of its model <key>.
-    """
-    if converter.startswith("to_maxtext:"):
-        from onnxforge.families.maxtext import to_maxtext
-
-        return to_maxtext.convert(checkpoint_dir, hf_config, converter.split(":", 1)[1])
-    if converter not in CONVERTERS:
-        raise InputError(f"{checkpoint_dir}: no MaxText converter {converter!r} is wired up yet")
-    return CONVERTERS[converter](checkpoint_dir, hf_config)
-
-
-def save(weights: dict[str, Any], directory: Path) -> None:
-    """MaxText's own saver: an Orbax checkpoint at ``directory/0/items`` (OCDBT, zarr3)."""
-    from maxtext.checkpoint_conversion.utils.utils import save_weights_to_checkpoint
-
-    save_weights_to_checkpoint(str(Path(directory).resolve()), weights, 1, True, True)
-
-
-def load(directory: Path) -> dict[str, Any]:
-    """The parameter tree a MaxText checkpoint holds (``params.params`` of its train state)."""
-    import orbax.checkpoint as ocp
-
-    items = Path(directory).resolve() / "0" / "items"
-    if not items.exists():
-        raise InputError(f"{directory}: no MaxText checkpoint (0/items); re-run stage")
-    return ocp.PyTreeCheckpointer().restore(str(items))["params"]["params"]
+    config = transformers.AutoConfig.for_model(**hf_config)
+    with tempfile.TemporaryDirectory(prefix="onnxforge-to-maxtext-") as scratch:
+        overrides = {**maxtext_overrides(hf_config), "base_output_directory": scratch}
+        argv = runtime.config_argv(mapping, overrides)
+        with mock.patch.dict(hf_model_configs.HF_MODEL_CONFIGS, {mapping: config}):
+            to_maxtext.main(
+                argv,
+                # Its lazy loader streams tensor by tensor, but its lazy arrays save only
+                # through a sharded (multi-device) save; eager reads the whole checkpoint.
+                lazy_load_tensors=False,
+                hf_model_path=str(Path(checkpoint_dir).resolve()),
+                save_dtype="float32",
+                simulated_cpu_devices_count=1,
+            )
+        return load(Path(scratch))

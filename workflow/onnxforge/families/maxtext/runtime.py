@@ -130,12 +130,21 @@ def patch_for_export() -> None:
 def forward_function(
     config, params: dict[tuple[str, ...], np.ndarray]
 ) -> Callable[[jax.Array], jax.Array]:
-    """``token ids [batch, sequence] -> logits`` with the weights closed over.
+    """``token ids [batch, sequence] -> logits`` with the weights closed over (jax2onnx makes
+    them initializers)."""
+    apply, param_state = apply_function(config, params)
+    return lambda token_ids: apply(param_state, token_ids)
 
-    A pure function, so ``jax.jit`` and jax2onnx both trace it; the model is merged inside
-    with ``copy=True`` (MaxText's decoder updates layer state while it runs, which must
-    happen at the trace's own level). RNG keys are closed over as raw data: key arrays
-    cannot become ONNX constants.
+
+def apply_function(
+    config, params: dict[tuple[str, ...], np.ndarray]
+) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """``(apply(param_state, token ids) -> logits, param_state)``: MaxText's model as a pure
+    function of its weights, which ``jax.jit`` takes as buffers rather than constants.
+
+    The model is merged inside with ``copy=True`` (MaxText's decoder updates layer state while
+    it runs, which must happen at the trace's own level). RNG keys are closed over as raw
+    data: key arrays cannot become ONNX constants.
     """
     patch_for_export()
     graphdef, param_state, rest = nnx.split(abstract_model(config), nnx.Param, ...)
@@ -162,14 +171,14 @@ def forward_function(
     for _, variable in rest_flat:
         variable.set_value(concrete(variable.get_value()))
 
-    def forward(token_ids: jax.Array) -> jax.Array:
+    def apply(weights, token_ids: jax.Array) -> jax.Array:
         state = nnx.State.from_flat_path(
             [
                 (path, v.replace(jax.random.wrap_key_data(v.get_value())) if path in keys else v)
                 for path, v in rest_flat
             ]
         )
-        model = nnx.merge(graphdef, param_state, state, copy=True)
+        model = nnx.merge(graphdef, weights, state, copy=True)
         positions = jax.lax.broadcasted_iota(jnp.int32, token_ids.shape, 1)
         return model(
             decoder_input_tokens=token_ids,
@@ -178,7 +187,7 @@ def forward_function(
             model_mode="train",
         )
 
-    return forward
+    return apply, param_state
 
 
 def config_dir() -> Path:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxforge.errors import InputError
+from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
 
 OPTIONS = {"arch", "init_std"}
@@ -42,10 +43,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     config = getattr(transformers, arch.config_class)(**{**arch.tiny, **settings})
     torch.manual_seed(seed)
     model = getattr(transformers, arch.transformers_class)(config)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape) * init_std
-            param.copy_(1.0 + noise if name.endswith("norm.weight") else noise)
+    randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
     if arch_name == "gemma":
         write_gemma_flax(model, Path(out_dir) / FLAX)

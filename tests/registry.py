@@ -1,0 +1,79 @@
+"""The test cases the family registry declares: every family's examples, and how to build
+them through the real DAG in one Snakemake call.
+
+Adding a family, or an architecture to the maxtext family, adds its examples here without
+touching a test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onnxforge import catalog, layout
+from onnxforge.families import FAMILIES
+from onnxforge.families.base import Example, Family
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = catalog.validate(yaml.safe_load((REPO / "config.yaml").read_text()))
+F32 = "f32"
+# The markers of each environment's tests, so `-m "not maxtext"` keeps working.
+MARKS = {"maxtext": [pytest.mark.maxtext]}
+
+EXAMPLES: list[tuple[Family, Example]] = [
+    (family, example) for family in FAMILIES.values() for example in family.examples
+]
+
+
+def example_params() -> list:
+    return [
+        pytest.param(family, example, id=example.name, marks=MARKS.get(family.environment, []))
+        for family, example in EXAMPLES
+    ]
+
+
+def target(example: Example, variant: str = F32) -> layout.Target:
+    return layout.Target(example.name, "hf", variant)
+
+
+def examples_config() -> dict:
+    """A config overlay with one catalog model per example, each a default target."""
+    models = {
+        example.name: {
+            "family": family.name,
+            "options": example.options,
+            "checkpoints": {"hf": {"source": example.source}},
+        }
+        for family, example in EXAMPLES
+    }
+    targets = [{"model": e.name, "checkpoint": "hf", "variant": F32} for _, e in EXAMPLES]
+    return {"models": models, "targets": targets}
+
+
+def python_for(family: Family) -> Path:
+    """The interpreter of the family's environment, as the local DAG runs it."""
+    if family.environment == "jax":
+        return Path(sys.executable)
+    python = REPO / f".venv-{family.environment}" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} is missing: run `make env-{family.environment}`", pytrace=False)
+    return python
+
+
+def perturb(family: Family, stage_dir: Path) -> str:
+    """The family's own perturbation of a stage, run in its environment."""
+    command = [str(python_for(family)), "-m", "onnxforge", "perturb", "--family", family.name]
+    run = subprocess.run(
+        [*command, "--stage", str(stage_dir)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Snakemake dates a directory output by its .snakemake_timestamp: the stage is now newer.
+    (stage_dir / ".snakemake_timestamp").touch()
+    return run.stdout.strip()

@@ -1,0 +1,74 @@
+"""Where every result lives: the one definition of the results tree.
+
+The Snakemake rules, the catalog's targets, promote and the tests all format these templates;
+nothing else spells a results path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESULTS = "results"
+ROOT = RESULTS + "/{model}/{checkpoint}"
+DOWNLOAD = ROOT + "/download"
+STAGE = ROOT + "/stage"
+EXPORT = ROOT + "/export/{variant}"
+PARITY = ROOT + "/parity/{variant}"
+PASSED = ROOT + "/parity/{variant}.passed.json"
+LOGS = ROOT + "/logs"
+RELEASE = RESULTS + "/release/{model}/{checkpoint}/{variant}"
+
+# Files inside the step folders.
+ONNX_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"  # the ONNX model's external data (every weight)
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+RELEASED = (ONNX_FILE, DATA_FILE, REPORT_MD, REPORT_JSON)  # what a release copies
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model x checkpoint x variant, and the paths of its steps."""
+
+    model: str
+    checkpoint: str
+    variant: str
+
+    def _format(self, template: str) -> str:
+        return template.format(model=self.model, checkpoint=self.checkpoint, variant=self.variant)
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.checkpoint}/{self.variant}"
+
+    @property
+    def root(self) -> str:
+        return self._format(ROOT)
+
+    @property
+    def download(self) -> str:
+        return self._format(DOWNLOAD)
+
+    @property
+    def stage(self) -> str:
+        return self._format(STAGE)
+
+    @property
+    def export(self) -> str:
+        return self._format(EXPORT)
+
+    @property
+    def parity(self) -> str:
+        return self._format(PARITY)
+
+    @property
+    def passed(self) -> str:
+        return self._format(PASSED)
+
+    @property
+    def report(self) -> str:
+        return f"{self.parity}/{REPORT_MD}"
+
+    @property
+    def release(self) -> str:
+        return self._format(RELEASE)
