@@ -13,5 +13,6 @@ that fails is a row, not a failure of the survey.
 Modules: ``tiny`` (a config's tiny overrides and random weights), ``worker`` (one config's
 stages, in its own process), ``failures`` (a failure as a row's one-line error), ``driver``
 (the command line; each config in a subprocess with its timeout), ``report`` (the Markdown
-table and the JSON), ``settings`` (input shapes, seed).
+table and the JSON), ``settings`` (input shapes, seed, and the parity gates: config.yaml's
+``gates.float32``).
 """

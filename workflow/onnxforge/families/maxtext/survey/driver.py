@@ -2,7 +2,9 @@
 own with a timeout, a few at a time; then the report.
 
     python -m onnxforge.families.maxtext.survey --out results/maxtext-survey.md \
-        [--only llama2-7b,gemma-2b] [--jobs N] [--timeout S]
+        [--only llama2-7b,gemma-2b] [--jobs N] [--timeout S] [--gates JSON]
+
+Parity is held to config.yaml's ``gates.float32`` unless ``--gates`` gives others.
 """
 
 from __future__ import annotations
@@ -24,25 +26,30 @@ from typing import Any
 
 from onnxforge.families.maxtext.survey.failures import process_error
 from onnxforge.families.maxtext.survey.report import write_report
-from onnxforge.families.maxtext.survey.settings import GATES
+from onnxforge.families.maxtext.survey.settings import float32_gates, known_gates
 from onnxforge.families.maxtext.survey.tiny import TINY
 
 PACKAGE = "onnxforge.families.maxtext.survey"  # python -m PACKAGE --worker NAME: one config
 
 
-def worker_command(model_name: str, result: Path) -> list[str]:
-    return [sys.executable, "-m", PACKAGE, "--worker", model_name, "--result", str(result)]
+def worker_command(model_name: str, result: Path, gates: dict[str, float]) -> list[str]:
+    command = [sys.executable, "-m", PACKAGE, "--worker", model_name, "--result", str(result)]
+    return [*command, "--gates", json.dumps(gates)]
 
 
 def run_one(
-    model_name: str, timeout: float, workdir: Path, command: list[str] | None = None
+    model_name: str,
+    timeout: float,
+    workdir: Path,
+    gates: dict[str, float],
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
     """One config's row, from a worker process (``command``, by default ``worker_command``)
     that is killed, with its process group, after ``timeout`` seconds."""
     result = workdir / f"{model_name}.json"
     log = workdir / f"{model_name}.log"
     env = dict(os.environ, JAX_PLATFORMS="cpu", TMPDIR=str(workdir))
-    command = command or worker_command(model_name, result)
+    command = command or worker_command(model_name, result, gates)
     start = time.monotonic()
     with open(log, "wb") as log_file:
         process = subprocess.Popen(
@@ -66,6 +73,14 @@ def run_one(
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         row["error"] = process_error(code, timeout, row.get("stage"), tail[0])
     return row
+
+
+def parse_gates(text: str) -> dict[str, float]:
+    """``--gates``: a JSON object of gates ``metrics.check_gates`` knows."""
+    try:
+        return known_gates(json.loads(text))
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def select_configs(names: list[str], only: str) -> list[str]:
@@ -104,14 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated config names")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--gates", type=parse_gates, help="parity gates as JSON (default: config.yaml's float32)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    gates = float32_gates() if args.gates is None else args.gates
 
     if args.worker:
         from onnxforge.families.maxtext.survey.worker import run_worker
 
-        run_worker(args.worker, args.result)
+        run_worker(args.worker, args.result, gates)
         return 0
 
     config_dir = installed_config_dir()
@@ -127,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
 
         def one(name: str) -> dict[str, Any]:
-            row = run_one(name, args.timeout, workdir)
+            row = run_one(name, args.timeout, workdir, gates)
             flags = "".join("x" if row[k] else "." for k in ("instantiated", "exported", "parity"))
             print(f"[{flags}] {name} ({row['seconds']} s) {row.get('error') or ''}", flush=True)
             return row
@@ -142,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "config_dir": str(config_dir / "models"),
         "inference_settings": {**INFERENCE_SETTINGS, **{k: TINY[k] for k in TINY if "max_" in k}},
-        "gates": GATES,
+        "gates": gates,
     }
     write_report(rows, args.out, header)
     print(f"wrote {args.out}", flush=True)

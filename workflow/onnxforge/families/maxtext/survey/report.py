@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from onnxforge.families.maxtext.survey.settings import GATES, PARITY_BATCH, SEQUENCE
+from onnxforge.families.maxtext.survey.settings import PARITY_BATCH, SEQUENCE
 from onnxforge.families.maxtext.survey.tiny import SHRINK, TINY
 
 
@@ -69,7 +69,7 @@ def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"forward on ids (1, {SEQUENCE}); exported = jax2onnx opset 23 with symbolic "
         f"(batch, sequence), or a fixed (1, {SEQUENCE}) shape when symbolic fails, saved with "
         f"external data; parity = ONNX Runtime CPU vs JAX on seeded ids "
-        f"({PARITY_BATCH}, {SEQUENCE}) and (1, {SEQUENCE}), gates {GATES}",
+        f"({PARITY_BATCH}, {SEQUENCE}) and (1, {SEQUENCE}), gates {header['gates']}",
         "",
         "| config | instantiated | exported | parity passed | max_abs | seconds | first error |",
         "|---|---|---|---|---|---|---|",

@@ -20,7 +20,7 @@ from onnxforge.families.maxtext.survey.failures import (
     parity_error,
     short_error,
 )
-from onnxforge.families.maxtext.survey.settings import GATES, PARITY_BATCH, SEED, SEQUENCE
+from onnxforge.families.maxtext.survey.settings import PARITY_BATCH, SEED, SEQUENCE
 from onnxforge.families.maxtext.survey.tiny import random_params, tiny_overrides
 
 
@@ -30,8 +30,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def run_worker(model_name: str, result_path: Path) -> None:
-    """Run ``model_name``'s stages; its row (JSON) at ``result_path``, whatever happens."""
+def run_worker(model_name: str, result_path: Path, gates: dict[str, float]) -> None:
+    """Run ``model_name``'s stages, parity held to ``gates``; its row (JSON) at
+    ``result_path``, whatever happens."""
     row: dict[str, Any] = {
         "config": model_name,
         "instantiated": False,
@@ -47,7 +48,7 @@ def run_worker(model_name: str, result_path: Path) -> None:
 
     save()
     try:
-        run_stages(model_name, row, save)
+        run_stages(model_name, row, save, gates)
     except BaseException as exc:
         row["error"] = short_error(exc)
         row["traceback"] = traceback.format_exc()[-4000:]
@@ -71,7 +72,7 @@ def judge_parity(
     return summary, parity_error(failures) if failures else None
 
 
-def run_stages(model_name: str, row: dict[str, Any], save) -> None:
+def run_stages(model_name: str, row: dict[str, Any], save, gates: dict[str, float]) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -161,7 +162,7 @@ def run_stages(model_name: str, row: dict[str, Any], save) -> None:
             (np.asarray(jitted(ids)), session.run(["logits"], {"input_ids": ids})[0])
             for ids in inputs
         )
-        row["metrics"], error = judge_parity(logits, GATES)
+        row["metrics"], error = judge_parity(logits, gates)
         if error:
             row["error"] = error
             return
