@@ -66,7 +66,7 @@ ARCHITECTURES = {
             {**_TINY, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
         Architecture(
-            convert.convert_gemma,
+            "gemma",
             "GemmaForCausalLM",
             "GemmaConfig",
             "gemma-2b",
