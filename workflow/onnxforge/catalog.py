@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 from onnxforge import providers
@@ -32,7 +31,18 @@ def _key_path(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def _filling_defaults(validator_class):
+def _schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def variant_defaults() -> dict[str, Any]:
+    """The schema's defaults for a variant (opset, provider): for code that builds an export
+    outside a configured target (the MaxText survey)."""
+    variant = _schema()["properties"]["variants"]["additionalProperties"]["properties"]
+    return {name: spec["default"] for name, spec in variant.items() if "default" in spec}
+
+
+def _filling_defaults(validator_class, jsonschema):
     """A validator that also writes each property's schema ``default`` into the config: the
     schema is the one place a default is set, applied once, here."""
     check_properties = validator_class.VALIDATORS["properties"]
@@ -47,13 +57,12 @@ def _filling_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": properties})
 
 
-_Validator = _filling_defaults(jsonschema.Draft202012Validator)
-
-
 def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Check the config against the schema and itself, filling the schema's defaults in; raise
     InputError naming the key."""
-    validator = _Validator(yaml.safe_load(SCHEMA.read_text()))
+    import jsonschema  # here: the maxtext environment reads the catalog's defaults without it
+
+    validator = _filling_defaults(jsonschema.Draft202012Validator, jsonschema)(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         lines = [f"{_key_path(e.absolute_path)}: {e.message}" for e in errors[:10]]

@@ -123,8 +123,6 @@ def cmd_perturb(args: argparse.Namespace) -> None:
     print(args.family.perturb(args.stage))
 
 
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="onnxforge", description=__doc__)
     steps = p.add_subparsers(dest="step", required=True)

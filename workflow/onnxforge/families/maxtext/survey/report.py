@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from onnxforge.catalog import variant_defaults
 from onnxforge.families.maxtext.survey.settings import PARITY_BATCH, SEQUENCE
 from onnxforge.families.maxtext.survey.tiny import SHRINK, TINY
 
@@ -66,7 +67,8 @@ def render_markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "(inhomogeneous_layer_cycle_interval, interleave_moe_layer_step, nope_layer_interval) "
         "of at least 2; only keys base.yml knows are passed (the JSON has each row's overrides)",
         f"- Weights: seeded normal × 0.05 (norm scales 1 + that); instantiated = one JAX "
-        f"forward on ids (1, {SEQUENCE}); exported = jax2onnx opset 23 with symbolic "
+        f"forward on ids (1, {SEQUENCE}); exported = jax2onnx opset "
+        f"{header.get('opset', variant_defaults()['opset'])} with symbolic "
         f"(batch, sequence), or a fixed (1, {SEQUENCE}) shape when symbolic fails, saved with "
         f"external data; parity = ONNX Runtime CPU vs JAX on seeded ids "
         f"({PARITY_BATCH}, {SEQUENCE}) and (1, {SEQUENCE}), gates {header['gates']}",

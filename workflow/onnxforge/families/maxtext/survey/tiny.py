@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from onnxforge.families.base import is_norm_scale
 from onnxforge.families.maxtext.survey.settings import SEED
 
 # Tiny dimensions for every config; the per-config adjustments are in ``tiny_overrides``.
@@ -118,6 +119,5 @@ def random_params(shapes: dict[tuple[str, ...], tuple[int, ...]], seed: int = SE
     params = {}
     for path, shape in sorted(shapes.items()):
         noise = rng.standard_normal(shape).astype(np.float32) * 0.05
-        is_norm = any("norm" in part.lower() for part in path) and path[-1] in ("scale", "value")
-        params[path] = (1.0 + noise) if is_norm else noise
+        params[path] = (1.0 + noise) if is_norm_scale(path) else noise
     return params

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from onnxforge import layout, providers, signature
+from onnxforge.catalog import variant_defaults
 from onnxforge.families.maxtext.survey.failures import (
     Recorded,
     export_error,
@@ -74,7 +76,6 @@ def judge_parity(
 
 def run_stages(model_name: str, row: dict[str, Any], save, gates: dict[str, float]) -> None:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from onnxforge.families.maxtext import runtime
@@ -94,8 +95,10 @@ def run_stages(model_name: str, row: dict[str, Any], save, gates: dict[str, floa
     row["stage"] = "forward"
     forward = runtime.forward_function(config, params)
     ids_rng = np.random.default_rng(SEED + 1)
-    ids_one = ids_rng.integers(0, config.vocab_size, (1, SEQUENCE), dtype=np.int32)
-    ids_two = ids_rng.integers(0, config.vocab_size, (PARITY_BATCH, SEQUENCE), dtype=np.int32)
+    ids_one = ids_rng.integers(0, config.vocab_size, (1, SEQUENCE), dtype=signature.INPUT_DTYPE)
+    ids_two = ids_rng.integers(
+        0, config.vocab_size, (PARITY_BATCH, SEQUENCE), dtype=signature.INPUT_DTYPE
+    )
     jitted = jax.jit(forward)
     logits_one = np.asarray(jitted(ids_one))
     if not np.all(np.isfinite(logits_one)):
@@ -106,21 +109,13 @@ def run_stages(model_name: str, row: dict[str, Any], save, gates: dict[str, floa
     row["stage"] = "export"
     save()
 
-    import onnx_ir as ir
-    from jax2onnx import to_onnx
+    from onnxforge import export
 
+    opset = variant_defaults()["opset"]
     start = time.monotonic()
     symbolic_error = None
     try:
-        model_ir = to_onnx(
-            forward,
-            [jax.ShapeDtypeStruct(("batch", "sequence"), jnp.int32)],
-            model_name=model_name,
-            opset=23,
-            input_names=["input_ids"],
-            output_names=["logits"],
-            return_mode="ir",
-        )
+        model_ir = export.trace(forward, model_name, opset)
         row["shape"] = "symbolic"
     except Exception as exc:
         symbolic_error = short_error(exc)
@@ -128,24 +123,16 @@ def run_stages(model_name: str, row: dict[str, Any], save, gates: dict[str, floa
         row["symbolic_traceback"] = traceback.format_exc()[-4000:]
         save()
         try:
-            model_ir = to_onnx(
-                forward,
-                [jax.ShapeDtypeStruct((1, SEQUENCE), jnp.int32)],
-                model_name=model_name,
-                opset=23,
-                input_names=["input_ids"],
-                output_names=["logits"],
-                return_mode="ir",
-            )
+            model_ir = export.trace(forward, model_name, opset, input_shape=(1, SEQUENCE))
         except Exception as fixed_exc:
             row["fixed_shape_error"] = short_error(fixed_exc)
             raise Recorded(export_error(symbolic_error, row["fixed_shape_error"])) from fixed_exc
         row["shape"] = "fixed shape"
     with tempfile.TemporaryDirectory(prefix="survey-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        ir.save(model_ir, path, external_data="model.onnx.data", size_threshold_bytes=1024)
-        row["onnx_nodes"] = len(model_ir.graph)
         row["onnx_functions"] = len(model_ir.functions)
+        export.save(model_ir, Path(tmp))
+        path = Path(tmp) / layout.ONNX_FILE
+        row["onnx_nodes"] = len(model_ir.graph)
         del model_ir
         row["exported"] = True
         row["seconds_export"] = round(time.monotonic() - start, 1)
@@ -154,12 +141,10 @@ def run_stages(model_name: str, row: dict[str, Any], save, gates: dict[str, floa
             row["error"] = f"symbolic export failed ({symbolic_error})"
         save()
 
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = providers.onnx_session(path, providers.DEFAULT)
         inputs = {"fixed shape": [ids_one]}.get(row["shape"], [ids_two, ids_one])
         logits = (
-            (np.asarray(jitted(ids)), session.run(["logits"], {"input_ids": ids})[0])
+            (np.asarray(jitted(ids)), session.run([signature.LOGITS], signature.feeds(ids))[0])
             for ids in inputs
         )
         row["metrics"], error = judge_parity(logits, gates)
