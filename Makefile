@@ -60,7 +60,7 @@ NEEDED_ENVS = $(shell $(BIN)/python -m onnxforge environments $(TARGETS))
 
 run: env
 	$(if $(filter maxtext,$(NEEDED_ENVS)),$(MAKE) env-maxtext)
-	$(BIN)/snakemake --cores $(CORES) $(TARGETS)
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) $(TARGETS)
 	@echo "Reports: $$(ls results/*/*/parity/*/report.md)"
 
 test: env env-maxtext system-deps lint
@@ -84,6 +84,8 @@ lint: env
 	$(BIN)/ruff check workflow tests benchmarks
 	$(BIN)/ruff format --check workflow tests benchmarks
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --cores 1 > $(VENV)/snakemake-lint.log 2>&1 \
+	  || { cat $(VENV)/snakemake-lint.log; exit 1; }
 	$(BIN)/hadolint containers/Dockerfile
 
 clean:
