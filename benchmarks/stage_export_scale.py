@@ -26,7 +26,10 @@ import ml_dtypes
 import numpy as np
 import psutil
 
+from onnxforge.catalog import variant_defaults
+
 GIB = 1 << 30
+OPSET = variant_defaults()["opset"]
 V, H, INTER, HEADS, KV, HD, E, LAYERS = 201088, 2880, 2880, 64, 8, 64, 32, 2
 # As transformers' GptOssConfig defaults (= openai/gpt-oss-20b) but 32 experts and 2 layers.
 # fmt: off
@@ -228,7 +231,7 @@ def main() -> int:
     if stage["rc"] == 0 and not args.skip_export:
         weights = sum(staged_sizes(ckpt_dir, args.export_dtype))
         export = run("export", "-m", "onnxforge", "export", "--family", "gpt_oss",
-                     "--stage", str(stage_dir), "--dtype", args.export_dtype, "--opset", "23",
+                     "--stage", str(stage_dir), "--dtype", args.export_dtype, "--opset", str(OPSET),
                      "--out", str(runs / f"export-{args.export_dtype}"))  # fmt: skip
         fig.update(
             export_dtype=args.export_dtype,

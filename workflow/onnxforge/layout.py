@@ -17,6 +17,7 @@ PARITY = ROOT + "/parity/{variant}"
 PASSED = ROOT + "/parity/{variant}.passed.json"
 LOGS = ROOT + "/logs"
 RELEASE = RESULTS + "/release/{model}/{checkpoint}/{variant}"
+SURVEY = RESULTS + "/maxtext-survey"  # .md and .json: MaxText's configs, tiny, tabulated
 
 # Files inside the step folders.
 ONNX_FILE = "model.onnx"

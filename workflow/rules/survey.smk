@@ -6,12 +6,12 @@
 
 rule maxtext_survey:
     output:
-        md="results/maxtext-survey.md",
-        json="results/maxtext-survey.json",
+        md=f"{layout.SURVEY}.md",
+        json=f"{layout.SURVEY}.json",
     log:
-        "results/logs/maxtext-survey.log",
+        f"{layout.RESULTS}/logs/maxtext-survey.log",
     benchmark:
-        "results/logs/maxtext-survey.benchmark.tsv"
+        f"{layout.RESULTS}/logs/maxtext-survey.benchmark.tsv"
     container:
         lambda w: image_for_environment("maxtext")
     threads: 2

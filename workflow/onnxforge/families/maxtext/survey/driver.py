@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from onnxforge import layout
 from onnxforge.families.maxtext.survey.failures import process_error
 from onnxforge.families.maxtext.survey.report import write_report
 from onnxforge.families.maxtext.survey.settings import float32_gates, known_gates
@@ -115,7 +116,7 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/maxtext-survey.md"))
+    parser.add_argument("--out", type=Path, default=Path(f"{layout.SURVEY}.md"))
     parser.add_argument("--only", default="", help="comma-separated config names")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=300.0)
