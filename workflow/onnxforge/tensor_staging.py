@@ -22,6 +22,50 @@ ParamPath = tuple[str, ...]
 Rule = tuple[tuple[str, ...], dict[ParamPath, Callable[..., np.ndarray]]]
 
 
+FLOAT_KINDS = "f"  # numpy dtype kinds a weight may have (bfloat16 is kind "V": named below)
+
+
+def check_tensor_set(
+    reader: CheckpointReader,
+    rules: list[Rule],
+    may_skip: Callable[[str], bool] = lambda name: False,
+    packed: Callable[[str], bool] = lambda name: False,
+) -> None:
+    """Before anything is written: every tensor the rules read is there and of a weight's
+    dtype, and every tensor of the checkpoint is read by a rule (or ``may_skip``: the layers
+    a truncated stage leaves out). ``packed`` tensors (MXFP4 blocks and scales) are uint8."""
+    wanted = [name for sources, _ in rules for name in sources]
+    missing = [name for name in wanted if name not in reader]
+    if missing:
+        raise InputError(
+            f"{reader.directory}: tensor {missing[0]!r} is missing from the checkpoint "
+            f"({len(missing)} missing of the {len(wanted)} config.json's model needs); is the "
+            "checkpoint complete, and is config.json its own?"
+        )
+    unused = sorted(set(reader) - set(wanted))
+    unused = [name for name in unused if not may_skip(name)]
+    if unused:
+        files = sorted({reader.info(name).file.name for name in unused})
+        raise InputError(
+            f"{reader.directory}: {files[0]}: tensor {unused[0]!r} is not part of the model "
+            f"config.json describes ({len(unused)} such tensors"
+            f"{', e.g. ' + repr(unused[1]) if len(unused) > 1 else ''}); does config.json "
+            "(num_hidden_layers, tie_word_embeddings, ...) match the weights?"
+        )
+    for name in wanted:
+        info = reader.info(name)
+        if packed(name):
+            ok, expected = info.dtype == np.uint8, "U8 (MXFP4 blocks and scales)"
+        else:
+            ok = info.dtype.kind in FLOAT_KINDS or info.dtype.name == "bfloat16"
+            expected = "a floating-point dtype (F32, BF16, F16)"
+        if not ok:
+            raise InputError(
+                f"{info.file}: tensor {name!r} is stored as {info.dtype}; expected {expected}. "
+                "Was the checkpoint written by a converter that changed its dtypes?"
+            )
+
+
 def staged_params(
     reader: CheckpointReader, rules: Iterable[Rule], expected: dict[ParamPath, tuple[int, ...]]
 ) -> Iterator[tuple[ParamPath, np.ndarray]]:
@@ -59,7 +103,8 @@ def write_params(
     params_dir: Path,
 ) -> dict[str, str]:
     """Write every parameter under ``params_dir``; the sha256 of each file written, by path
-    relative to ``params_dir``'s parent (hashed as written: the files need not be read again)."""
+    relative to ``params_dir``'s parent (hashed as written: the files need not be read again).
+    Call ``check_tensor_set`` first."""
     with params_store.StreamingWriter(params_dir) as writer:
         for path, value in staged_params(reader, rules, expected):
             writer.write(path, value)

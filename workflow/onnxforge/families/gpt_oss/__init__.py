@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from onnxforge.families.base import (
 )
 
 PARAMS = "params"  # the stage's Orbax parameters, one checkpoint per parameter
+LAYER_TENSOR = re.compile(r"^(?:model\.layers|block)\.(\d+)\.")  # both layouts' layer tensors
+
+
+def is_mxfp4(name: str) -> bool:
+    """MXFP4 blocks or scales, as the hub's (``*_blocks``) and OpenAI's (``*.blocks``) ship."""
+    return name.endswith(("_blocks", "_scales", ".blocks", ".scales"))
 
 
 class GptOssFamily:
@@ -57,7 +64,9 @@ class GptOssFamily:
         from onnxforge.safetensors_stream import CheckpointReader
 
         raw = openai_layout.hf_config(read_config_json(checkpoint_dir))
-        write_stage_config(raw, Path(checkpoint_dir) / "config.json", out_dir, layers)
+        source = Path(checkpoint_dir) / "config.json"
+        checkpoint_layers = self.read_config(checkpoint_dir).num_hidden_layers  # checks types
+        write_stage_config(raw, source, out_dir, layers)
         config = self.read_config(out_dir)
         abstract = nnx.eval_shape(lambda: self.build(config, np.float32))
         expected = {path: shape for path, (shape, _) in params_store.state_shapes(abstract).items()}
@@ -68,6 +77,12 @@ class GptOssFamily:
             quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
             rules = hf_layout.tensor_rules(config, quantized)
         rules = [(rule.sources, rule.targets) for rule in rules]
+
+        def left_out(name: str) -> bool:  # a layer a truncated stage does not keep
+            match = LAYER_TENSOR.match(name)
+            return bool(match) and config.num_hidden_layers <= int(match[1]) < checkpoint_layers
+
+        tensor_staging.check_tensor_set(reader, rules, may_skip=left_out, packed=is_mxfp4)
         return tensor_staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
 
     def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:

@@ -49,32 +49,69 @@ class GptOssConfig:
             "num_local_experts",
             "num_experts_per_tok",
         )
+        if hf.get("model_type", "gpt_oss") != "gpt_oss":
+            raise InputError(
+                f"{source}: model_type is {hf['model_type']!r}, not 'gpt_oss': this checkpoint "
+                "is not a GPT-OSS model; give it to the family its model_type names"
+            )
         missing = [key for key in required if key not in hf]
         if missing:
             raise InputError(
                 f"{source}: missing key(s) {missing} needed for a GPT-OSS model; "
                 "is this a GptOss config.json?"
             )
-        n_layers = int(hf["num_hidden_layers"])
+
+        def number(key: str, kind=int, default: Any = None, minimum: float | None = 1):
+            value = hf.get(key, default)
+            if value is None and default is None and key not in required:
+                return None
+            try:
+                if isinstance(value, bool) or (kind is int and float(value) != int(value)):
+                    raise ValueError
+                result = kind(value)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"{source}: {key} is {value!r}; expected a number ({kind.__name__})"
+                ) from None
+            if minimum is not None and result < minimum:
+                raise InputError(f"{source}: {key} is {result}; expected at least {minimum}")
+            return result
+
+        n_layers = number("num_hidden_layers")
+        heads = number("num_attention_heads")
         layer_types = hf.get("layer_types") or [
             "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)
         ]
+        if not isinstance(layer_types, list) or len(layer_types) < n_layers:
+            count = len(layer_types) if isinstance(layer_types, list) else 0
+            raise InputError(
+                f"{source}: layer_types has {count} entries for num_hidden_layers {n_layers}; "
+                "expected one per layer"
+            )
+        unknown = sorted(set(layer_types[:n_layers]) - {"sliding_attention", "full_attention"})
+        if unknown:
+            raise InputError(
+                f"{source}: layer_types has {unknown}; expected sliding_attention or full_attention"
+            )
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise InputError(f"{source}: rope_parameters is {rope!r}; expected an object")
+        hidden = number("hidden_size")
         return cls(
-            vocab_size=int(hf["vocab_size"]),
-            hidden_size=int(hf["hidden_size"]),
-            intermediate_size=int(hf["intermediate_size"]),
+            vocab_size=number("vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=number("intermediate_size"),
             num_hidden_layers=n_layers,
-            num_attention_heads=int(hf["num_attention_heads"]),
-            num_key_value_heads=int(hf["num_key_value_heads"]),
-            head_dim=int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]),
-            num_local_experts=int(hf["num_local_experts"]),
-            num_experts_per_tok=int(hf["num_experts_per_tok"]),
-            sliding_window=int(hf.get("sliding_window") or 0),
+            num_attention_heads=heads,
+            num_key_value_heads=number("num_key_value_heads"),
+            head_dim=number("head_dim") or hidden // heads,
+            num_local_experts=number("num_local_experts"),
+            num_experts_per_tok=number("num_experts_per_tok"),
+            sliding_window=number("sliding_window", minimum=0) or 0,
             layer_types=tuple(layer_types[:n_layers]),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            swiglu_alpha=float(hf.get("swiglu_alpha", 1.702)),
-            swiglu_limit=float(hf.get("swiglu_limit", 7.0)),
+            rms_norm_eps=number("rms_norm_eps", float, 1e-5, minimum=0),
+            swiglu_alpha=number("swiglu_alpha", float, 1.702, minimum=None),
+            swiglu_limit=number("swiglu_limit", float, 7.0, minimum=None),
             rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 150000.0))),
             rope_type=str(rope.get("rope_type", "yarn")),
             rope_factor=float(rope.get("factor", 32.0)),
