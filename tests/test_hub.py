@@ -173,6 +173,12 @@ def test_missing_repo(hub, tmp_path):
         download_hf("acme/nope", "main", out, include=None, exclude=None, cache_dir=tmp_path)
 
 
+def test_a_malformed_revision_is_refused_before_the_hub_is_asked(hub, tmp_path):
+    with pytest.raises(InputError, match=r"revision 'not a sha!' is not a branch, tag or commit"):
+        fetch(tmp_path, "not a sha!")
+    assert hub.requests == []
+
+
 def test_missing_revision(hub, tmp_path):
     with pytest.raises(InputError, match="revision 'nope' does not exist in acme/tiny-gpt-oss"):
         fetch(tmp_path, "nope")

@@ -52,3 +52,39 @@ def test_parse_hub_sources():
     assert parse_source("hf://openai/gpt-oss-20b").location == "openai/gpt-oss-20b"
     with pytest.raises(InputError, match=r"expected hf://org/repo\[@revision\]"):
         parse_source("hf://just-a-name")
+
+
+@pytest.mark.parametrize(
+    "revision",
+    [
+        "not a sha!",
+        "main..dev",
+        "v1^",
+        "~1",
+        "a:b",
+        "x?",
+        "x*",
+        "br[1]",
+        ".hidden",
+        "ends.lock",
+        "ends/",
+        "a//b",
+        "@",
+        "x@{1}",
+        "back\\slash",
+        "tab\there",
+        "dot.",
+    ],
+)
+def test_a_revision_no_git_ref_can_be_is_refused_at_once(revision):
+    with pytest.raises(InputError, match=r"is not a branch, tag or commit sha") as err:
+        parse_source(f"hf://openai/gpt-oss-20b@{revision}")
+    assert "\n" not in str(err.value) and "hf://openai/gpt-oss-20b@" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "revision",
+    ["main", "v1.0", "refs/pr/1", "6cee5e81ee83917806bbde320786a8fb61efebee", "release/2026-01"],
+)
+def test_revisions_git_accepts_are_kept(revision):
+    assert parse_source(f"hf://openai/gpt-oss-20b@{revision}").options == {"revision": revision}

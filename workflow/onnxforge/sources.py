@@ -10,6 +10,7 @@ Sources:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,20 @@ def _number(text: str) -> Any:
     return text
 
 
+_HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
 def parse_source(uri: str) -> Source:
     parsed = urlparse(uri)
     if parsed.scheme == "hf":
-        repo, _, revision = f"{parsed.netloc}{parsed.path}".partition("@")
-        if repo.count("/") != 1:
+        # Split by hand: a revision may hold what a URL parser takes for a query or fragment.
+        repo, at, revision = uri[len("hf://") :].partition("@")
+        if not _HF_REPO.fullmatch(repo):
             raise InputError(f"source {uri!r}: expected hf://org/repo[@revision]")
+        if at:
+            from onnxforge.hub import check_revision
+
+            check_revision(revision, f"source {uri!r}")
         return Source("hf", repo, {"revision": revision or None})
     if parsed.scheme == "synthetic":
         return Source(
