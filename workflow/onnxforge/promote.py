@@ -2,7 +2,9 @@
 
 ``results/release/{model}/{checkpoint}/{variant}/`` gets the ONNX files and the parity report,
 and a manifest with every input hash (checkpoint files, staged parameters, ONNX files), the
-hub revision, every package version of the lock, and the command that built it.
+hub revision, every package version of the lock, and the command that built it. The commands
+(this one's and each step's) are in the manifest's ``volatile`` block: two clean builds of the
+same release have the same manifest outside it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def promote(target: str, root: Path, variant: str, passed: Path, out_dir: Path, 
         outputs.link_or_copy(source, out_dir / name)
     download, stage = _manifest(root / "download"), _manifest(root / "stage")
     export, parity = _manifest(export_dir), _manifest(parity_dir)
-    lock = Path(export["environment"].get("lock_path") or outputs.default_lock())
+    lock = Path(outputs.volatile_field(export, "lock_path") or outputs.default_lock())
     outputs.write_json(
         out_dir / outputs.MANIFEST,
         {
@@ -59,15 +61,17 @@ def promote(target: str, root: Path, variant: str, passed: Path, out_dir: Path, 
             "parity": verdict["summary"],
             "environment": export["environment"],
             "locked_packages": locked_packages(lock) if lock.exists() else None,
-            "steps": {
-                name: manifest["command"]
-                for name, manifest in (
-                    ("download", download),
-                    ("stage", stage),
-                    ("export", export),
-                    ("parity", parity),
-                )
+            outputs.VOLATILE: {
+                "command": command,
+                "steps": {
+                    name: outputs.volatile_field(manifest, "command")
+                    for name, manifest in (
+                        ("download", download),
+                        ("stage", stage),
+                        ("export", export),
+                        ("parity", parity),
+                    )
+                },
             },
-            "command": command,
         },
     )
