@@ -72,8 +72,37 @@ def recorded_hashes(directory: Path) -> dict[str, str] | None:
     return json.loads(manifest.read_text()).get("outputs")
 
 
+_FICLONE = 0x40049409  # Linux ioctl: the target shares the source's blocks, copy on write
+
+
+def copy_file(source: Path, target: Path, chunk: int = 1 << 22) -> str:
+    """An independent copy of ``source`` at ``target``; returns its sha256.
+
+    For files a user may edit later (a local checkpoint): a hard link would carry an in-place
+    edit (safetensors' ``save_file`` rewrites the same inode) into a finished artifact whose
+    manifest no longer describes it. Where the file system can (btrfs, XFS, ...) the copy is a
+    reflink, which costs no second copy of the blocks; else the bytes are copied, and hashed
+    on the way (the hash is of what was written)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with Path(source).open("rb") as src, target.open("wb") as dst:
+        try:
+            import fcntl
+
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except (ImportError, OSError):
+            while block := src.read(chunk):
+                digest.update(block)
+                dst.write(block)
+            return digest.hexdigest()
+    return sha256_file(target, chunk)
+
+
 def link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the file system allows (no second copy of the weights), else a copy."""
+    """A hard link where the file system allows (no second copy of the weights), else a copy.
+    Only for files nothing edits in place (the hub cache's blobs, this project's own outputs);
+    see ``copy_file`` for the others."""
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
