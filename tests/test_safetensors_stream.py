@@ -187,3 +187,22 @@ def test_a_tensor_where_the_index_does_not_put_it(tmp_path):
         CheckpointReader(tmp_path)
     _index(tmp_path, {"a": "one.safetensors", "b": "two.safetensors"})
     assert set(CheckpointReader(tmp_path)) == {"a", "b"}
+
+
+def test_nonfinite_weights_are_refused_where_they_are_read(tmp_path):
+    from safetensors.numpy import save_file
+
+    weights = np.arange(24, dtype=np.float32).reshape(6, 4)
+    weights[4, 2] = np.nan
+    save_file({"w": weights, "ids": np.arange(3)}, str(tmp_path / "model.safetensors"))
+    reader = CheckpointReader(tmp_path)
+    np.testing.assert_array_equal(reader.read("ids"), np.arange(3))
+    np.testing.assert_array_equal(reader.tensor("w")[:4], weights[:4])  # rows without it
+    message = rf"^{tmp_path}/model\.safetensors: tensor 'w': 1 of 8 values are not finite "
+    with pytest.raises(InputError, match=message + r"\(first: nan at \[4, 2\]\)"):
+        reader.tensor("w")[4:]
+    with pytest.raises(InputError, match=r"1 of 24 values .* at \[4, 2\]"):
+        reader.read("w")
+    with pytest.raises(InputError, match=r"1 of 4 values .* at \[4, 2\]"):
+        reader.tensor("w")[4]
+    assert np.isnan(CheckpointReader(tmp_path, finite=False).read("w")[4, 2])

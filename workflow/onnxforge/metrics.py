@@ -62,16 +62,19 @@ def describe_nonfinite(record: dict[str, Any], input_name: str | None = None) ->
     return f"{record['count']} non-finite value(s): " + "; ".join(parts)
 
 
+def nonfinite_error(name: str, found: dict[str, Any], size: int) -> InputError:
+    """The error for ``found`` (``find_nonfinite``'s) in ``size`` values of weights ``name``."""
+    return InputError(
+        f"{name}: {found['count']} of {size} values are not finite (first: {found['value']} "
+        f"at {found['index']}); expected finite weights: the checkpoint is damaged or was "
+        "saved from a diverged run. Download it again, or fix the weights where they are made"
+    )
+
+
 def check_finite(name: str, array: Any) -> None:
     """Refuse an array holding NaN or infinity, naming it (``name``: the file and tensor)."""
-    found = find_nonfinite(array)
-    if found:
-        size = int(np.asarray(array).size)
-        raise InputError(
-            f"{name}: {found['count']} of {size} values are not finite (first: {found['value']} "
-            f"at {found['index']}); expected finite weights: the checkpoint is damaged or was "
-            "saved from a diverged run. Download it again, or fix the weights where they are made"
-        )
+    if found := find_nonfinite(array):
+        raise nonfinite_error(name, found, int(np.asarray(array).size))
 
 
 def compare_logits(reference: np.ndarray, candidate: np.ndarray, top_k: int = 5) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from onnxforge.errors import InputError
+from onnxforge.metrics import find_nonfinite, nonfinite_error
 
 DTYPES = {
     "F64": np.dtype(np.float64),
@@ -236,10 +237,14 @@ def _check_index(directory: Path, tensors: dict[str, TensorInfo]) -> None:
 
 
 class CheckpointReader:
-    """All tensors of a checkpoint directory (one or many ``*.safetensors`` files)."""
+    """All tensors of a checkpoint directory (one or many ``*.safetensors`` files).
 
-    def __init__(self, directory: Path):
+    With ``finite`` (the default), every floating-point value read is checked: a NaN or an
+    infinity raises an InputError naming the file, the tensor and the first position."""
+
+    def __init__(self, directory: Path, finite: bool = True):
         self.directory = Path(directory)
+        self.finite = finite
         files = sorted(self.directory.glob("*.safetensors"))
         if not files:
             raise InputError(
@@ -277,7 +282,7 @@ class CheckpointReader:
 
     def tensor(self, name: str) -> StoredTensor:
         """One tensor, read when (and as far as) it is indexed."""
-        return StoredTensor(self.info(name))
+        return StoredTensor(self.info(name), finite=self.finite)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)
@@ -288,8 +293,8 @@ class StoredTensor:
     (then any further indices) only those rows. Transforms that go row slab by row slab, like
     a transpose, so never hold the whole source next to their result."""
 
-    def __init__(self, info: TensorInfo):
-        self.info = info
+    def __init__(self, info: TensorInfo, finite: bool = True):
+        self.info, self.finite = info, finite
         self.shape, self.dtype, self.ndim = info.shape, info.dtype, len(info.shape)
 
     def read(self) -> np.ndarray:
@@ -323,4 +328,10 @@ class StoredTensor:
             raise InputError(
                 f"{self.info.file}: tensor {self.info.name!r} is cut short: the file is truncated"
             )
+        if self.finite and (found := find_nonfinite(out)):
+            # the position in the whole tensor, not in the rows read
+            first = (offset - self.info.offset) // self.dtype.itemsize
+            first += int(np.ravel_multi_index(found["index"], shape)) if shape else 0
+            found["index"] = [int(i) for i in np.unravel_index(first, self.shape)]
+            raise nonfinite_error(f"{self.info.file}: tensor {self.info.name!r}", found, out.size)
         return out
