@@ -138,7 +138,10 @@ def local_files(uri: str, out_dir: Path | None = None) -> dict[str, Path]:
         raise InputError(f"source {uri!r}: not a local folder")
     directory = Path(source.location)
     if not directory.is_dir():
-        raise InputError(f"source {uri!r}: {directory} is not a directory")
+        raise InputError(
+            f"source {uri!r}: {directory} is not a directory; point file:// at the folder "
+            "that holds the checkpoint (config.json and *.safetensors)"
+        )
     root = directory.resolve()
     if out_dir is not None and Path(out_dir).resolve().is_relative_to(root):
         raise InputError(
@@ -187,7 +190,10 @@ def local_files(uri: str, out_dir: Path | None = None) -> dict[str, Path]:
                 raise InputError(f"{where}: {label} is not a regular file; remove it")
             files[label] = path
     if not any(name.endswith(".safetensors") for name in files):
-        raise InputError(f"source {uri!r}: {directory} holds no *.safetensors file")
+        raise InputError(
+            f"source {uri!r}: {directory} holds no *.safetensors file; point file:// at a "
+            "Hugging Face checkpoint folder (config.json and *.safetensors)"
+        )
     return dict(sorted(files.items()))
 
 
