@@ -241,3 +241,17 @@ def test_download_step_fetches_another_layout_into_a_folder(commits, monkeypatch
     assert manifest["extra"]["flax"]["revision"] == OLD
     assert manifest["outputs"]["flax/2b/_METADATA"] == hashlib.sha256(b"{}").hexdigest()
     assert manifest["outputs"]["config.json"] == expected(commits[NEW])["config.json"]
+
+
+def test_files_linked_from_the_cache_are_read_only(hub, commits, tmp_path):
+    """The download and the cache share each file's inode: an edit in place through either
+    name would change the other, so neither can be written."""
+    import stat
+
+    out, _ = fetch(tmp_path)
+    linked = [out / name for name in commits[NEW] if (out / name).stat().st_nlink > 1]
+    assert linked  # the cache and the download are on one file system here
+    for path in linked:
+        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), path
+    again, _ = fetch(tmp_path, name="again")  # a read-only blob links again
+    assert hash_tree(again) == expected(commits[NEW])

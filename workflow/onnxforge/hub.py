@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -251,7 +252,14 @@ def download_hf(
             "and if it keeps failing, check HF_ENDPOINT (a proxy or mirror altering files)"
         )
     for name in names:
-        link_or_copy(Path(os.path.realpath(cached[name])), targets[name])
+        blob = Path(os.path.realpath(cached[name]))
+        link_or_copy(blob, targets[name])
+        if targets[name].stat().st_nlink > 1:
+            # One inode for the cache's blob and the download: read-only, so that an edit in
+            # place through either name cannot change the other (huggingface_hub only ever
+            # renames and unlinks blobs, which the folder's permissions allow).
+            mode = blob.stat().st_mode
+            blob.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return {
         "source": where,
         "repo": repo_id,
