@@ -38,6 +38,8 @@ def test_parse_source_options():
         ("s3://bucket/model", "unsupported scheme 's3'"),
         ("synthetic://gpt_oss?hidden=3", "unknown parameter"),
         ("synthetic://llama9", "unknown model family 'llama9'"),
+        ("file://checkpoints/tiny", r"file:// takes an absolute path, .*'checkpoints' would be"),
+        ("file://./tiny", r"file:// takes an absolute path"),
     ],
 )
 def test_bad_sources(uri, message, tmp_path):

@@ -65,6 +65,12 @@ def parse_source(uri: str) -> Source:
         return Source(
             "synthetic", parsed.netloc, {k: _number(v) for k, v in parse_qsl(parsed.query)}
         )
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise InputError(
+            f"source {uri!r}: file:// takes an absolute path, not a host or a relative path "
+            f"({parsed.netloc!r} would be dropped); write file:///absolute/folder (three "
+            "slashes) or the plain path"
+        )
     if parsed.scheme in ("file", ""):
         return Source("file", parsed.path if parsed.scheme else uri)
     raise InputError(
