@@ -152,3 +152,14 @@ def test_check_finite_reads_bfloat16_in_chunks():
     assert find_nonfinite(weights, chunk=1000) == {"count": 1, "index": [9999], "value": "inf"}
     with pytest.raises(InputError, match="1 of 10000 values"):
         check_finite("w", weights)
+
+
+def test_find_nonfinite_scans_a_transpose_in_slabs():
+    weights = np.zeros((300, 40), dtype=np.float32)
+    weights[7, 250 % 40] = np.nan
+    weights[299, 0] = -np.inf
+    view = weights.T  # not contiguous: must not be copied whole
+    assert find_nonfinite(view, chunk=64) == {"count": 2, "index": [0, 299], "value": "-inf"}
+    assert find_nonfinite(weights, chunk=64) == {"count": 2, "index": [7, 10], "value": "nan"}
+    assert find_nonfinite(np.float32(np.inf)) == {"count": 1, "index": [], "value": "inf"}
+    assert find_nonfinite(np.zeros((0, 3), dtype=np.float32)) is None

@@ -26,22 +26,28 @@ def find_nonfinite(array: Any, chunk: int = _CHUNK) -> dict[str, Any] | None:
     """None when every value is finite; else their count, the first one's index and value.
 
     Integer and boolean arrays are finite by construction; floating ones (bfloat16 and the
-    other ``ml_dtypes`` too) are scanned ``chunk`` elements at a time."""
+    other ``ml_dtypes`` too) are scanned in slabs of rows of about ``chunk`` elements, so
+    that neither the mask nor a strided array (a transpose) costs a tensor's worth of memory."""
     array = np.asarray(array)
-    if array.dtype.kind in "biu":
+    if array.dtype.kind in "biu" or array.size == 0:
         return None
-    flat = array.reshape(-1)
+    scalar = array.ndim == 0
+    if scalar:
+        array = array.reshape(1)
+    rows = max(1, chunk // max(1, array[0].size))
     count, first = 0, None
-    for start in range(0, flat.size, chunk):
-        bad = ~np.isfinite(flat[start : start + chunk])
-        if bad.any():
-            count += int(bad.sum())
+    for start in range(0, array.shape[0], rows):
+        bad = ~np.isfinite(array[start : start + rows])
+        found = int(np.count_nonzero(bad))
+        if found:
+            count += found
             if first is None:
-                first = start + int(bad.argmax())
+                local = np.unravel_index(int(bad.argmax()), bad.shape)
+                first = (start + int(local[0]), *(int(i) for i in local[1:]))
     if first is None:
         return None
-    index = [int(i) for i in np.unravel_index(first, array.shape)]
-    return {"count": count, "index": index, "value": str(float(flat[first]))}
+    index = [] if scalar else list(first)
+    return {"count": count, "index": index, "value": str(float(array[first]))}
 
 
 def nonfinite(reference: Any, candidate: Any) -> dict[str, Any]:
