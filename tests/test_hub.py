@@ -173,6 +173,12 @@ def test_missing_repo(hub, tmp_path):
         download_hf("acme/nope", "main", out, include=None, exclude=None, cache_dir=tmp_path)
 
 
+def test_a_malformed_revision_is_refused_before_the_hub_is_asked(hub, tmp_path):
+    with pytest.raises(InputError, match=r"revision 'not a sha!' is not a branch, tag or commit"):
+        fetch(tmp_path, "not a sha!")
+    assert hub.requests == []
+
+
 def test_missing_revision(hub, tmp_path):
     with pytest.raises(InputError, match="revision 'nope' does not exist in acme/tiny-gpt-oss"):
         fetch(tmp_path, "nope")
@@ -235,3 +241,17 @@ def test_download_step_fetches_another_layout_into_a_folder(commits, monkeypatch
     assert manifest["extra"]["flax"]["revision"] == OLD
     assert manifest["outputs"]["flax/2b/_METADATA"] == hashlib.sha256(b"{}").hexdigest()
     assert manifest["outputs"]["config.json"] == expected(commits[NEW])["config.json"]
+
+
+def test_files_linked_from_the_cache_are_read_only(hub, commits, tmp_path):
+    """The download and the cache share each file's inode: an edit in place through either
+    name would change the other, so neither can be written."""
+    import stat
+
+    out, _ = fetch(tmp_path)
+    linked = [out / name for name in commits[NEW] if (out / name).stat().st_nlink > 1]
+    assert linked  # the cache and the download are on one file system here
+    for path in linked:
+        assert not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), path
+    again, _ = fetch(tmp_path, name="again")  # a read-only blob links again
+    assert hash_tree(again) == expected(commits[NEW])

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from onnxforge.metrics import check_gates, compare_logits, summarize
+from onnxforge.errors import InputError
+from onnxforge.metrics import (
+    check_finite,
+    check_gates,
+    compare_logits,
+    find_nonfinite,
+    nonfinite,
+    summarize,
+)
 
 GATES = {"max_abs": 1e-3, "kl_max": 1e-4, "top1_min": 1.0}
 
@@ -50,3 +58,108 @@ def test_summary_takes_the_worst_input():
         }
     )
     assert s == {"max_abs": 1.0, "top1_agreement": 0.5, "tokens": 5}
+
+
+def _with(value, index=(0, 1, 2), shape=(2, 3, 5)):
+    clean = np.random.default_rng(2).normal(size=shape).astype(np.float32)
+    bad = clean.copy()
+    bad[index] = value
+    return clean, bad
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_nonfinite_candidate_is_recorded_with_side_and_position(value):
+    clean, bad = _with(value)
+    record = compare_logits(clean, bad)["nonfinite"]
+    assert record["count"] == 1
+    assert record["reference"] is None
+    assert record["candidate"] == {"count": 1, "index": [0, 1, 2], "value": str(value)}
+
+
+def test_a_nonfinite_reference_is_recorded_too():
+    clean, bad = _with(np.nan, index=(1, 2, 4))
+    record = compare_logits(bad, clean)["nonfinite"]
+    assert record["candidate"] is None and record["reference"]["index"] == [1, 2, 4]
+
+
+def test_finite_logits_record_no_nonfinite_values():
+    logits = np.ones((1, 2, 3))
+    assert compare_logits(logits, logits)["nonfinite"] == {
+        "count": 0,
+        "reference": None,
+        "candidate": None,
+    }
+
+
+def test_nonfinite_pair_reports_the_first_position_and_count():
+    reference = np.zeros((2, 4), dtype=np.float32)
+    candidate = reference.copy()
+    candidate[1, 3] = candidate[1, 1] = np.nan
+    candidate[0, 2] = np.inf
+    assert nonfinite(reference, candidate) == {
+        "count": 3,
+        "reference": None,
+        "candidate": {"count": 3, "index": [0, 2], "value": "inf"},
+    }
+
+
+@pytest.mark.parametrize("gates", [GATES, {"top1_min": 0.0}, {"max_abs": 1e9}, {}])
+def test_nan_logits_fail_whatever_the_gates(gates):
+    """Even gates a NaN does not reach (top-1 of the other tokens, a huge max_abs, none)."""
+    clean, bad = _with(np.nan)
+    failures = check_gates(summarize({"long": compare_logits(clean, bad)}), gates)
+    assert failures
+    assert any("non-finite" in f and "candidate" in f and "'long'" in f for f in failures)
+    assert any("[0, 1, 2]" in f for f in failures)
+
+
+def test_summary_keeps_nan_and_names_the_input():
+    """Python's max() skips NaN (and an all-NaN metric came out as -inf): the summary must not."""
+    clean, bad = _with(np.nan)
+    s = summarize({"short": compare_logits(clean, clean), "long": compare_logits(clean, bad)})
+    assert np.isnan(s["max_abs"]) and np.isnan(s["kl_max"])
+    assert s["nonfinite"]["count"] == 1
+    assert list(s["nonfinite"]["inputs"]) == ["long"]
+    only_nan = summarize({"a": {"max_abs": float("nan")}, "b": {"max_abs": float("nan")}})
+    assert np.isnan(only_nan["max_abs"])
+    assert check_gates(only_nan, {"max_abs": 1.0})
+    nan_first = summarize({"a": {"max_abs": float("nan")}, "b": {"max_abs": 0.5}})
+    assert np.isnan(nan_first["max_abs"])
+
+
+def test_a_missing_metric_fails_its_gate():
+    assert check_gates(summarize({}), {"max_abs": 1.0}) == [
+        "max_abs was not computed, gate requires <= 1"
+    ]
+
+
+def test_check_finite_names_the_tensor_and_position():
+    weights = np.ones((3, 4), dtype=np.float32)
+    check_finite("model.safetensors: tensor 'w'", weights)
+    check_finite("ids", np.arange(5))
+    weights[2, 1] = np.nan
+    weights[2, 3] = np.inf
+    expected = r"^model\.safetensors: tensor 'w': 2 of 12 values are not finite \(first: nan at"
+    with pytest.raises(InputError, match=expected + r" \[2, 1\]\)"):
+        check_finite("model.safetensors: tensor 'w'", weights)
+
+
+def test_check_finite_reads_bfloat16_in_chunks():
+    import ml_dtypes
+
+    weights = np.zeros(10_000, dtype=ml_dtypes.bfloat16)
+    weights[9_999] = np.inf
+    assert find_nonfinite(weights, chunk=1000) == {"count": 1, "index": [9999], "value": "inf"}
+    with pytest.raises(InputError, match="1 of 10000 values"):
+        check_finite("w", weights)
+
+
+def test_find_nonfinite_scans_a_transpose_in_slabs():
+    weights = np.zeros((300, 40), dtype=np.float32)
+    weights[7, 250 % 40] = np.nan
+    weights[299, 0] = -np.inf
+    view = weights.T  # not contiguous: must not be copied whole
+    assert find_nonfinite(view, chunk=64) == {"count": 2, "index": [0, 299], "value": "-inf"}
+    assert find_nonfinite(weights, chunk=64) == {"count": 2, "index": [7, 10], "value": "nan"}
+    assert find_nonfinite(np.float32(np.inf)) == {"count": 1, "index": [], "value": "inf"}
+    assert find_nonfinite(np.zeros((0, 3), dtype=np.float32)) is None

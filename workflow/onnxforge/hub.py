@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -30,6 +31,30 @@ from onnxforge.outputs import MANIFEST, link_or_copy
 
 _WORKERS = 4
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# What `git check-ref-format` refuses anywhere in a ref: control characters, space, ~ ^ : ? * [
+# and backslash, "..", "@{" and "//".
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def check_revision(revision: str | None, where: str) -> None:
+    """Refuse, before the hub is asked, a revision that no branch, tag or commit can be."""
+    if revision is None:
+        return
+    if match := _REF_FORBIDDEN.search(revision):
+        reason = f"it contains {match.group()!r}"
+    elif revision == "@" or not revision:
+        reason = "it is empty" if not revision else "'@' alone is not a ref"
+    elif revision.startswith("/") or revision.endswith(("/", ".")):
+        reason = "it begins or ends with '/', or ends with '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in revision.split("/")):
+        reason = "a part begins with '.' or ends with '.lock'"
+    else:
+        return
+    raise InputError(
+        f"{where}: revision {revision!r} is not a branch, tag or commit sha ({reason}, which "
+        "git refs cannot); use a branch, tag or 40-hex commit sha listed under the repo's "
+        "'Files and versions'"
+    )
 
 
 def _endpoint() -> str:
@@ -151,6 +176,7 @@ def download_hf(
 
     out_dir = Path(out_dir)
     where = _describe(repo_id, revision)
+    check_revision(revision, where)
     endpoint = _endpoint()
     cache = _cache_dir(cache_dir)
 
@@ -226,7 +252,14 @@ def download_hf(
             "and if it keeps failing, check HF_ENDPOINT (a proxy or mirror altering files)"
         )
     for name in names:
-        link_or_copy(Path(os.path.realpath(cached[name])), targets[name])
+        blob = Path(os.path.realpath(cached[name]))
+        link_or_copy(blob, targets[name])
+        if targets[name].stat().st_nlink > 1:
+            # One inode for the cache's blob and the download: read-only, so that an edit in
+            # place through either name cannot change the other (huggingface_hub only ever
+            # renames and unlinks blobs, which the folder's permissions allow).
+            mode = blob.stat().st_mode
+            blob.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return {
         "source": where,
         "repo": repo_id,

@@ -2,6 +2,10 @@
 
 A step writes into ``<out>.tmp-<pid>`` next to its destination and renames it into place at
 the end; an interrupted step leaves only a ``.tmp-`` directory, which the next run removes.
+
+A manifest keeps what differs between two clean builds of the same thing (when, by which
+command line, from which checkout, how long it took) in its ``volatile`` block: the rest
+(``stable_view``) is byte for byte the same.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -67,8 +72,37 @@ def recorded_hashes(directory: Path) -> dict[str, str] | None:
     return json.loads(manifest.read_text()).get("outputs")
 
 
+_FICLONE = 0x40049409  # Linux ioctl: the target shares the source's blocks, copy on write
+
+
+def copy_file(source: Path, target: Path, chunk: int = 1 << 22) -> str:
+    """An independent copy of ``source`` at ``target``; returns its sha256.
+
+    For files a user may edit later (a local checkpoint): a hard link would carry an in-place
+    edit (safetensors' ``save_file`` rewrites the same inode) into a finished artifact whose
+    manifest no longer describes it. Where the file system can (btrfs, XFS, ...) the copy is a
+    reflink, which costs no second copy of the blocks; else the bytes are copied, and hashed
+    on the way (the hash is of what was written)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with Path(source).open("rb") as src, target.open("wb") as dst:
+        try:
+            import fcntl
+
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except (ImportError, OSError):
+            while block := src.read(chunk):
+                digest.update(block)
+                dst.write(block)
+            return digest.hexdigest()
+    return sha256_file(target, chunk)
+
+
 def link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the file system allows (no second copy of the weights), else a copy."""
+    """A hard link where the file system allows (no second copy of the weights), else a copy.
+    Only for files nothing edits in place (the hub cache's blobs, this project's own outputs);
+    see ``copy_file`` for the others."""
     Path(target).parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
@@ -95,24 +129,62 @@ def default_lock() -> Path:
 
 
 def environment() -> dict[str, Any]:
-    """Where a step ran: the container image digest when there is one, else the lock's hash."""
+    """Where a step ran: the container image digest when there is one, else the lock's hash.
+    (Where the lock lies on this machine is volatile: see ``write_manifest``.)"""
     lock = default_lock()
     return {
         "image": os.environ.get("ONNXFORGE_IMAGE"),
         "lock": str(lock.name) if lock.exists() else None,
-        "lock_path": str(lock) if lock.exists() else None,
         "lock_sha256": sha256_file(lock) if lock.exists() else None,
         "python": platform.python_version(),
         "packages": package_versions(),
     }
 
 
+def _dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write-then-rename for a single file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(_dumps(data))
     os.replace(tmp, path)
+
+
+VOLATILE = "volatile"
+
+
+def volatile_fields(**more: Any) -> dict[str, Any]:
+    """What differs between two clean builds of the same thing: when, the command line, where
+    the lock lies on this machine, and ``more`` (timings, say)."""
+    lock = default_lock()
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": list(sys.argv),
+        "lock_path": str(lock) if lock.exists() else None,
+        **more,
+    }
+
+
+def stable_view(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without its volatile block: equal for two clean builds of the same thing."""
+    return {key: value for key, value in manifest.items() if key != VOLATILE}
+
+
+def stable_text(text: str) -> str:
+    """A manifest file's text without its volatile block, as ``write_json`` would write it."""
+    return _dumps(stable_view(json.loads(text)))
+
+
+def volatile_field(manifest: dict[str, Any], key: str, default: Any = None) -> Any:
+    """A volatile field (``command``, ``created``, ``lock_path``...), also from manifests
+    written before the volatile block existed, which kept them at the top level."""
+    block = manifest.get(VOLATILE) or {}
+    if key in block:
+        return block[key]
+    return manifest.get(key, manifest.get("environment", {}).get(key, default))
 
 
 def write_manifest(
@@ -121,8 +193,11 @@ def write_manifest(
     inputs: dict[str, Path],
     extra: dict[str, Any] | None = None,
     known_outputs: dict[str, str] | None = None,
+    volatile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Record the step, the sha256 of every input file and output file, and the versions."""
+    """Record the step, the sha256 of every input file and output file, and the versions;
+    ``volatile`` (timings, say) joins the creation time and command line in the volatile
+    block, apart from everything that two clean builds must agree on."""
     input_hashes = {}
     for label, path in inputs.items():
         path = Path(path)
@@ -132,20 +207,48 @@ def write_manifest(
             input_hashes[label] = sha256_file(path)
     manifest = {
         "step": step,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": sys.argv,
         "inputs": input_hashes,
         "outputs": hash_tree(directory, known_outputs),
         "environment": environment(),
         **(extra or {}),
+        VOLATILE: volatile_fields(**(volatile or {})),
     }
     write_json(Path(directory) / MANIFEST, manifest)
     return manifest
 
 
+def _renamer(tmp: Path, destination: Path):
+    """Text with every mention of ``tmp`` (as given, absolute or resolved: its last part is
+    enough) replaced by ``destination``'s."""
+    pattern = re.compile(re.escape(tmp.name) + r"(?!\d)")  # not another pid that starts alike
+
+    def rename(text: str) -> str:
+        return pattern.sub(lambda _: destination.name, text)
+
+    return rename
+
+
+def rename_in_error(err: BaseException, tmp: Path, destination: Path) -> None:
+    """Make ``err`` name ``destination`` wherever it names the temporary ``tmp``, in place (the
+    temporary is gone by the time anyone reads the message): an ``InputError``'s message, an
+    ``OSError``'s file names; other exceptions are left as they are."""
+    from onnxforge.errors import InputError
+
+    rename = _renamer(tmp, destination)
+    if isinstance(err, InputError):
+        err.args = tuple(rename(a) if isinstance(a, str) else a for a in err.args)
+    elif isinstance(err, OSError):
+        for attribute in ("filename", "filename2"):
+            if isinstance(value := getattr(err, attribute, None), str):
+                setattr(err, attribute, rename(value))
+
+
 @contextlib.contextmanager
 def atomic_directory(destination: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``destination`` only on success."""
+    """Yield a fresh temporary directory that becomes ``destination`` only on success.
+
+    An ``InputError`` (or ``OSError``) raised inside names ``destination`` instead of the
+    temporary, which is removed before the message is read."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     for stale in destination.parent.glob(f"{destination.name}.tmp-*"):
@@ -153,7 +256,11 @@ def atomic_directory(destination: Path) -> Iterator[Path]:
     tmp = destination.parent / f"{destination.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as err:
+            rename_in_error(err, tmp, destination)
+            raise
         if destination.exists():
             shutil.rmtree(destination)
         os.replace(tmp, destination)

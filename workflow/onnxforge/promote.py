@@ -2,7 +2,9 @@
 
 ``results/release/{model}/{checkpoint}/{variant}/`` gets the ONNX files and the parity report,
 and a manifest with every input hash (checkpoint files, staged parameters, ONNX files), the
-hub revision, every package version of the lock, and the command that built it.
+hub revision, every package version of the lock, and the command that built it. The commands
+(this one's and each step's) are in the manifest's ``volatile`` block: two clean builds of the
+same release have the same manifest outside it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def promote(target: str, steps: StepDirs, passed: Path, out_dir: Path, command: 
         outputs.link_or_copy(Path(source) / name, out_dir / name)
     download, stage = _manifest(Path(steps.download)), _manifest(Path(steps.stage))
     export, parity = _manifest(Path(steps.export)), _manifest(Path(steps.parity))
-    lock = Path(export["environment"].get("lock_path") or outputs.default_lock())
+    lock = Path(outputs.volatile_field(export, "lock_path") or outputs.default_lock())
     outputs.write_json(
         out_dir / outputs.MANIFEST,
         {
@@ -67,15 +69,17 @@ def promote(target: str, steps: StepDirs, passed: Path, out_dir: Path, command: 
             "parity": verdict["summary"],
             "environment": export["environment"],
             "locked_packages": locked_packages(lock) if lock.exists() else None,
-            "steps": {
-                name: manifest["command"]
-                for name, manifest in (
-                    ("download", download),
-                    ("stage", stage),
-                    ("export", export),
-                    ("parity", parity),
-                )
+            outputs.VOLATILE: {
+                "command": command,
+                "steps": {
+                    name: outputs.volatile_field(manifest, "command")
+                    for name, manifest in (
+                        ("download", download),
+                        ("stage", stage),
+                        ("export", export),
+                        ("parity", parity),
+                    )
+                },
             },
-            "command": command,
         },
     )
