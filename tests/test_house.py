@@ -77,7 +77,7 @@ def test_each_module_imports_alone():
 def test_the_driver_validates_the_config_without_importing_jax():
     """Snakemake's startup (common.smk) imports the catalog and the family registry only."""
     code = (
-        "import sys, yaml; from onnxforge import catalog, layout, providers; "
+        "import sys, yaml; from onnxforge import catalog, layout, providers, sources; "
         "from onnxforge.families import FAMILIES; "
         "catalog.validate(yaml.safe_load(open('config.yaml')));"
         "heavy = sorted(m for m in ('jax', 'flax', 'torch', 'transformers', 'onnxruntime') "

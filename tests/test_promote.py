@@ -71,7 +71,8 @@ def test_release_from_steps_written_before_the_volatile_block(tmp_path, monkeypa
         path.write_text(json.dumps(old))
     out = root / "release2"
     out.mkdir()
-    promote("m/c/f32", root, "f32", root / "parity/f32.passed.json", out, "snakemake again")
+    steps = StepDirs(root / "download", root / "stage", root / "export/f32", root / "parity/f32")
+    promote("m/c/f32", steps, root / "parity/f32.passed.json", out, "snakemake again")
     again = json.loads((out / outputs.MANIFEST).read_text())
     assert again["volatile"]["steps"] == manifest["volatile"]["steps"]
     assert again["locked_packages"] == manifest["locked_packages"]

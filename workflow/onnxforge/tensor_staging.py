@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxforge import params_store
 from onnxforge.errors import InputError
+from onnxforge.metrics import check_finite
 from onnxforge.safetensors_stream import CheckpointReader
 
 ParamPath = tuple[str, ...]
@@ -88,6 +89,7 @@ def staged_params(
                     f"{'/'.join(path)}; the model built from config.json expects {want_shape}. "
                     "Does config.json match the weights?"
                 )
+            check_finite(f"{reader.info(sources[0]).file}: {shapes} -> {'/'.join(path)}", value)
             filled.add(path)
             yield path, value
             del value

@@ -15,6 +15,7 @@ from onnxforge.catalog import (
 )
 from onnxforge.errors import InputError
 from onnxforge.families import get_family
+from onnxforge.sources import source_state
 
 try:
     validate(config, source="config")  # fills in the schema's defaults, once
@@ -134,6 +135,16 @@ for _name in ("ONNXFORGE_COMMAND", "APPTAINERENV_ONNXFORGE_COMMAND"):
 
 def source_of(wildcards):
     return checkpoint_entry(config, wildcards.model, wildcards.checkpoint)["source"]
+
+
+def download_source_state(wildcards):
+    """file:// sources are hashed again every run: a changed folder reruns the download."""
+    entry = checkpoint_entry(config, wildcards.model, wildcards.checkpoint)
+    try:
+        uris = [entry["source"], *entry.get("extra", {}).values()]
+        return " ".join(source_state(uri) for uri in uris)
+    except InputError as err:
+        return f"refused: {err}"  # the download job itself then fails with this in its log
 
 
 def download_arguments(wildcards):

@@ -14,6 +14,7 @@ rule download:
     params:
         **STEP_PARAMS,
         source=source_of,
+        source_state=download_source_state,
         flags=download_arguments,
     message:
         "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
