@@ -327,3 +327,129 @@ CASES: list[BadInput] = [
 def source_of(case_overrides: dict[str, Any] | None, dest: Path) -> str:
     """The source a case's checkpoint entry names."""
     return (case_overrides or {}).get("source", f"file://{dest}")
+
+
+# --- checkpoints whose files are well-formed but do not describe the model -----------------
+# Refused by stage's check of the family's tensor set and config.json (a DAG or CLI runner:
+# their tensors read fine, so the module runner of test_bad_inputs.py does not take them).
+
+
+def _edit_tensors(edit: Callable[[dict[str, np.ndarray]], None]):
+    def make(good: Path, dest: Path) -> None:
+        path = _copy(good, dest)
+        tensors = _load(path)
+        edit(tensors)
+        _save(path, tensors)
+
+    return make
+
+
+def _edit_config(**changes: Any):
+    def make(good: Path, dest: Path) -> None:
+        _copy(good, dest)
+        config = json.loads((dest / "config.json").read_text())
+        config.update(changes)
+        (dest / "config.json").write_text(json.dumps(config))
+
+    return make
+
+
+def _config_text(text: str | None):
+    def make(good: Path, dest: Path) -> None:
+        _copy(good, dest)
+        if text is None:
+            (dest / "config.json").unlink()
+        else:
+            (dest / "config.json").write_text(text)
+
+    return make
+
+
+def _with_entry(**entry: Any):
+    def make(good: Path, dest: Path) -> dict[str, Any]:
+        _copy(good, dest)
+        return dict(entry)
+
+    return make
+
+
+def _cast(name: str, dtype) -> Callable[[dict[str, np.ndarray]], None]:
+    return lambda tensors: tensors.update({name: tensors[name].astype(dtype)})
+
+
+STAGE_CASES: list[BadInput] = [
+    BadInput(
+        "tensor-nothing-uses",
+        _edit_tensors(lambda t: t.update(extra=np.zeros(3, np.float32))),
+        "tensor 'extra' is not part of the model",
+        "stage",
+    ),
+    BadInput(
+        "int32-weight",
+        _edit_tensors(_cast("model.norm.weight", np.int32)),
+        "tensor 'model.norm.weight' is stored as int32; expected a floating-point dtype",
+        "stage",
+    ),
+    BadInput(
+        "missing-tensor",
+        _edit_tensors(lambda t: t.pop("model.layers.1.self_attn.sinks")),
+        "'model.layers.1.self_attn.sinks' is missing",
+        "stage",
+    ),
+    BadInput(
+        "wrong-shape",
+        _edit_tensors(lambda t: t.update({"model.norm.weight": np.ones(3, np.float32)})),
+        "expects",
+        "stage",
+    ),
+    BadInput(
+        "fewer-layers-in-config-than-weights",
+        _edit_config(num_hidden_layers=1),
+        "tensor 'model.layers.1.",
+        "stage",
+    ),
+    BadInput("zero-layers", _edit_config(num_hidden_layers=0), "expected at least 1", "stage"),
+    BadInput(
+        "width-not-a-number",
+        _edit_config(hidden_size="sixty-four"),
+        "hidden_size is 'sixty-four'; expected a number (int)",
+        "stage",
+    ),
+    BadInput(
+        "short-layer-types",
+        _edit_config(layer_types=["full_attention"]),
+        "layer_types has 1 entries for num_hidden_layers 2",
+        "stage",
+    ),
+    BadInput(
+        "another-familys-model-type",
+        _edit_config(model_type="mixtral"),
+        "model_type is 'mixtral', not 'gpt_oss'",
+        "stage",
+    ),
+    BadInput("no-config-json", _config_text(None), "config.json: missing", "stage"),
+    BadInput("config-not-json", _config_text("{vocab_size: 256"), "not valid JSON", "stage"),
+    BadInput("config-is-a-list", _config_text("[1, 2]"), "expected a JSON object", "stage"),
+]
+
+# Cases in the catalog entry rather than the folder (the DAG runner takes them).
+ENTRY_CASES: list[BadInput] = [
+    BadInput(
+        "more-layers-than-the-checkpoint",
+        _with_entry(layers=5),
+        "cannot keep 5 layers; num_hidden_layers is 2",
+        "stage",
+    ),
+    BadInput(
+        "subdir-that-is-not-there",
+        _with_entry(subdir="original"),
+        "original/config.json: missing",
+        "stage",
+    ),
+    BadInput(
+        "synthetic-seed-not-a-number",
+        _source("synthetic://gpt_oss?seed=abc"),
+        "seed",
+        "download",
+    ),
+]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 
+from bad_inputs import STAGE_CASES
 from onnxforge.cli import main
 
 
@@ -102,62 +102,11 @@ def test_unknown_family(tiny_checkpoint, tmp_path, capsys):
     assert "unknown model family 'nope'" in capsys.readouterr().err
 
 
-def _edit_tensors(checkpoint, edit):
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(str(checkpoint / "model.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(checkpoint / "model.safetensors"))
-
-
-def _edit_config(checkpoint, **changes):
-    config = json.loads((checkpoint / "config.json").read_text())
-    config.update(changes)
-    (checkpoint / "config.json").write_text(json.dumps(config))
-
-
-# (case, how to break the tiny checkpoint, what the one-line error must say)
-STRUCTURE_CASES = {
-    "a tensor nothing uses": (
-        lambda c: _edit_tensors(c, lambda t: t.update(extra=np.zeros(3, np.float32))),
-        "model.safetensors: tensor 'extra' is not part of the model",
-    ),
-    "an I32 weight": (
-        lambda c: _edit_tensors(
-            c, lambda t: t.update({"model.norm.weight": t["model.norm.weight"].astype(np.int32)})
-        ),
-        "tensor 'model.norm.weight' is stored as int32; expected a floating-point dtype",
-    ),
-    "fewer layers in config.json than in the weights": (
-        lambda c: _edit_config(c, num_hidden_layers=1),
-        "tensor 'model.layers.1.",
-    ),
-    "zero layers": (
-        lambda c: _edit_config(c, num_hidden_layers=0),
-        "num_hidden_layers is 0; expected at least 1",
-    ),
-    "a width that is not a number": (
-        lambda c: _edit_config(c, hidden_size="sixty-four"),
-        "hidden_size is 'sixty-four'; expected a number (int)",
-    ),
-    "short layer_types": (
-        lambda c: _edit_config(c, layer_types=["full_attention"]),
-        "layer_types has 1 entries for num_hidden_layers 2",
-    ),
-    "another family's model_type": (
-        lambda c: _edit_config(c, model_type="mixtral"),
-        "model_type is 'mixtral', not 'gpt_oss'",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", sorted(STRUCTURE_CASES))
+@pytest.mark.parametrize("case", STAGE_CASES, ids=lambda case: case.name)
 def test_structurally_wrong_checkpoint_is_refused_at_stage(case, tiny_checkpoint, tmp_path, capsys):
-    broken = _copy(tiny_checkpoint, tmp_path)
-    breaking, message = STRUCTURE_CASES[case]
-    breaking(broken)
-    code, err = _stage(broken, tmp_path / "stage", capsys)
+    assert case.make(tiny_checkpoint, tmp_path / "checkpoint") is None
+    code, err = _stage(tmp_path / "checkpoint", tmp_path / "stage", capsys)
     assert code == 2, err
-    assert message in err
+    assert case.expected in err
     assert len(err.strip().splitlines()) == 1, err
     _assert_nothing_left(tmp_path / "stage")
