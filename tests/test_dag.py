@@ -133,3 +133,18 @@ def test_schema_violation_names_the_key(tmp_path):
     run = snakemake(tmp_path, "--dry-run", config={"variants": {"f32": {"dtype": "float8"}}})
     assert run.returncode != 0
     assert "variants.f32.dtype: 'float8' is not one of" in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("results/tiny-gpt-oss/hf/parity/f99.passed.json", "unknown variant 'f99'"),
+        ("results/release/tiny-gpt-oss/zz/f32", "model 'tiny-gpt-oss' has no checkpoint 'zz'"),
+    ],
+)
+def test_a_target_the_catalog_lacks_is_one_line_without_a_traceback(tmp_path, target, message):
+    run = snakemake(tmp_path, "--dry-run", target)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert f"{target}: {message}" in output
+    assert "Traceback" not in output and "InputFunctionException" not in output

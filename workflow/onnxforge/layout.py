@@ -27,6 +27,19 @@ REPORT_MD = "report.md"
 RELEASED = (ONNX_FILE, DATA_FILE, REPORT_MD, REPORT_JSON)  # what a release copies
 
 
+def wildcards_of(path: str) -> dict[str, str]:
+    """The model, checkpoint (and variant) a results path names; empty for other paths."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == [RESULTS, "release"] and len(parts) >= 5:
+        return dict(zip(("model", "checkpoint", "variant"), parts[2:5], strict=True))
+    if parts[:1] != [RESULTS] or len(parts) < 4 or parts[1] == "release":
+        return {}
+    names = {"model": parts[1], "checkpoint": parts[2]}
+    if parts[3] in ("export", "parity") and len(parts) >= 5:
+        names["variant"] = parts[4].removesuffix(".passed.json")
+    return names
+
+
 @dataclass(frozen=True)
 class Target:
     """One model x checkpoint x variant, and the paths of its steps."""

@@ -8,6 +8,7 @@ from onnxforge import layout, providers
 from onnxforge.catalog import (
     checkpoint_entry,
     default_targets,
+    lookup_target,
     model_entry,
     parity_settings,
     validate,
@@ -19,6 +20,13 @@ from onnxforge.sources import source_state
 
 try:
     validate(config, source="config")  # fills in the schema's defaults, once
+    # A target on the command line naming a model, checkpoint or variant the catalog lacks:
+    # one line now, rather than a traceback from the first rule's input function.
+    for _path in sys.argv[1:]:
+        if names := layout.wildcards_of(_path):
+            lookup_target(
+                config, **{"variant": next(iter(config["variants"])), **names}, where=_path
+            )
 except InputError as err:
     raise WorkflowError(str(err)) from None
 
