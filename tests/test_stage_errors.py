@@ -110,3 +110,20 @@ def test_structurally_wrong_checkpoint_is_refused_at_stage(case, tiny_checkpoint
     assert case.expected in err
     assert len(err.strip().splitlines()) == 1, err
     _assert_nothing_left(tmp_path / "stage")
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from onnxforge import params_store
+
+    def no_space(self, target, value):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(params_store.StreamingWriter, "_save", no_space)
+    code, err = _stage(tiny_checkpoint, tmp_path / "stage", capsys)
+    assert code == 2
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and "No space left on device; free some space" in line
+    assert str(tmp_path / "stage") in line and ".tmp-" not in line
+    _assert_nothing_left(tmp_path / "stage")

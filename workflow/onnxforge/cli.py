@@ -7,6 +7,7 @@ manifest of its inputs' hashes and the versions used.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -217,6 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     except ParityGateFailed as err:
         print(f"onnxforge {args.step}: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # disk full, permissions, ...: the file and what to do, one line
+        where = f"{err.filename}: " if err.filename else ""
+        remedy = (
+            "free some space (or point results/ elsewhere) and run again"
+            if err.errno == errno.ENOSPC
+            else "check the path and its permissions, then run again"
+        )
+        print(f"onnxforge {args.step}: error: {where}{err.strerror or err}; {remedy}",
+              file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 
