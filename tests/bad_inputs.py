@@ -449,7 +449,7 @@ ENTRY_CASES: list[BadInput] = [
     BadInput(
         "synthetic-seed-not-a-number",
         _source("synthetic://gpt_oss?seed=abc"),
-        "seed",
+        "seed is 'abc'; expected a whole number >= 0",
         "download",
     ),
 ]

@@ -103,7 +103,11 @@ def download(
         from onnxforge.families import get_family
 
         options = dict(source.options)
-        seed = int(options.pop("seed", 0))
+        seed = options.pop("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise InputError(
+                f"source {uri!r}: seed is {seed!r}; expected a whole number >= 0, e.g. seed=0"
+            )
         get_family(source.location).synthesize(out_dir, seed, options)
         return {"source": uri, "revision": f"seed={seed}"}
     files = local_files(uri, out_dir)
