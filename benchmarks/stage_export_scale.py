@@ -193,7 +193,7 @@ def main() -> int:
     assert {n: s for n, _, s in tensor_specs()} == {n: t.shape for n, t in reader.tensors.items()}
     assert reader.read("model.norm.weight").shape == (H,)
     ckpt_bytes = ckpt.stat().st_size
-    largest = max(staged_sizes(ckpt_dir, "bfloat16"))  # staging decodes MXFP4 to bf16
+    largest = max(staged_sizes(ckpt_dir, "bfloat16"))  # the embedding; experts stay packed
     limit = psutil.virtual_memory().available - 2 * GIB  # kill a step before the machine OOMs
     py, fig = sys.executable, {"checkpoint_bytes": ckpt_bytes, "largest_tensor_bytes": largest}
 

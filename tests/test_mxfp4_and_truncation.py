@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -12,6 +13,7 @@ import torch
 from flax import nnx
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
+from conftest import snakemake
 from onnxforge import outputs, params_store
 from onnxforge.errors import InputError
 from onnxforge.families.gpt_oss import FAMILY, mxfp4
@@ -64,10 +66,8 @@ def test_mismatched_blocks_and_scales():
         mxfp4.dequantize(np.zeros((2, 3, 16), np.uint8), np.zeros((2, 4), np.uint8))
 
 
-def _load(stage_dir):
-    config = FAMILY.read_config(stage_dir)
-    abstract = nnx.eval_shape(lambda: FAMILY.build(config, jnp.float32))
-    return params_store.load_into(abstract, stage_dir / "params", jnp.float32)
+def _load(stage_dir, dtype=jnp.float32):
+    return FAMILY.load_module(stage_dir, dtype)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,114 @@ def test_mxfp4_stage_matches_transformers_dequantizing_itself(mxfp4_checkpoint, 
     ids = np.random.default_rng(0).integers(0, 256, (2, 40), dtype=np.int32)
     (reference,) = FAMILY.reference_logits(mxfp4_checkpoint, tmp_path, [ids])
     np.testing.assert_allclose(np.asarray(model(jnp.asarray(ids))), reference, atol=5e-5)
+
+
+def _files_bytes(directory) -> int:
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+
+
+def test_mxfp4_stage_keeps_experts_packed(mxfp4_checkpoint, tmp_path):
+    """Blocks and scales are staged as bytes (gate and up rows apart), not decoded: the
+    stage's experts take the checkpoint's expert bytes plus Orbax's metadata."""
+    FAMILY.stage(mxfp4_checkpoint, tmp_path)
+    params = tmp_path / "params"
+    staged = {p.name for p in params.iterdir()}
+    reader = CheckpointReader(mxfp4_checkpoint)
+    packed = [n for n in reader if n.endswith(("_blocks", "_scales"))]
+    checkpoint_bytes = sum(reader.info(n).nbytes for n in packed)
+    staged_bytes, parts = 0, 0
+    for layer in range(2):
+        for kernel in ("gate_kernel", "up_kernel", "down_kernel"):
+            name = f"layers.{layer}.mlp.{kernel}"
+            assert name not in staged
+            for part in ("blocks", "scales"):
+                assert f"{name}.mxfp4_{part}" in staged
+                staged_bytes += _files_bytes(params / f"{name}.mxfp4_{part}")
+                parts += 1
+    # A plain parameter of the same bytes costs what Orbax adds around an array.
+    plain = params / "layers.0.attention.sinks"
+    overhead = _files_bytes(plain) - 4 * 4  # 4 float32 sinks
+    assert staged_bytes <= checkpoint_bytes + parts * (overhead + 256)
+    # The decoded kernels would be bfloat16: 4 times the blocks' bytes.
+    decoded = sum(int(np.prod(reader.info(n).shape)) * 2 * 2 for n in packed if "_blocks" in n)
+    assert staged_bytes < decoded / 2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_mxfp4_load_decodes_the_kernels_the_stage_used_to_hold(mxfp4_checkpoint, tmp_path, dtype):
+    """Loading decodes exactly what staging used to write (bfloat16 ``[e, in, out]`` from the
+    reference decoder, gate on even outputs and up on odd), then casts to the dtype."""
+    FAMILY.stage(mxfp4_checkpoint, tmp_path)
+    model = _load(tmp_path, dtype)
+    reader = CheckpointReader(mxfp4_checkpoint)
+
+    def decoded(name: str) -> np.ndarray:  # [e, out, in] -> [e, in, out]
+        blocks, scales = reader.read(f"{name}_blocks"), reader.read(f"{name}_scales")
+        return np.swapaxes(mxfp4.dequantize(blocks, scales), 1, 2)
+
+    for layer in range(2):
+        experts = f"model.layers.{layer}.mlp.experts"
+        gate_up, down = decoded(f"{experts}.gate_up_proj"), decoded(f"{experts}.down_proj")
+        mlp = model.layers[layer].mlp
+        for ours, old in (
+            (mlp.gate_kernel, gate_up[..., 0::2]),
+            (mlp.up_kernel, gate_up[..., 1::2]),
+            (mlp.down_kernel, down),
+        ):
+            value = np.asarray(ours[...])
+            assert value.dtype == dtype
+            expected = np.ascontiguousarray(old.astype(dtype))
+            np.testing.assert_array_equal(value.view(np.uint8), expected.view(np.uint8))
+
+
+def test_mxfp4_stage_missing_a_part_fails_at_load(mxfp4_checkpoint, tmp_path):
+    FAMILY.stage(mxfp4_checkpoint, tmp_path)
+    shutil.rmtree(tmp_path / "params" / "layers.1.mlp.down_kernel.mxfp4_scales")
+    with pytest.raises(InputError, match=r"missing \['layers.1.mlp.down_kernel'\]"):
+        _load(tmp_path)
+
+
+def test_mxfp4_blocks_of_another_dtype_fail_at_stage(mxfp4_checkpoint, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(mxfp4_checkpoint, checkpoint)
+    tensors = load_file(str(checkpoint / "model.safetensors"))
+    name = "model.layers.1.mlp.experts.down_proj_blocks"
+    tensors[name] = tensors[name].view(np.int8)
+    save_file(tensors, str(checkpoint / "model.safetensors"))
+    with pytest.raises(InputError, match=f"{name}.*uint8, not int8"):
+        FAMILY.stage(checkpoint, tmp_path / "stage")
+
+
+def test_perturb_scales_a_plain_tensor_of_an_mxfp4_stage(mxfp4_checkpoint, tmp_path):
+    FAMILY.stage(mxfp4_checkpoint, tmp_path)
+    before = np.asarray(_load(tmp_path).layers[1].attention.o_kernel[...])
+    assert FAMILY.perturb(tmp_path) == "layers.1.attention.o_kernel"
+    after = np.asarray(_load(tmp_path).layers[1].attention.o_kernel[...])
+    np.testing.assert_allclose(after, before * 1.5, rtol=1e-6)
+    with pytest.raises(ValueError, match="packed part"):
+        params_store.rescale(tmp_path / "params" / "layers.1.mlp.up_kernel.mxfp4_blocks", 2.0)
+
+
+@pytest.mark.dag
+def test_mxfp4_checkpoint_builds_through_the_dag(tmp_path):
+    """download -> stage (packed) -> export -> parity -> promote for the synthetic MXFP4 tiny
+    model: the decode at load feeds both the export and the parity's JAX forward."""
+    name = "tiny-gpt-oss-mxfp4"
+    source = "synthetic://gpt_oss?seed=0&mxfp4=true"
+    overlay = {
+        "models": {name: {"family": "gpt_oss", "checkpoints": {"hf": {"source": source}}}},
+        "targets": [{"model": name, "checkpoint": "hf", "variant": "f32"}],
+    }
+    run = snakemake(tmp_path, f"results/release/{name}/hf/f32", config=overlay, timeout=1200)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    results = tmp_path / "results" / name / "hf"
+    assert (results / "stage/params/layers.0.mlp.gate_kernel.mxfp4_blocks").is_dir()
+    report = json.loads((results / "parity/f32/report.json").read_text())
+    assert report["status"] == "PASS", report["failures"]
+    for comparison in ("onnx_vs_jax", "jax_vs_reference"):
+        assert report["summary"][comparison]["top1_agreement"] == 1.0, comparison
 
 
 def test_truncated_stage_keeps_the_first_layers(tiny_checkpoint, tmp_path):

@@ -4,12 +4,19 @@ A staged checkpoint holds one Orbax checkpoint per parameter, named by the modul
 path (``params/layers.0.attention.q_kernel``): staging writes each tensor as soon as it is
 converted, so memory is bounded by the largest tensor, never the model. Loading checks every
 path and shape, so a stage that does not fit the model fails loudly instead of exporting zeros.
+
+A parameter may instead be staged packed, as the checkpoint ships it: one Orbax checkpoint
+per part, ``<parameter>.<format>_<part>`` (``layers.0.mlp.gate_kernel.mxfp4_blocks`` and
+``..._scales``), which ``load_into`` unpacks with the ``Packing`` its caller names for that
+format. The stage then copies bytes instead of decoding them, and stays the checkpoint's size.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,35 @@ def state_shapes(abstract_model: nnx.Module) -> dict[Path_, tuple[tuple[int, ...
 
 def _name(path: Path_) -> str:
     return ".".join(path)
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a packed parameter is stored and unpacked: one stored array per part, and
+    ``unpack(*parts) -> value`` (numpy, the parameter's shape; cast to the load dtype after).
+    """
+
+    parts: tuple[str, ...]
+    unpack: Callable[..., np.ndarray]
+
+
+def packed_path(path: Path_, fmt: str, part: str) -> Path_:
+    """Where one part of a packed parameter is staged: ``(*path, f"{fmt}_{part}")``."""
+    return (*path, f"{fmt}_{part}")
+
+
+def _stored_as(
+    name: str, stored: set[str], packings: Mapping[str, Packing]
+) -> tuple[Packing | None, tuple[str, ...]] | None:
+    """How parameter ``name`` is stored: plain (no packing, itself) or as every part of one
+    packing; None when neither is there."""
+    if name in stored:
+        return None, (name,)
+    for fmt, packing in packings.items():
+        parts = tuple(_name(packed_path((name,), fmt, part)) for part in packing.parts)
+        if all(part in stored for part in parts):
+            return packing, parts
+    return None
 
 
 class _StagingNumpyHandler(ocp.type_handlers.NumpyHandler):
@@ -72,8 +108,8 @@ class StreamingWriter:
 
     Uncompressed, so tensorstore writes straight from the array: zstd doubled the write time
     and held a compressed copy (0.8 GiB for a vocabulary-sized matrix) next to the array. The
-    price is disk: decoded MXFP4 experts compressed well. Loading needs no option: each
-    array's zarr metadata names its compressor.
+    price is some disk (bfloat16 weights compress a little, packed MXFP4 bytes hardly).
+    Loading needs no option: each array's zarr metadata names its compressor.
     """
 
     def __init__(self, directory: Path, overlap_bytes: int = 512 << 20):
@@ -118,16 +154,31 @@ class StreamingWriter:
         self.close()
 
 
-def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Module:
-    """A concrete module whose parameters come from the Orbax checkpoint, cast to ``dtype``."""
+def load_into(
+    abstract_model: nnx.Module,
+    directory: Path,
+    dtype: Any,
+    packings: Mapping[str, Packing] | None = None,
+) -> nnx.Module:
+    """A concrete module whose parameters come from the Orbax checkpoint, cast to ``dtype``.
+
+    A parameter staged packed in one of ``packings``' formats is unpacked here, one
+    parameter at a time: memory holds its parts and its value, never the model twice.
+    """
     directory = Path(directory).absolute()
+    packings = dict(packings or {})
     if not directory.exists():
         raise InputError(f"{directory}: staged parameters not found; run the stage step first")
     graphdef, state = nnx.split(abstract_model)
     flat_state = nnx.to_flat_state(state)
-    expected = {_name(tuple(str(p) for p in path)) for path, _ in flat_state}
     stored = {p.name for p in directory.iterdir() if p.is_dir()}
-    missing, extra = sorted(expected - stored), sorted(stored - expected)
+    sources = {}
+    for path, _ in flat_state:
+        name = _name(tuple(str(p) for p in path))
+        sources[name] = _stored_as(name, stored, packings)
+    missing = sorted(name for name, parts in sources.items() if parts is None)
+    used = {part for source in sources.values() if source for part in source[1]}
+    extra = sorted(stored - used)
     if missing or extra:
         raise InputError(
             f"{directory}: staged parameters do not fit the model: "
@@ -138,13 +189,23 @@ def load_into(abstract_model: nnx.Module, directory: Path, dtype: Any) -> nnx.Mo
     with ocp.PyTreeCheckpointer() as checkpointer:
         for path, var in flat_state:
             name = _name(tuple(str(p) for p in path))
-            value = checkpointer.restore(directory / name)["value"]
+            packing, stored_names = sources[name]
+            parts = [checkpointer.restore(directory / part)["value"] for part in stored_names]
+            if packing is None:
+                (value,) = parts
+            else:
+                try:
+                    value = packing.unpack(*(np.asarray(part) for part in parts))
+                except ValueError as err:  # parts that do not pair up
+                    raise InputError(f"{directory}: {list(stored_names)}: {err}") from err
+            del parts
             if tuple(value.shape) != tuple(var.get_value().shape):
                 raise InputError(
                     f"{directory}: parameter {name} has shape {tuple(value.shape)}, "
                     f"the model expects {tuple(var.get_value().shape)}. Re-run stage."
                 )
             leaves.append((path, var.replace(jnp.asarray(value, dtype=dtype))))
+            del value
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
@@ -153,6 +214,8 @@ def rescale(parameter_dir: Path, factor: float) -> None:
     parameter_dir = Path(parameter_dir).absolute()
     with ocp.PyTreeCheckpointer() as checkpointer:
         value = np.asarray(checkpointer.restore(parameter_dir)["value"])
+    if value.dtype.kind in "biu":
+        raise ValueError(f"{parameter_dir}: {value.dtype} is a packed part, not a value to scale")
     scaled = (value.astype(np.float32) * factor).astype(value.dtype)
     tmp = parameter_dir.with_name(parameter_dir.name + ".rescaled")
     with ocp.PyTreeCheckpointer() as checkpointer:

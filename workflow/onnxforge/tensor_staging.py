@@ -78,7 +78,7 @@ def staged_params(
         for index, (path, transform) in enumerate(targets.items()):
             try:
                 value = transform(*tensors)
-            except ValueError as err:  # e.g. MXFP4 blocks and scales that do not pair up
+            except ValueError as err:  # a transform that cannot use these tensors
                 raise InputError(f"{reader.directory}: tensors {list(sources)}: {err}") from err
             if index == len(targets) - 1:
                 tensors = []  # free the source before the value is written

@@ -55,7 +55,12 @@ class GptOssFamily:
         layers: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> dict[str, str]:
-        """Tensor by tensor (``tensor_staging``) into Orbax parameters under ``params/``."""
+        """Tensor by tensor (``tensor_staging``) into Orbax parameters under ``params/``.
+
+        MXFP4 expert kernels stay packed: each kernel's blocks and scales are staged as the
+        checkpoint holds them (``<kernel>.mxfp4_blocks``, ``.mxfp4_scales``), so staging
+        copies bytes; ``load`` decodes them.
+        """
         import numpy as np
         from flax import nnx
 
@@ -72,10 +77,12 @@ class GptOssFamily:
         expected = {path: shape for path, (shape, _) in params_store.state_shapes(abstract).items()}
         reader = CheckpointReader(checkpoint_dir)
         if openai_layout.MARKER in reader:
-            rules = openai_layout.tensor_rules(config)
+            quantized, rules = True, openai_layout.tensor_rules(config)
         else:
             quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
             rules = hf_layout.tensor_rules(config, quantized)
+        if quantized:
+            expected = hf_layout.packed_experts(expected)
         rules = [(rule.sources, rule.targets) for rule in rules]
 
         def left_out(name: str) -> bool:  # a layer a truncated stage does not keep
@@ -85,14 +92,23 @@ class GptOssFamily:
         tensor_staging.check_tensor_set(reader, rules, may_skip=left_out, packed=is_mxfp4)
         return tensor_staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
 
-    def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+    def load_module(self, stage_dir: Path, dtype: Any):
+        """The staged NNX model, packed MXFP4 experts decoded kernel by kernel."""
         from flax import nnx
 
         from onnxforge import params_store
+        from onnxforge.families.gpt_oss import mxfp4
 
         config = self.read_config(stage_dir)
         abstract = nnx.eval_shape(lambda: self.build(config, dtype))
-        model = params_store.load_into(abstract, Path(stage_dir) / PARAMS, dtype)
+        packings = {mxfp4.FORMAT: params_store.Packing(mxfp4.PARTS, mxfp4.decode_experts)}
+        return params_store.load_into(abstract, Path(stage_dir) / PARAMS, dtype, packings)
+
+    def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        from flax import nnx
+
+        model = self.load_module(stage_dir, dtype)
+        config = model.config
         graphdef, state = nnx.split(model)
         return LoadedModel(
             apply=lambda params, ids: nnx.merge(graphdef, params)(ids),

@@ -3,21 +3,20 @@
 Each rule reads its checkpoint tensors once and fills one or more parameters: the fused,
 interleaved ``gate_up_proj`` (gate on even columns, up on odd) becomes two kernels. Expert
 weights come plain (``gate_up_proj``, as transformers saves them) or MXFP4 (``*_blocks`` and
-``*_scales``, as the hub's gpt-oss checkpoints ship them).
+``*_scales``, as the hub's gpt-oss checkpoints ship them); MXFP4 experts are staged packed
+(each kernel's blocks and scales, gate and up rows apart) and decoded when the stage loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
-from onnxforge import threads
 from onnxforge.families.gpt_oss import mxfp4
 from onnxforge.families.gpt_oss.config import GptOssConfig
+from onnxforge.params_store import packed_path
 
 Transform = Callable[..., np.ndarray]
 
@@ -47,29 +46,49 @@ def odd_columns(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x)[..., 1::2])
 
 
-def mxfp4_transposed(
-    blocks: np.ndarray, scales: np.ndarray, rows: slice = slice(None)
-) -> np.ndarray:
-    """MXFP4 experts ``[e, out, in]`` (packed along ``in``) -> our ``[e, in, out[rows]]``.
+def expert_rows(x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    """``x[:, rows]`` of an experts-first tensor, read expert by expert (``x`` may be a
+    StoredTensor): picks the gate (even) or up (odd) outputs of the fused projection's packed
+    MXFP4 blocks or scales, bytes copied as they are."""
+    if rows == slice(None):
+        return np.asarray(x)
+    out_rows = len(range(*rows.indices(x.shape[1])))
+    out = np.empty((x.shape[0], out_rows, *x.shape[2:]), dtype=x.dtype)
+    for e in range(x.shape[0]):
+        out[e] = x[e][rows]
+    return out
 
-    Read and decoded expert by expert straight into the result, so memory is the result plus
-    one expert per core; ``rows`` picks the gate (even) or up (odd) outputs of the fused
-    projection. numpy releases the GIL in the lookups, so experts decode on every core.
-    """
-    if blocks.ndim != 4 or scales.ndim != 3:
-        raise ValueError(f"expected MXFP4 experts [e, out, groups, 16], got {blocks.shape}")
-    experts, out_rows = blocks.shape[0], len(range(*rows.indices(blocks.shape[1])))
-    result = np.empty((experts, blocks.shape[2] * mxfp4.BLOCK, out_rows), dtype=ml_dtypes.bfloat16)
 
-    def decode(e: int) -> None:
-        mxfp4.dequantize_transposed(blocks[e][rows], scales[e][rows], result[e])
+def mxfp4_packed(kernel: tuple[str, ...], rows: slice = slice(None)) -> dict:
+    """The targets that stage expert ``kernel`` packed, from MXFP4 ``(blocks, scales)``
+    ``[e, out, ...]``: its blocks and its scales (``rows`` of ``out``), decoded at load."""
 
-    with ThreadPoolExecutor(min(experts, threads.available())) as pool:
-        list(pool.map(decode, range(experts)))  # list(): raise what a decode raised
-    return result
+    def part(x) -> np.ndarray:
+        if x.dtype != np.uint8:
+            raise ValueError(f"MXFP4 blocks and scales are uint8, not {x.dtype}")
+        return expert_rows(x, rows)
+
+    return {
+        packed_path(kernel, mxfp4.FORMAT, "blocks"): lambda blocks, scales: part(blocks),
+        packed_path(kernel, mxfp4.FORMAT, "scales"): lambda blocks, scales: part(scales),
+    }
 
 
 EVEN, ODD = slice(0, None, 2), slice(1, None, 2)
+EXPERT_KERNELS = ("gate_kernel", "up_kernel", "down_kernel")
+
+
+def packed_experts(shapes: dict[tuple[str, ...], tuple[int, ...]]) -> dict:
+    """The staged shapes of an MXFP4 checkpoint (either layout): every expert kernel's place
+    taken by its packed blocks and scales, as ``mxfp4_packed`` stages them."""
+    staged = {}
+    for path, shape in shapes.items():
+        if path[-1] not in EXPERT_KERNELS:
+            staged[path] = shape
+            continue
+        for part, part_shape in mxfp4.packed_shapes(shape).items():
+            staged[packed_path(path, mxfp4.FORMAT, part)] = part_shape
+    return staged
 
 
 @dataclass(frozen=True)
@@ -95,14 +114,11 @@ def _expert_rules(hf: str, mlp: tuple[str, ...], quantized: bool) -> list[Tensor
     return [
         TensorRule(
             (f"{hf}.gate_up_proj_blocks", f"{hf}.gate_up_proj_scales"),
-            {
-                (*mlp, "gate_kernel"): lambda b, s: mxfp4_transposed(b, s, EVEN),
-                (*mlp, "up_kernel"): lambda b, s: mxfp4_transposed(b, s, ODD),
-            },
+            {**mxfp4_packed((*mlp, "gate_kernel"), EVEN), **mxfp4_packed((*mlp, "up_kernel"), ODD)},
         ),
         TensorRule(
             (f"{hf}.down_proj_blocks", f"{hf}.down_proj_scales"),
-            {(*mlp, "down_kernel"): mxfp4_transposed},
+            mxfp4_packed((*mlp, "down_kernel")),
         ),
     ]
 

@@ -3,18 +3,28 @@
 Each block of 32 values is 16 bytes of FP4 codes (two per byte, low nibble first) and one
 uint8 power-of-two scale biased by 127. ``dequantize`` is checked against transformers'
 ``convert_moe_packed_tensors`` on the same bytes; ``quantize`` writes test checkpoints.
+
+A stage keeps expert kernels packed, as the checkpoint ships them (``packed_shapes``: blocks
+and scales ``[e, out, ...]``); loading the stage decodes them (``decode_experts``) into the
+model's ``[e, in, out]`` kernels.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import ml_dtypes
 import numpy as np
+
+from onnxforge import threads
 
 FP4_VALUES = np.array(
     [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
     dtype=np.float32,
 )
 BLOCK = 32
+FORMAT = "mxfp4"  # a packed kernel is staged as <kernel>.mxfp4_blocks and <kernel>.mxfp4_scales
+PARTS = ("blocks", "scales")
 
 
 def dequantize(blocks: np.ndarray, scales: np.ndarray, dtype=ml_dtypes.bfloat16) -> np.ndarray:
@@ -67,6 +77,38 @@ def dequantize_transposed(blocks: np.ndarray, scales: np.ndarray, out: np.ndarra
     pairs = out.view(np.uint16).reshape(groups, BLOCK // 2, 2, rows)  # value 2k: low nibble
     np.take(_LOW, index, out=pairs[:, :, 0], mode="clip")  # clip: never out of range, unbuffered
     np.take(_HIGH, index, out=pairs[:, :, 1], mode="clip")
+
+
+def packed_shapes(kernel_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The blocks' and scales' shapes that hold an expert kernel ``[e, in, out]``."""
+    experts, inputs, outputs = kernel_shape
+    groups = inputs // BLOCK
+    return {"blocks": (experts, outputs, groups, BLOCK // 2), "scales": (experts, outputs, groups)}
+
+
+def decode_experts(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """MXFP4 experts ``[e, out, groups, 16]`` (packed along ``in``) -> bfloat16 ``[e, in, out]``.
+
+    Decoded expert by expert straight into the result, so memory is the result plus one
+    expert's temporaries per thread; numpy releases the GIL in the lookups, so experts decode
+    on every thread ``threads.available()`` allows.
+    """
+    if blocks.ndim != 4 or scales.ndim != 3:
+        raise ValueError(
+            f"expected MXFP4 experts [e, out, groups, 16] and [e, out, groups], "
+            f"got {blocks.shape} and {scales.shape}"
+        )
+    if blocks.dtype != np.uint8 or scales.dtype != np.uint8:
+        raise ValueError(f"MXFP4 blocks and scales are uint8, not {blocks.dtype}, {scales.dtype}")
+    experts, outputs, groups, _ = blocks.shape
+    result = np.empty((experts, groups * BLOCK, outputs), dtype=ml_dtypes.bfloat16)
+
+    def decode(e: int) -> None:
+        dequantize_transposed(blocks[e], scales[e], result[e])
+
+    with ThreadPoolExecutor(max(1, min(experts, threads.available()))) as pool:
+        list(pool.map(decode, range(experts)))  # list(): raise what a decode raised
+    return result
 
 
 def quantize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from onnxforge.families.gpt_oss.hf_layout import (
     TensorRule,
     Transform,
     even_columns,
-    mxfp4_transposed,
+    mxfp4_packed,
     odd_columns,
     same,
     transpose,
@@ -110,8 +110,8 @@ def tensor_rules(cfg: GptOssConfig) -> list[TensorRule]:
             TensorRule(
                 (f"{block}.mlp.mlp1_weight.blocks", f"{block}.mlp.mlp1_weight.scales"),
                 {
-                    (*mlp, "gate_kernel"): lambda b, s: mxfp4_transposed(b, s, EVEN),
-                    (*mlp, "up_kernel"): lambda b, s: mxfp4_transposed(b, s, ODD),
+                    **mxfp4_packed((*mlp, "gate_kernel"), EVEN),
+                    **mxfp4_packed((*mlp, "up_kernel"), ODD),
                 },
             ),
             TensorRule.one(
@@ -120,7 +120,7 @@ def tensor_rules(cfg: GptOssConfig) -> list[TensorRule]:
             ),
             TensorRule(
                 (f"{block}.mlp.mlp2_weight.blocks", f"{block}.mlp.mlp2_weight.scales"),
-                {(*mlp, "down_kernel"): mxfp4_transposed},
+                mxfp4_packed((*mlp, "down_kernel")),
             ),
             TensorRule.one(f"{block}.mlp.mlp2_bias", {(*mlp, "down_bias"): same}),
         ]
