@@ -1,8 +1,11 @@
-"""The CPU image: builds, runs the tiny model as the caller, and carries nothing of the host's.
+"""The images: each builds from its lock; the CPU one runs the tiny model as the caller and
+carries nothing of the host's; the CUDA one has JAX's CUDA plugin and ONNX Runtime's CUDA
+provider with their libraries; the MaxText one runs a tiny MaxText model's steps to a passed gate.
 
-Builds ``onnxforge-cpu:<lock sha256[:12]>`` with containers/build.sh every time: the engine's
-layer cache makes that quick when only the workflow changed, and the image never runs stale code.
-Needs podman (``make system-deps``); without it these tests fail, they do not skip.
+Builds ``onnxforge-<flavor>:<lock sha256[:12]>`` with containers/build.sh every time (once per
+module): the engine's layer cache makes that quick when only the workflow changed, and the image
+never runs stale code. Needs podman (``make system-deps``); without it these tests fail, they do
+not skip. No GPU is needed: the CUDA image's checks load its CUDA libraries without a device.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO
+from onnxforge.catalog import checkpoint_entry, model_entry, parity_settings, variant_entry
 
 pytestmark = pytest.mark.container
 BUILD = REPO / "containers" / "build.sh"
 REPORT = Path("tiny-gpt-oss/hf/parity/f32/report.json")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+ENVIRONMENTS = {"cpu": "jax", "cuda": "jax-cuda", "maxtext": "maxtext"}
 
 
 def _env() -> dict[str, str]:
@@ -49,12 +55,13 @@ def env() -> dict[str, str]:
     return _env()
 
 
-@pytest.fixture(scope="module")
-def image(env) -> str:
-    lock_sha = hashlib.sha256((REPO / "envs/jax.lock.txt").read_bytes()).hexdigest()
-    tag = f"localhost/onnxforge-cpu:{lock_sha[:12]}"
+def build(flavor: str, env: dict[str, str]) -> str:
+    """containers/build.sh FLAVOR; the tag for the current lock, labelled with its hash."""
+    lock_sha = hashlib.sha256((REPO / f"envs/{ENVIRONMENTS[flavor]}.lock.txt").read_bytes())
+    lock_sha = lock_sha.hexdigest()
+    tag = f"localhost/onnxforge-{flavor}:{lock_sha[:12]}"
     build = subprocess.run(
-        [str(BUILD), "cpu", "--engine", "podman"],
+        [str(BUILD), flavor, "--engine", "podman"],
         capture_output=True, text=True, timeout=3600, env=env, check=False,
     )  # fmt: skip
     assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
@@ -62,7 +69,30 @@ def image(env) -> str:
     assert inspect.returncode == 0, inspect.stderr
     config = json.loads(inspect.stdout)[0]["Config"]
     assert config["Labels"]["io.onnxforge.lock.sha256"] == lock_sha
+    assert f"ONNXFORGE_IMAGE={flavor}" in config["Env"]
     return tag
+
+
+@pytest.fixture(scope="module")
+def image(env) -> str:
+    return build("cpu", env)
+
+
+@pytest.fixture(scope="module")
+def cuda_image(env) -> str:
+    return build("cuda", env)
+
+
+@pytest.fixture(scope="module")
+def maxtext_image(env) -> str:
+    return build("maxtext", env)
+
+
+def python_in(image: str, code: str, env: dict[str, str]):
+    """The JSON that ``code`` prints last, run by the image's python."""
+    run = podman("run", "--rm", "--entrypoint", "python", image, "-c", code, env=env)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return json.loads(run.stdout.splitlines()[-1])
 
 
 def _run_as(env) -> tuple[int, int, list[str]]:
@@ -130,3 +160,127 @@ def test_image_carries_no_host_pip_config_or_ca(image, env):
             env=env,
         )  # fmt: skip
         assert hashlib.sha256(data).hexdigest() not in same_size.stdout, same_size.stdout
+
+
+# No GPU here: the CUDA checks import and load, they run nothing on a device. jax falls back
+# to the CPU (its CUDA plugin fails at cuInit without a driver, after its library checks).
+CUDA_CHECK = """
+import ctypes, importlib.metadata as md, json, os, pathlib
+import jax, jaxlib, jax_cuda12_plugin
+import jax_plugins.xla_cuda12 as plugin
+import onnxruntime as ort
+
+# What jax's CUDA plugin loads at initialize(): the nvidia-*-cu12 wheels' libraries, found
+# from the wheels (no LD_LIBRARY_PATH), at least the versions the plugin was built against.
+plugin._import_extensions()
+plugin._load_nvidia_libraries()
+v = plugin.cuda_versions
+cuda = {n: (getattr(v, n + "_get_version")(), getattr(v, n + "_build_version")())
+        for n in ("cuda_runtime", "cudnn", "cublas", "cufft", "cusparse", "cupti")}
+
+# ONNX Runtime's CUDA provider library, with the CUDA and cuDNN libraries it links.
+ort.preload_dlls()
+ctypes.CDLL(str(pathlib.Path(ort.__file__).parent / "capi/libonnxruntime_providers_cuda.so"))
+try:
+    md.distribution("onnxruntime")
+    cpu_ort = True
+except md.PackageNotFoundError:
+    cpu_ort = False
+print(json.dumps({
+    "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+    "plugin": md.version("jax-cuda12-plugin"), "pjrt": md.version("jax-cuda12-pjrt"),
+    "cuda": cuda, "ort": ort.__version__, "providers": ort.get_available_providers(),
+    "cpu_ort": cpu_ort, "ld_library_path": os.environ.get("LD_LIBRARY_PATH"),
+}))
+"""
+
+
+def test_cuda_image_has_jax_cuda_and_onnxruntime_gpu(cuda_image, env):
+    found = python_in(cuda_image, CUDA_CHECK, env)
+    lock = (REPO / "envs/jax-cuda.lock.txt").read_text()
+    assert f"\njax=={found['jax']} " in lock and found["jaxlib"] == found["jax"]
+    assert found["plugin"] == found["pjrt"] == found["jax"]
+    for name, (runtime, built) in found["cuda"].items():
+        assert runtime >= built, f"{name}: {runtime} older than jax's build ({built})"
+    assert f"\nonnxruntime-gpu=={found['ort']} " in lock
+    assert "CUDAExecutionProvider" in found["providers"]
+    assert not found["cpu_ort"], "the CPU onnxruntime would shadow onnxruntime-gpu"
+    assert found["ld_library_path"] is None
+
+
+MAXTEXT_MODEL, CHECKPOINT, VARIANT = "tiny-llama2", "hf", "f32"
+
+
+MAXTEXT_PACKAGES = ("maxtext", "tensorflow-cpu", "jax2onnx", "jax", "onnxruntime", "torch")
+MAXTEXT_CHECK = f"""
+import importlib.metadata as md, json, sys
+import maxtext, tensorflow, jax2onnx, jax, onnxruntime, torch, transformers
+from maxtext.configs import pyconfig
+print(json.dumps({{"python": sys.version.split()[0],
+                  **{{p: md.version(p) for p in {MAXTEXT_PACKAGES!r}}}}}))
+"""
+
+
+def test_maxtext_image_imports_maxtext_tensorflow_and_jax2onnx(maxtext_image, env):
+    found = python_in(maxtext_image, MAXTEXT_CHECK, env)
+    assert found.pop("python").startswith("3.12.")
+    lock = (REPO / "envs/maxtext.lock.txt").read_text()
+    for name, version in found.items():
+        assert f"\n{name}=={version} " in lock, (name, version)
+
+
+def maxtext_steps() -> list[list[str]]:
+    """The commands the rules run for the tiny MaxText target (workflow/rules/*.smk), with the
+    parameters they take from config.yaml; relative to /work, as in the image's WORKDIR."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    model = model_entry(config, MAXTEXT_MODEL)
+    entry = checkpoint_entry(config, MAXTEXT_MODEL, CHECKPOINT)
+    variant = variant_entry(config, VARIANT)
+    settings = parity_settings(config, MAXTEXT_MODEL, CHECKPOINT, VARIANT)
+    root = f"results/{MAXTEXT_MODEL}/{CHECKPOINT}"
+    target = f"{MAXTEXT_MODEL}/{CHECKPOINT}/{VARIANT}"
+    family = ["--family", model["family"]]
+    return [
+        ["download", "--source", entry["source"], "--out", f"{root}/download"],
+        ["stage", *family, "--checkpoint", f"{root}/download/.",
+         "--options", json.dumps(model.get("options", {})), "--out", f"{root}/stage"],
+        ["export", *family, "--stage", f"{root}/stage", "--dtype", variant["dtype"],
+         "--opset", str(variant.get("opset", 23)), "--out", f"{root}/export/{VARIANT}"],
+        ["parity", *family, "--target", target, "--checkpoint", f"{root}/download",
+         "--stage", f"{root}/stage", "--export", f"{root}/export/{VARIANT}",
+         "--settings", json.dumps(settings), "--out", f"{root}/parity/{VARIANT}"],
+        ["gate", "--report", f"{root}/parity/{VARIANT}/report.json",
+         "--release", f"results/release/{target}", "--out", f"{root}/parity/{VARIANT}.passed.json"],
+        ["promote", "--target", target, "--root", root, "--variant", VARIANT,
+         "--passed", f"{root}/parity/{VARIANT}.passed.json", "--out", f"results/release/{target}"],
+    ]  # fmt: skip
+
+
+def test_tiny_maxtext_model_passes_its_gate_in_the_maxtext_image(maxtext_image, env, tmp_path):
+    """The maxtext image has no Snakemake: each step runs as its rule would run it."""
+    uid, gid, flags = _run_as(env)
+    results = tmp_path / "results"
+    results.mkdir()
+    if os.getuid() == 0:
+        os.chown(results, uid, gid)
+    for step in maxtext_steps():
+        run = podman(
+            "run", "--rm", "-v", f"{results}:/work/results", *flags,
+            "--entrypoint", "python", maxtext_image, "-m", "onnxforge", *step,
+            env=env, timeout=1800,
+        )  # fmt: skip
+        assert run.returncode == 0, f"{step[0]}: {(run.stdout + run.stderr)[-4000:]}"
+    root = results / MAXTEXT_MODEL / CHECKPOINT
+    report = json.loads((root / f"parity/{VARIANT}/report.json").read_text())
+    assert report["status"] == "PASS", report["failures"]
+    release = json.loads(
+        (results / f"release/{MAXTEXT_MODEL}/{CHECKPOINT}/{VARIANT}/manifest.json").read_text()
+    )
+    assert release["status"] == "PASS"
+    assert release["environment"]["image"] == "maxtext"
+    assert release["environment"]["lock"] == "maxtext.lock.txt"
+    lock_sha = hashlib.sha256((REPO / "envs/maxtext.lock.txt").read_bytes()).hexdigest()
+    assert release["environment"]["lock_sha256"] == lock_sha
+    assert release["environment"]["python"].startswith("3.12.")
+    owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in results.rglob("*")}
+    assert owners == {(uid, gid)}, f"files on the host owned by {owners}, expected {uid}:{gid}"
