@@ -8,6 +8,7 @@ import shutil
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import torch
 from flax import nnx
@@ -235,6 +236,22 @@ def test_openai_original_layout_stages_to_the_same_parameters(tmp_path):
 
 
 def test_stage_returns_the_hashes_of_what_it_wrote(tiny_checkpoint, tmp_path):
-    hashes = FAMILY.stage(tiny_checkpoint, tmp_path)
+    staged = FAMILY.stage(tiny_checkpoint, tmp_path)
     on_disk = outputs.hash_tree(tmp_path)
-    assert hashes and hashes == {k: v for k, v in on_disk.items() if k.startswith("params/")}
+    assert staged.files
+    assert staged.files == {k: v for k, v in on_disk.items() if k.startswith("params/")}
+    # ... and the digest of every parameter's values, as read back from the files
+    params = tmp_path / "params"
+    assert set(staged.values) == {p.name for p in params.iterdir()}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        for name, digest in staged.values.items():
+            value = checkpointer.restore((params / name).absolute())["value"]
+            assert outputs.value_digest(value) == digest, name
+
+
+def test_two_stages_of_one_checkpoint_are_the_same_bytes(tiny_checkpoint, tmp_path):
+    """No OCDBT (random file names) and no save times in Orbax's metadata."""
+    first = FAMILY.stage(tiny_checkpoint, tmp_path / "a")
+    second = FAMILY.stage(tiny_checkpoint, tmp_path / "b")
+    assert outputs.hash_tree(tmp_path / "a") == outputs.hash_tree(tmp_path / "b")
+    assert first == second

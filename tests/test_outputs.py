@@ -1,5 +1,11 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import ml_dtypes
+import numpy as np
 import pytest
 
 from onnxforge import outputs
@@ -17,11 +23,80 @@ def test_directory_appears_only_when_complete(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["step"]
 
 
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def live_onnxforge_process():
+    """A running process whose command line names onnxforge, as a step's would."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "onnxforge"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
 def test_stale_temporaries_from_a_killed_run_are_removed(tmp_path):
-    (tmp_path / "step.tmp-99999").mkdir()
+    (tmp_path / f"step.tmp-{dead_pid()}").mkdir()
+    (tmp_path / f"step.tmp-{dead_pid()}.old").mkdir()  # a replaced destination
+    (tmp_path / f".report.json.tmp-{dead_pid()}").write_text("{")
     with outputs.atomic_directory(tmp_path / "step") as tmp:
         (tmp / "f").write_text("x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step"]
+    outputs.write_json(tmp_path / "report.json", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "step"]
+
+
+@pytest.fixture
+def live_other_process():
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    yield process.pid
+    process.kill()
+    process.wait()
+
+
+def test_a_live_writers_temporary_is_kept(tmp_path, live_onnxforge_process, live_other_process):
+    """A concurrent run writing the same output keeps its work; a pid reused by another
+    program (its command line runs no onnxforge) does not protect a leftover."""
+    live = tmp_path / f"step.tmp-{live_onnxforge_process}"
+    live.mkdir()
+    reused = tmp_path / f"step.tmp-{live_other_process}"
+    reused.mkdir()
+    with outputs.atomic_directory(tmp_path / "step") as tmp:
+        (tmp / "f").write_text("x")
+    assert live.exists() and not reused.exists()
+
+
+def test_replacing_a_destination_never_leaves_it_half_removed(tmp_path, monkeypatch):
+    dest = tmp_path / "step"
+    with outputs.atomic_directory(dest) as tmp:
+        (tmp / "old").write_text("x")
+    removed = []
+    monkeypatch.setattr(outputs.shutil, "rmtree", lambda p, **kw: removed.append(Path(p).name))
+    with outputs.atomic_directory(dest) as tmp:
+        (tmp / "new").write_text("y")
+    assert [p.name for p in dest.iterdir()] == ["new"]
+    assert removed == [f"step.tmp-{os.getpid()}.old"]  # moved aside whole, then removed
+
+
+def test_remove_tree_moves_aside_first(tmp_path):
+    (tmp_path / "release").mkdir()
+    (tmp_path / "release" / "model.onnx").write_text("x")
+    outputs.remove_tree(tmp_path / "release")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_value_digest_names_dtype_shape_and_values():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    digest = outputs.value_digest(a)
+    assert digest["dtype"] == "float32" and digest["shape"] == [2, 3]
+    assert digest == outputs.value_digest(np.asfortranarray(a))  # layout in memory: no matter
+    assert digest == outputs.value_digest(a.astype(">f4"))  # nor byte order
+    assert digest["sha256"] != outputs.value_digest(a + 1)["sha256"]
+    assert outputs.value_digest(np.float32(1.0))["shape"] == []
+    bf16 = outputs.value_digest(a.astype(ml_dtypes.bfloat16))
+    assert bf16["dtype"] == "bfloat16" and bf16["sha256"] != digest["sha256"]
 
 
 def test_manifest_hashes_inputs_and_outputs(tmp_path):

@@ -10,7 +10,6 @@ import argparse
 import errno
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,14 +35,20 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_stage(args: argparse.Namespace) -> None:
     options = json.loads(args.options)
     with outputs.atomic_directory(args.out) as tmp:
-        # sha256 of the files it wrote, where the family hashed them as it wrote them
-        known = args.family.stage(args.checkpoint, tmp, layers=args.layers, options=options)
+        # sha256 of the files it wrote, where the family hashed them as it wrote them, and
+        # of every parameter's values (equal for equal values, whatever the file format)
+        staged = args.family.stage(args.checkpoint, tmp, layers=args.layers, options=options)
         outputs.write_manifest(
             tmp,
             "stage",
             {"checkpoint": args.checkpoint},
-            {"family": args.family.name, "layers": args.layers, "options": options},
-            known_outputs=known,
+            {
+                "family": args.family.name,
+                "layers": args.layers,
+                "options": options,
+                "values": staged.values,
+            },
+            known_outputs=staged.files,
         )
 
 
@@ -98,10 +103,12 @@ def cmd_parity(args: argparse.Namespace) -> None:
 def cmd_gate(args: argparse.Namespace) -> None:
     """Fail unless the report passed; the report itself stays for reading either way."""
     report = json.loads(Path(args.report).read_text())
+    if args.release:
+        outputs.remove_stale_temporaries(args.release)  # a withdrawal cut short, say
     if report["status"] != "PASS":
         if args.release and args.release.exists():
             # An earlier release of this target no longer matches what now fails.
-            shutil.rmtree(args.release)
+            outputs.remove_tree(args.release)
         reasons = "\n  ".join(report["failures"])
         raise ParityGateFailed(
             f"parity gate failed for {report.get('target', args.report)}:\n  {reasons}\n"

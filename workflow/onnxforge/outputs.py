@@ -1,7 +1,8 @@
 """Outputs that appear only when complete, each with a manifest of what made it.
 
 A step writes into ``<out>.tmp-<pid>`` next to its destination and renames it into place at
-the end; an interrupted step leaves only a ``.tmp-`` directory, which the next run removes.
+the end; an interrupted step leaves only a ``.tmp-`` directory, which the next run removes
+(unless the process it names still runs: a live concurrent run keeps its work).
 
 A manifest keeps what differs between two clean builds of the same thing (when, by which
 command line, from which checkout, how long it took) in its ``volatile`` block: the rest
@@ -11,6 +12,7 @@ command line, from which checkout, how long it took) in its ``volatile`` block: 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -23,6 +25,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from onnxforge import processes
 
 MANIFEST = "manifest.json"
 _TRACKED_PACKAGES = (
@@ -61,6 +65,23 @@ def hash_tree(directory: Path, known: dict[str, str] | None = None) -> dict[str,
         if path.is_file() and path.name != MANIFEST:
             hashes[name] = known.get(name) or sha256_file(path)
     return hashes
+
+
+def value_digest(value: Any) -> dict[str, Any]:
+    """An array's identity apart from any file format: dtype, shape and the sha256 of its
+    values' bytes (C order, little-endian). Two stages that hold the same values have the
+    same digests whatever their files look like."""
+    import numpy as np
+
+    array = np.asarray(value)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    flat = np.ascontiguousarray(array).reshape(-1)  # a copy only where not C-contiguous
+    return {
+        "dtype": str(array.dtype),
+        "shape": list(array.shape),
+        "sha256": hashlib.sha256(flat.view(np.uint8)).hexdigest(),
+    }
 
 
 def recorded_hashes(directory: Path) -> dict[str, str] | None:
@@ -146,8 +167,9 @@ def _dumps(data: Any) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write-then-rename for a single file."""
+    """Write-then-rename for a single file (a killed writer's leftover is removed)."""
     path = Path(path)
+    remove_stale_temporaries(path.with_name(f".{path.name}"))
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(_dumps(data))
     os.replace(tmp, path)
@@ -243,6 +265,48 @@ def rename_in_error(err: BaseException, tmp: Path, destination: Path) -> None:
                 setattr(err, attribute, rename(value))
 
 
+_TMP_PID = re.compile(r"\.tmp-(\d+)(?:\.old)?$")
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that ``tmp`` (``<name>.tmp-<pid>[.old]``) names may still use it:
+    it runs, is not this process, and (where ``/proc`` tells) runs onnxforge."""
+    match = _TMP_PID.search(tmp.name)
+    if match is None:
+        return False
+    pid = int(match[1])
+    if pid == os.getpid() or not processes.alive(pid):
+        return False
+    # `python -m onnxforge STEP` or the `onnxforge` script; anything else reused the pid
+    argv = processes.command_line(pid)
+    return argv is None or any(Path(arg).name == "onnxforge" for arg in argv)
+
+
+def remove_stale_temporaries(destination: Path) -> list[Path]:
+    """Remove ``<destination>.tmp-<pid>`` leftovers of writers that no longer run; those of a
+    live writer (a concurrent run on the same output) stay. Returns what was removed."""
+    destination = Path(destination)
+    removed = []
+    for stale in sorted(destination.parent.glob(f"{glob.escape(destination.name)}.tmp-*")):
+        if _writer_alive(stale):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+        removed.append(stale)
+    return removed
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a finished output so that nothing half-removed is left: renamed to a temporary
+    first (which a later run removes if this is cut short), then deleted."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    os.replace(path, tmp)
+    shutil.rmtree(tmp)
+
+
 @contextlib.contextmanager
 def atomic_directory(destination: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``destination`` only on success.
@@ -251,8 +315,7 @@ def atomic_directory(destination: Path) -> Iterator[Path]:
     temporary, which is removed before the message is read."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    for stale in destination.parent.glob(f"{destination.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(destination)
     tmp = destination.parent / f"{destination.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     try:
@@ -262,8 +325,14 @@ def atomic_directory(destination: Path) -> Iterator[Path]:
             rename_in_error(err, tmp, destination)
             raise
         if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(tmp, destination)
+            # Moved aside, not removed in place: a kill meanwhile leaves no half-removed
+            # destination, only a temporary the next run removes.
+            old = destination.with_name(f"{destination.name}.tmp-{os.getpid()}.old")
+            os.replace(destination, old)
+            os.replace(tmp, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, destination)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

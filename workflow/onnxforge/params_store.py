@@ -13,6 +13,7 @@ format. The stage then copies bytes instead of decoding them, and stays the chec
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ import tensorstore as ts
 from flax import nnx
 
 from onnxforge.errors import InputError
-from onnxforge.outputs import sha256_file
+from onnxforge.outputs import sha256_file, value_digest
 
 Path_ = tuple[str, ...]
 
@@ -98,18 +99,52 @@ class _StagingNumpyHandler(ocp.type_handlers.NumpyHandler):
         await super()._open_and_write(value, tspec, context)
 
 
+# Orbax's step metadata holds when the save began and ended; nothing reads them back, and
+# they are all that kept two saves of the same array from being the same bytes.
+_SAVE_TIMES = ("init_timestamp_nsecs", "commit_timestamp_nsecs")
+
+
+def _checkpointer() -> ocp.PyTreeCheckpointer:
+    """Orbax's checkpointer as staging saves with it: one zarr array per parameter, without
+    OCDBT, whose data files get random names (``d/<random hex>``) at every save; zarr names
+    its chunk files by position (``value/0.0``), so a save is the same bytes every time."""
+    return ocp.PyTreeCheckpointer(use_ocdbt=False, use_compression=False)
+
+
+def _drop_save_times(checkpoint: Path) -> None:
+    """Clear the save's timestamps from Orbax's ``_CHECKPOINT_METADATA`` (Orbax reads the
+    file with them absent: they are optional)."""
+    path = Path(checkpoint) / "_CHECKPOINT_METADATA"
+    if not path.exists():
+        return
+    metadata = json.loads(path.read_text())
+    metadata.update(dict.fromkeys(_SAVE_TIMES), performance_metrics={})
+    path.write_text(json.dumps(metadata))
+
+
+def save_array(target: Path, value: np.ndarray) -> None:
+    """One parameter as its own Orbax checkpoint at ``target``, byte-identical every time."""
+    with _checkpointer() as checkpointer:
+        checkpointer.save(Path(target).absolute(), {"value": value})
+    _drop_save_times(target)
+
+
 class StreamingWriter:
-    """Write parameters one at a time on a background thread, and hash the files written.
+    """Write parameters one at a time on a background thread, and hash them and their files.
 
     While one parameter is written the caller makes the next; a parameter larger than
     ``overlap_bytes`` is written before ``write`` returns, so peak memory stays below the
     largest parameter plus ``overlap_bytes``. Each parameter's files are hashed right after
-    they are written, while still in the page cache, for the step's manifest.
+    they are written, while still in the page cache, for the step's manifest, and so are its
+    values (``values``: dtype, shape and the sha256 of its bytes; independent of how Orbax
+    lays them out on disk).
 
     Uncompressed, so tensorstore writes straight from the array: zstd doubled the write time
     and held a compressed copy (0.8 GiB for a vocabulary-sized matrix) next to the array. The
     price is some disk (bfloat16 weights compress a little, packed MXFP4 bytes hardly).
-    Loading needs no option: each array's zarr metadata names its compressor.
+    Loading needs no option: each array's zarr metadata names its compressor. Without OCDBT
+    and with the save times cleared, two stages of the same checkpoint are the same bytes
+    (``_checkpointer``).
     """
 
     def __init__(self, directory: Path, overlap_bytes: int = 512 << 20):
@@ -117,8 +152,9 @@ class StreamingWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.overlap_bytes = overlap_bytes
         self.hashes: dict[str, str] = {}  # sha256 by path relative to ``directory``
+        self.values: dict[str, dict[str, Any]] = {}  # value_digest by parameter name
         ocp.type_handlers.register_type_handler(np.ndarray, _StagingNumpyHandler(), override=True)
-        self._checkpointer = ocp.PyTreeCheckpointer(use_compression=False)
+        self._checkpointer = _checkpointer()
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="StreamingWriter")
         self._pending: Future | None = None
 
@@ -136,6 +172,8 @@ class StreamingWriter:
 
     def _save(self, target: Path, value: np.ndarray) -> None:
         self._checkpointer.save(target, {"value": value})
+        _drop_save_times(target)
+        self.values[target.name] = value_digest(value)
         for file in sorted(target.rglob("*")):
             if file.is_file():
                 self.hashes[str(file.relative_to(self.directory))] = sha256_file(file)
@@ -218,7 +256,6 @@ def rescale(parameter_dir: Path, factor: float) -> None:
         raise ValueError(f"{parameter_dir}: {value.dtype} is a packed part, not a value to scale")
     scaled = (value.astype(np.float32) * factor).astype(value.dtype)
     tmp = parameter_dir.with_name(parameter_dir.name + ".rescaled")
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        checkpointer.save(tmp, {"value": scaled})
+    save_array(tmp, scaled)
     shutil.rmtree(parameter_dir)
     tmp.rename(parameter_dir)

@@ -15,6 +15,7 @@ import numpy as np
 
 from onnxforge import params_store
 from onnxforge.errors import InputError
+from onnxforge.families.base import Staged
 from onnxforge.metrics import check_finite
 from onnxforge.safetensors_stream import CheckpointReader
 
@@ -103,12 +104,16 @@ def write_params(
     rules: Iterable[Rule],
     expected: dict[ParamPath, tuple[int, ...]],
     params_dir: Path,
-) -> dict[str, str]:
+) -> Staged:
     """Write every parameter under ``params_dir``; the sha256 of each file written, by path
-    relative to ``params_dir``'s parent (hashed as written: the files need not be read again).
-    Call ``check_tensor_set`` first."""
+    relative to ``params_dir``'s parent (hashed as written: the files need not be read again),
+    and each parameter's value digest, by name. Call ``check_tensor_set`` first."""
     with params_store.StreamingWriter(params_dir) as writer:
         for path, value in staged_params(reader, rules, expected):
             writer.write(path, value)
             del value  # not held while the next parameter is made
-    return {f"{Path(params_dir).name}/{name}": digest for name, digest in writer.hashes.items()}
+    prefix = Path(params_dir).name
+    return Staged(
+        files={f"{prefix}/{name}": digest for name, digest in writer.hashes.items()},
+        values=dict(sorted(writer.values.items())),
+    )

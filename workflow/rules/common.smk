@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from onnxforge import layout, providers
+from onnxforge import layout, providers, runlock
 from onnxforge.catalog import (
     checkpoint_entry,
     default_targets,
@@ -29,6 +29,13 @@ try:
             )
 except InputError as err:
     raise WorkflowError(str(err)) from None
+
+# A lock left by a driver that was killed (kill -9, a power cut) is removed here, before
+# Snakemake checks it, so the plain command resumes; a live driver's lock is kept.
+if workflow.is_main_process:
+    _taken_over = runlock.take_over()
+    if _taken_over:
+        logger.warning(_taken_over)
 
 
 wildcard_constraints:

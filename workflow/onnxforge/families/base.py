@@ -35,6 +35,20 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """What a family's stage wrote, for the stage's manifest.
+
+    ``files``: the sha256 of files it hashed while writing them, by path relative to the
+    stage (the manifest hashes the rest itself). ``values``: per parameter, its dtype, shape
+    and the sha256 of its values' bytes (``outputs.value_digest``), whatever the file format
+    does with them: two stages of the same checkpoint hold the same values even where a
+    format cannot give the same bytes twice (MaxText's OCDBT checkpoints)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Example:
     """A tiny synthetic checkpoint a family declares; the test suite builds every example
     through the DAG (PASS) and again with ``perturb`` applied to its stage (FAIL)."""
@@ -58,10 +72,11 @@ class Family(Protocol):
         out_dir: Path,
         layers: int | None = None,
         options: dict[str, Any] | None = None,
-    ) -> dict[str, str]:
+    ) -> Staged:
         """Write the staged parameters and a Hugging Face ``config.json`` (cut to ``layers``)
         into ``out_dir``, a fresh directory; ``options`` are the catalog model's settings.
-        Returns the sha256 of the files it hashed while writing them (relative paths)."""
+        Returns the sha256 of the files it hashed while writing them and the digest of every
+        parameter's values (``Staged``)."""
 
     def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
         """The staged model, for jax2onnx to export and ``jax.jit`` to run."""

@@ -10,6 +10,7 @@ from onnxforge.errors import InputError
 from onnxforge.families.base import (
     Example,
     LoadedModel,
+    Staged,
     read_config_json,
     transformers_logits,
     write_stage_config,
@@ -54,7 +55,7 @@ class GptOssFamily:
         out_dir: Path,
         layers: int | None = None,
         options: dict[str, Any] | None = None,
-    ) -> dict[str, str]:
+    ) -> Staged:
         """Tensor by tensor (``tensor_staging``) into Orbax parameters under ``params/``.
 
         MXFP4 expert kernels stay packed: each kernel's blocks and scales are staged as the

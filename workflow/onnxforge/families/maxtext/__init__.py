@@ -22,6 +22,7 @@ from onnxforge.errors import InputError
 from onnxforge.families.base import (
     Example,
     LoadedModel,
+    Staged,
     read_config_json,
     transformers_logits,
     write_stage_config,
@@ -80,7 +81,7 @@ class MaxTextFamily:
         out_dir: Path,
         layers: int | None = None,
         options: dict[str, Any] | None = None,
-    ) -> dict[str, str]:
+    ) -> Staged:
         from onnxforge.families.maxtext import checkpoint
 
         options = options or {}
@@ -95,9 +96,14 @@ class MaxTextFamily:
         weights = arch.converter(Path(checkpoint_dir), hf_config)
         self._check_shapes(model, checkpoint.flatten(weights), checkpoint_dir)
         checkpoint.save(weights, Path(out_dir) / CHECKPOINT)
+        del weights  # read back below: never two copies of the weights at once
         settings = {"model_name": model.model_name, "overrides": model.overrides}
         (Path(out_dir) / MAXTEXT_JSON).write_text(json.dumps(settings, indent=2) + "\n")
-        return {}  # MaxText's saver writes the files; the manifest hashes them
+        # MaxText's saver writes OCDBT (data files named at random) and timestamps its
+        # metadata, so its files differ between two stages of the same weights: the values,
+        # read back from what it wrote, are what two clean builds must agree on. The manifest
+        # hashes the files.
+        return Staged(values=checkpoint.value_digests(Path(out_dir) / CHECKPOINT))
 
     def _check_shapes(self, model: MaxTextModel, flat: dict, checkpoint_dir: Path) -> None:
         from onnxforge.families.maxtext import runtime

@@ -55,3 +55,12 @@ def load(directory: Path) -> dict[str, Any]:
     if not items.exists():
         raise InputError(f"{directory}: no MaxText checkpoint (0/items); re-run stage")
     return ocp.PyTreeCheckpointer().restore(str(items))["params"]["params"]
+
+
+def value_digests(directory: Path) -> dict[str, dict[str, Any]]:
+    """Each parameter's ``outputs.value_digest`` (dtype, shape, sha256 of its values), read
+    back from the checkpoint at ``directory``, by its path in the tree (``decoder/...``)."""
+    from onnxforge.outputs import value_digest
+
+    flat = flatten(load(directory))
+    return {"/".join(path): value_digest(flat[path]) for path in sorted(flat)}
