@@ -54,6 +54,7 @@ LLAMA_45M = (
     "&intermediate_size=1408&num_hidden_layers=4&num_attention_heads=8&num_key_value_heads=4"
     "&head_dim=64"
 )
+MAXTEXT_IMPORT = "from maxtext.configs import pyconfig; from maxtext.models import models"
 # A word-level tokenizer over the whole vocabulary: the GenAI builder insists on one.
 TOKENIZER = """
 import sys
@@ -178,6 +179,7 @@ class Figure:
     limit: float
     unit: str
     details: dict
+    cpu: float | None = None  # the same figure in CPU seconds (user + system): steadier
 
     @property
     def met(self) -> bool:
@@ -225,9 +227,10 @@ class DryRun(Measurement):
         return [run, measure(version, c.logs / "version.log").check()]
 
     def figures(self, c: Checkout, overlay: dict, samples: list[list[Run]]) -> list[Figure]:
-        details = {"snakemake_version_s": fastest(samples, 1).seconds}
-        best = fastest(samples).seconds
-        return [Figure("snakemake -n, 100 targets", "<= 3 s", best, 3.0, "s", details)]
+        version = fastest(samples, 1)
+        details = {"snakemake_version_s": version.seconds, "version_cpu_s": version.cpu_seconds}
+        best, cpu = fastest(samples).seconds, min(runs[0].cpu_seconds for runs in samples)
+        return [Figure("snakemake -n, 100 targets", "<= 3 s", best, 3.0, "s", details, cpu)]
 
 
 def tiny_workdir(c: Checkout) -> tuple[Path, dict, list[str]]:
@@ -256,8 +259,8 @@ class Noop(Measurement):
         return [run]
 
     def figures(self, c: Checkout, state: tuple, samples: list[list[Run]]) -> list[Figure]:
-        best = fastest(samples).seconds
-        return [Figure("no-op rerun (snakemake)", "<= 2 s", best, 2.0, "s", {})]
+        best, cpu = fastest(samples).seconds, min(runs[0].cpu_seconds for runs in samples)
+        return [Figure("no-op rerun (snakemake)", "<= 2 s", best, 2.0, "s", {}, cpu)]
 
 
 def parity_command(c: Checkout, workdir: Path, family, model: str, out: Path) -> list[str]:
@@ -326,10 +329,9 @@ class TinyParity(Measurement):
         figures = []
         for i, (name, _) in enumerate(commands):
             best = fastest(samples, i)
-            details = {"cpu_seconds": best.cpu_seconds, "peak_rss": best.peak_rss}
-            figures.append(
-                Figure(f"parity step, {name}", "<= 60 s", best.seconds, 60.0, "s", details)
-            )
+            cpu = min(runs[i].cpu_seconds for runs in samples)
+            figure = Figure(f"parity step, {name}", "<= 60 s", best.seconds, 60.0, "s", {}, cpu)
+            figures.append(figure)
         return figures
 
 
@@ -372,6 +374,10 @@ class MaxTextVsGenAI(Measurement):
                 ],
                 export,
             ),
+            # What every MaxText step pays before it starts: importing MaxText's model stack
+            # (it imports transformers, torch and TensorFlow with it). Stage and export pay it
+            # once each: twice this is the floor under our side.
+            "maxtext_import": ([python[0], "-c", MAXTEXT_IMPORT], None),
         }
         if self.genai_python:
             # The same files plus a tokenizer, which the builder needs and a checkpoint may lack.
@@ -393,7 +399,8 @@ class MaxTextVsGenAI(Measurement):
     def sample(self, c: Checkout, commands: dict[str, tuple[list[str], Path]]) -> list[Run]:
         runs = []
         for name, (command, out) in commands.items():
-            shutil.rmtree(out, ignore_errors=True)
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)
             env = c.env if name != "genai" else None
             runs.append(measure(command, c.logs / f"llama-45m-{name}.log", env).check())
         return runs
@@ -401,19 +408,33 @@ class MaxTextVsGenAI(Measurement):
     def figures(self, c: Checkout, commands, samples: list[list[Run]]) -> list[Figure]:
         ours = min(samples, key=lambda runs: runs[0].seconds + runs[1].seconds)[:2]
         seconds = sum(r.seconds for r in ours)
+        cpu = sum(r.cpu_seconds for r in ours)
+        imports = fastest(samples, 2)
         details = {
             "stage_s": ours[0].seconds,
             "export_s": ours[1].seconds,
-            "cpu_s": sum(r.cpu_seconds for r in ours),
             "seconds": seconds,
+            "cpu_s": cpu,
+            "maxtext_import_s": imports.seconds,
+            "maxtext_import_cpu_s": imports.cpu_seconds,
         }
         if "genai" not in commands:
             details["genai"] = "not measured: pass --genai-python"
             return [Figure("stage + export, Llama 45M", "(no GenAI)", seconds, 0.0, "s", details)]
-        genai = fastest(samples, 2)
-        details.update(genai_s=genai.seconds, genai_cpu_s=genai.cpu_seconds)
-        ratio = seconds / genai.seconds
-        return [Figure("stage + export vs GenAI builder", "<= 1.5 x", ratio, 1.5, "x", details)]
+        genai = fastest(samples, 3)
+        details.update(
+            genai_s=genai.seconds,
+            genai_cpu_s=genai.cpu_seconds,
+            floor_ratio=2 * imports.seconds / genai.seconds,  # two MaxText imports, nothing else
+        )
+        ratio, cpu_ratio = seconds / genai.seconds, cpu / genai.cpu_seconds
+        name = "stage + export vs GenAI builder"
+        return [Figure(name, "<= 1.5 x", ratio, 1.5, "x", details, cpu_ratio)]
+
+
+def shown(figure: Figure) -> str:
+    cpu = f" (CPU {figure.cpu:.2f} {figure.unit})" if figure.cpu is not None else ""
+    return f"{figure.value:.2f} {figure.unit}{cpu}"
 
 
 def main() -> int:
@@ -457,11 +478,11 @@ def main() -> int:
     cores = os.cpu_count()
     start, end = (", ".join(f"{x:.1f}" for x in load[k]) for k in ("start", "end"))
     print(f"\n{cores} cores; load average (1, 5, 15 min) {start} at the start, {end} at the end;")
-    print(f"each figure the minimum of {args.repeat} runs\n")
+    print(f"each figure the minimum of {args.repeat} runs; met is judged on wall time\n")
     columns = ["figure", *(["baseline"] if args.compare else []), "measured", "target", "met"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for i, figure in enumerate(results["measured"]):
-        values = [f"{r[i].value:.2f} {r[i].unit}" for r in results.values()]
+        values = [shown(r[i]) for r in results.values()]
         met = "yes" if figure.met else "no"
         print("| " + " | ".join([figure.name, *values, figure.target, met]) + " |")
     if args.json:
