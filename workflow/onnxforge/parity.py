@@ -6,6 +6,9 @@ the report is written first, so it can be read either way.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,14 +50,6 @@ def parity_inputs(vocab_size: int, settings: ParitySettings) -> dict[str, np.nda
     }
 
 
-class OnnxModel:
-    def __init__(self, path: Path, provider: str, threads: int | None = None):
-        self.session = providers.onnx_session(path, provider, threads)
-
-    def __call__(self, token_ids: np.ndarray) -> np.ndarray:
-        return self.session.run([signature.LOGITS], signature.feeds(token_ids))[0]
-
-
 def greedy_decode(logits_fn, prompt: np.ndarray, steps: int) -> list[int]:
     """Greedy tokens without a cache (nothing to disagree on), on one fixed shape: the prompt
     is padded to its final length, and a causal model's logits at a position do not depend on
@@ -68,6 +63,72 @@ def greedy_decode(logits_fn, prompt: np.ndarray, steps: int) -> list[int]:
     return tokens[0, length:].tolist()
 
 
+def decode_prompt(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The greedy decode's prompt: the first 8 tokens of the first input's first row."""
+    return inputs[next(iter(inputs))][:1, :8]
+
+
+@dataclass
+class Outputs:
+    """What one implementation gives on the parity inputs: logits per input and greedy tokens."""
+
+    logits: dict[str, np.ndarray]
+    decode: list[int]
+
+
+def run_model(logits_fn, inputs: dict[str, np.ndarray], decode_tokens: int) -> Outputs:
+    logits = {name: np.asarray(logits_fn(ids), np.float32) for name, ids in inputs.items()}
+    return Outputs(logits, greedy_decode(logits_fn, decode_prompt(inputs), decode_tokens))
+
+
+def jax_outputs(
+    family: Family, stage_dir: Path, settings: ParitySettings
+) -> tuple[dict[str, np.ndarray], Outputs]:
+    """The parity inputs (seeded ids within the model's vocabulary) and JAX's outputs on them.
+
+    The model, its weights and its compiled programs are let go before returning: ONNX
+    Runtime and the reference each load their own copy of the weights next, one at a time.
+    """
+    import jax
+
+    inputs, outputs = _run_jax(family, stage_dir, settings)
+    jax.clear_caches()  # the compiled programs, and the traced function that holds the model
+    release_memory()
+    return inputs, outputs
+
+
+def _run_jax(
+    family: Family, stage_dir: Path, settings: ParitySettings
+) -> tuple[dict[str, np.ndarray], Outputs]:
+    import jax
+    import jax.numpy as jnp
+
+    model = family.load(stage_dir, jnp.dtype(settings.dtype))
+    apply = jax.jit(lambda params, ids: model.apply(params, ids).astype(jnp.float32))
+    inputs = parity_inputs(model.vocab_size, settings)
+    return inputs, run_model(lambda ids: apply(model.params, ids), inputs, settings.decode_tokens)
+
+
+def release_memory() -> None:
+    """Collect what a finished side left, and hand glibc's free pages back to the system: its
+    allocator keeps them otherwise, and the next side's weights would come on top."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def onnx_outputs(
+    onnx_path: Path, inputs: dict[str, np.ndarray], settings: ParitySettings, threads: int | None
+) -> Outputs:
+    """ONNX Runtime's outputs; its session (and its copy of the weights) ends on return."""
+    session = providers.onnx_session(onnx_path, settings.provider, threads)
+
+    def logits_fn(token_ids: np.ndarray) -> np.ndarray:
+        return session.run([signature.LOGITS], signature.feeds(token_ids))[0]
+
+    return run_model(logits_fn, inputs, settings.decode_tokens)
+
+
 def run_parity(
     family: Family,
     download_dir: Path,
@@ -76,21 +137,14 @@ def run_parity(
     settings: ParitySettings,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Every comparison's metrics and the gate verdict, as the report records them."""
-    import jax
-    import jax.numpy as jnp
+    """Every comparison's metrics and the gate verdict, as the report records them.
 
-    model = family.load(stage_dir, jnp.dtype(settings.dtype))
-    apply = jax.jit(lambda params, ids: model.apply(params, ids).astype(jnp.float32))
-
-    def jax_forward(ids: np.ndarray) -> np.ndarray:
-        return np.asarray(apply(model.params, ids))
-
-    onnx_model = OnnxModel(onnx_path, settings.provider, threads)
-
-    inputs = parity_inputs(model.vocab_size, settings)
-    jax_logits = {name: jax_forward(ids) for name, ids in inputs.items()}
-    onnx_logits = {name: onnx_model(ids).astype(np.float32) for name, ids in inputs.items()}
+    JAX, ONNX Runtime and the reference run one after the other, each freed before the next
+    loads: peak memory is one copy of the weights (plus the runtimes), not three.
+    """
+    inputs, jax_side = jax_outputs(family, stage_dir, settings)
+    onnx_side = onnx_outputs(onnx_path, inputs, settings, threads)
+    release_memory()  # the session, ended
     reference_logits = dict(
         zip(
             inputs,
@@ -98,7 +152,7 @@ def run_parity(
             strict=True,
         )
     )
-
+    jax_logits, onnx_logits = jax_side.logits, onnx_side.logits
     comparisons = {
         "onnx_vs_jax": {n: metrics.compare_logits(jax_logits[n], onnx_logits[n]) for n in inputs},
         "jax_vs_reference": {
@@ -111,11 +165,10 @@ def run_parity(
         summary[name] = metrics.summarize(per_input)
         failures += [f"{name}: {f}" for f in metrics.check_gates(summary[name], settings.gates)]
 
-    prompt = inputs[next(iter(inputs))][:1, :8]
     decode = {
-        "prompt": prompt[0].tolist(),
-        "onnx": greedy_decode(onnx_model, prompt, settings.decode_tokens),
-        "jax": greedy_decode(jax_forward, prompt, settings.decode_tokens),
+        "prompt": decode_prompt(inputs)[0].tolist(),
+        "onnx": onnx_side.decode,
+        "jax": jax_side.decode,
     }
     decode["agree"] = decode["onnx"] == decode["jax"]
     if not decode["agree"]:
