@@ -5,6 +5,7 @@ the stage's values block."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -19,6 +20,7 @@ def rebuild_compare():
         "rebuild_compare", REPO / "benchmarks" / "rebuild_compare.py"
     )
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

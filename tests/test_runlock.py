@@ -95,30 +95,38 @@ def test_take_over_records_this_driver(tmp_path):
     assert mine["pid"] == os.getpid() and mine["start"] == processes.start_time(os.getpid())
 
 
+RELEASE = "results/release/tiny-gpt-oss/hf/f32"
+
+
+def unpromoted_copy(registry_build, tmp_path):
+    """The registry's build without the tiny target's release: promote has to run (Snakemake
+    checks its lock against the files it is about to write)."""
+    workdir = tmp_path / "work"
+    shutil.copytree(registry_build, workdir, symlinks=True)
+    shutil.rmtree(workdir / RELEASE)
+    return workdir, workdir / ".snakemake"
+
+
 @pytest.mark.dag
 def test_plain_rerun_after_a_killed_driver_needs_no_unlock(registry_build, tmp_path):
     """Snakemake's lock as a driver killed with SIGKILL leaves it: the plain command runs."""
-    workdir = tmp_path / "work"
-    shutil.copytree(registry_build, workdir, symlinks=True)
-    persistence = workdir / ".snakemake"
+    workdir, persistence = unpromoted_copy(registry_build, tmp_path)
     record(persistence, dead_pid())
-    release = "results/release/tiny-gpt-oss/hf/f32"
-    lock(persistence, "0.input.lock").write_text(f"{release}\n")
-    lock(persistence, "0.output.lock").write_text(f"{release}\n")
-    run = snakemake(workdir, release)
+    time.sleep(0.01)
+    lock(persistence, "0.input.lock").write_text(f"{RELEASE}\n")
+    lock(persistence, "0.output.lock").write_text(f"{RELEASE}\n")
+    run = snakemake(workdir, RELEASE)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert "removed Snakemake's lock" in run.stderr
+    assert "removed Snakemake's lock" in run.stdout + run.stderr
+    assert (workdir / RELEASE / "manifest.json").exists()
 
 
 @pytest.mark.dag
 def test_a_live_drivers_lock_still_excludes_a_second_run(registry_build, tmp_path, live_process):
-    workdir = tmp_path / "work"
-    shutil.copytree(registry_build, workdir, symlinks=True)
-    persistence = workdir / ".snakemake"
+    workdir, persistence = unpromoted_copy(registry_build, tmp_path)
     record(persistence, live_process)
     time.sleep(0.01)
-    release = "results/release/tiny-gpt-oss/hf/f32"
-    lock(persistence, "0.output.lock").write_text(f"{release}\n")
-    run = snakemake(workdir, release)
+    lock(persistence, "0.output.lock").write_text(f"{RELEASE}\n")
+    run = snakemake(workdir, RELEASE)
     assert run.returncode != 0
     assert "cannot be locked" in run.stdout + run.stderr
