@@ -67,6 +67,10 @@ PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0").save_pretrai
 """
 
 
+class Failed(Exception):
+    """A measured command failed: its figure is left out, the others still run."""
+
+
 @dataclass
 class Run:
     rc: int
@@ -78,7 +82,7 @@ class Run:
     def check(self) -> Run:
         if self.rc != 0:
             tail = self.log.read_text(errors="replace")[-3000:]
-            raise SystemExit(f"exit {self.rc}; the end of {self.log}:\n{tail}")
+            raise Failed(f"exit {self.rc}; the end of {self.log}:\n{tail}")
         return self
 
 
@@ -221,7 +225,8 @@ class DryRun(Measurement):
         shutil.rmtree(workdir, ignore_errors=True)
         run = measure(c.snakemake(workdir, overlay, "-n"), c.logs / "dry-run.log", c.env).check()
         jobs = re.search(r"^total\s+(\d+)", run.log.read_text(), re.M)
-        assert jobs and int(jobs.group(1)) >= 600, f"{run.log}: fewer than 600 jobs planned"
+        if not jobs or int(jobs.group(1)) < 600:
+            raise Failed(f"{run.log}: fewer than 600 jobs planned")
         # What Snakemake takes to start at all: the floor under this figure.
         version = [sys.executable, "-m", "snakemake", "--version"]
         return [run, measure(version, c.logs / "version.log").check()]
@@ -255,7 +260,8 @@ class Noop(Measurement):
         workdir, overlay, releases = state
         command = c.snakemake(workdir, overlay, *releases)
         run = measure(command, c.logs / "noop.log", c.env).check()
-        assert "Nothing to be done" in run.log.read_text(), f"{run.log}: it ran jobs"
+        if "Nothing to be done" not in run.log.read_text():
+            raise Failed(f"{run.log}: it ran jobs")
         return [run]
 
     def figures(self, c: Checkout, state: tuple, samples: list[list[Run]]) -> list[Figure]:
@@ -462,17 +468,25 @@ def main() -> int:
         checkouts["baseline"] = Checkout(args.compare.resolve(), args.scratch / "baseline")
     checkouts["measured"] = Checkout(args.repo.resolve(), args.scratch / "measured")
     load = {"start": os.getloadavg()}
-    results: dict[str, list[Figure]] = {label: [] for label in checkouts}
+    results: dict[str, dict[str, Figure]] = {label: {} for label in checkouts}
+    failed = []
     for name in args.only:
         measurement = measurements[name]
-        states = {label: measurement.prepare(c) for label, c in checkouts.items()}
-        samples: dict[str, list] = {label: [] for label in checkouts}
-        for i in range(args.repeat):
-            for label, c in checkouts.items():  # alternating: both see the same load
-                print(f"{name} {i + 1}/{args.repeat} ({label}), load {os.getloadavg()[0]:.1f}")
-                samples[label].append(measurement.sample(c, states[label]))
+        try:
+            states = {label: measurement.prepare(c) for label, c in checkouts.items()}
+            samples: dict[str, list] = {label: [] for label in checkouts}
+            for i in range(args.repeat):
+                for label, c in checkouts.items():  # alternating: both see the same load
+                    load_now = os.getloadavg()[0]
+                    print(f"{name} {i + 1}/{args.repeat} ({label}), load {load_now:.1f}")
+                    samples[label].append(measurement.sample(c, states[label]))
+        except Failed as err:
+            print(f"{name} failed: {err}", file=sys.stderr)
+            failed.append(name)
+            continue
         for label, c in checkouts.items():
-            results[label] += measurement.figures(c, states[label], samples[label])
+            for figure in measurement.figures(c, states[label], samples[label]):
+                results[label][figure.name] = figure
     load["end"] = os.getloadavg()
 
     cores = os.cpu_count()
@@ -481,19 +495,22 @@ def main() -> int:
     print(f"each figure the minimum of {args.repeat} runs; met is judged on wall time\n")
     columns = ["figure", *(["baseline"] if args.compare else []), "measured", "target", "met"]
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-    for i, figure in enumerate(results["measured"]):
-        values = [shown(r[i]) for r in results.values()]
+    for name, figure in results["measured"].items():
+        values = [shown(r[name]) if name in r else "-" for r in results.values()]
         met = "yes" if figure.met else "no"
-        print("| " + " | ".join([figure.name, *values, figure.target, met]) + " |")
+        print("| " + " | ".join([name, *values, figure.target, met]) + " |")
+    if failed:
+        print(f"\nnot measured (failed): {', '.join(failed)}")
     if args.json:
         record = {"cores": cores, "load_average": load, "repeat": args.repeat}
         for label, figures in results.items():
             record[label] = {
                 "repo": str(checkouts[label].repo),
-                "figures": [{**vars(f), "met": f.met} for f in figures],
+                "figures": [{**vars(f), "met": f.met} for f in figures.values()],
             }
+        record["failed"] = failed
         args.json.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return 0 if all(f.met for f in results["measured"]) else 1
+    return 0 if not failed and all(f.met for f in results["measured"].values()) else 1
 
 
 if __name__ == "__main__":

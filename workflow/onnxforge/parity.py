@@ -77,7 +77,8 @@ class Outputs:
 
 
 def run_model(logits_fn, inputs: dict[str, np.ndarray], decode_tokens: int) -> Outputs:
-    logits = {name: np.asarray(logits_fn(ids), np.float32) for name, ids in inputs.items()}
+    # Copies: a view of a JAX array would keep its buffer alive past the model.
+    logits = {name: np.array(logits_fn(ids), np.float32) for name, ids in inputs.items()}
     return Outputs(logits, greedy_decode(logits_fn, decode_prompt(inputs), decode_tokens))
 
 
@@ -92,7 +93,7 @@ def jax_outputs(
     import jax
 
     inputs, outputs = _run_jax(family, stage_dir, settings)
-    jax.clear_caches()  # the compiled programs, and the traced function that holds the model
+    jax.clear_caches()  # its compiled programs
     release_memory()
     return inputs, outputs
 
