@@ -21,7 +21,13 @@ import pytest
 import yaml
 
 from conftest import REPO
-from onnxforge.catalog import checkpoint_entry, model_entry, parity_settings, variant_entry
+from onnxforge.catalog import (
+    checkpoint_entry,
+    model_entry,
+    parity_settings,
+    validate,
+    variant_entry,
+)
 
 pytestmark = pytest.mark.container
 BUILD = REPO / "containers" / "build.sh"
@@ -208,7 +214,7 @@ def test_cuda_image_has_jax_cuda_and_onnxruntime_gpu(cuda_image, env):
     assert found["ld_library_path"] is None
 
 
-MAXTEXT_MODEL, CHECKPOINT, VARIANT = "tiny-llama2", "hf", "f32"
+MAXTEXT_MODEL, CHECKPOINT, VARIANT = "tiny-llama", "hf", "f32"
 
 
 MAXTEXT_PACKAGES = ("maxtext", "tensorflow-cpu", "jax2onnx", "jax", "onnxruntime", "torch")
@@ -232,7 +238,7 @@ def test_maxtext_image_imports_maxtext_tensorflow_and_jax2onnx(maxtext_image, en
 def maxtext_steps() -> list[list[str]]:
     """The commands the rules run for the tiny MaxText target (workflow/rules/*.smk), with the
     parameters they take from config.yaml; relative to /work, as in the image's WORKDIR."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = validate(yaml.safe_load((REPO / "config.yaml").read_text()))
     model = model_entry(config, MAXTEXT_MODEL)
     entry = checkpoint_entry(config, MAXTEXT_MODEL, CHECKPOINT)
     variant = variant_entry(config, VARIANT)
@@ -245,13 +251,15 @@ def maxtext_steps() -> list[list[str]]:
         ["stage", *family, "--checkpoint", f"{root}/download/.",
          "--options", json.dumps(model.get("options", {})), "--out", f"{root}/stage"],
         ["export", *family, "--stage", f"{root}/stage", "--dtype", variant["dtype"],
-         "--opset", str(variant.get("opset", 23)), "--out", f"{root}/export/{VARIANT}"],
+         "--opset", str(variant["opset"]), "--out", f"{root}/export/{VARIANT}"],
         ["parity", *family, "--target", target, "--checkpoint", f"{root}/download",
          "--stage", f"{root}/stage", "--export", f"{root}/export/{VARIANT}",
          "--settings", json.dumps(settings), "--out", f"{root}/parity/{VARIANT}"],
         ["gate", "--report", f"{root}/parity/{VARIANT}/report.json",
          "--release", f"results/release/{target}", "--out", f"{root}/parity/{VARIANT}.passed.json"],
-        ["promote", "--target", target, "--root", root, "--variant", VARIANT,
+        ["promote", "--target", target, "--download", f"{root}/download",
+         "--stage", f"{root}/stage", "--export", f"{root}/export/{VARIANT}",
+         "--parity", f"{root}/parity/{VARIANT}",
          "--passed", f"{root}/parity/{VARIANT}.passed.json", "--out", f"results/release/{target}"],
     ]  # fmt: skip
 
