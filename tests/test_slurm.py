@@ -60,10 +60,10 @@ def run_snakemake(workdir: Path, env: dict[str, str], *args: str, timeout: int):
     # Snakemake start-ups, then the step), so N = 15 (checks at 15, 40, 75 s after submission)
     # sees most of them end by the second check.
     # Keep the SLURM logs of successful jobs: the test looks for them.
-    command += ["--slurm-init-seconds-before-status-checks", "15", "--slurm-keep-successful-logs"]
     # The test cluster is one 2-CPU node: a job asking for the rules' 4 threads would pend
     # forever (SLURM cannot place --cpus-per-task=4 there), so they get the node's 2.
     command += ["--set-threads", *(f"{rule}=2" for rule in ("stage", "export", "parity_report"))]
+    command += ["--slurm-init-seconds-before-status-checks", "15", "--slurm-keep-successful-logs"]
     command += [*args, "--configfile", str(REPO / "config.yaml")]
     return subprocess.run(
         command,
