@@ -43,7 +43,7 @@ import yaml
 GIB = 1 << 30
 HERE = Path(__file__).resolve().parents[1]
 VARIANT = "f32"
-# A GPT-OSS of about 400 MB of float32 weights (96M parameters, mostly embedding and experts).
+# A GPT-OSS of 384 MB of float32 weights (96M parameters, mostly embedding and experts).
 MEDIUM_GPT_OSS = (
     "synthetic://gpt_oss?seed=0&vocab_size=32000&hidden_size=1024&intermediate_size=1024"
     "&num_attention_heads=16&num_key_value_heads=4&head_dim=64"
