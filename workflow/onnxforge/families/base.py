@@ -35,6 +35,29 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
+class LoadedDecoder:
+    """A staged model as a KV-cache decoder: one ``step`` serves prefill (past length 0) and
+    decode, in the I/O contract of Optimum's ORTModelForCausalLM and ONNX Runtime GenAI.
+
+    ``step(params, input_ids [batch, sequence], attention_mask [batch, past + sequence],
+    position_ids [batch, sequence], past) -> (logits [batch, sequence, vocab], present)``;
+    ``past`` and ``present`` hold one ``(key, value)`` pair per layer, each
+    ``[batch, kv_heads, length, head_dim]`` (``present``'s length is past + sequence).
+    A left-padded row (mask 0 on its padding) gets the logits it gets alone.
+    """
+
+    step: Callable[..., Any]
+    params: Any
+    vocab_size: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+
+    def bound(self) -> Callable[..., Any]:
+        return lambda *inputs: self.step(self.params, *inputs)
+
+
+@dataclass(frozen=True)
 class Staged:
     """What a family's stage wrote, for the stage's manifest.
 
@@ -80,6 +103,9 @@ class Family(Protocol):
 
     def load(self, stage_dir: Path, dtype: Any) -> LoadedModel:
         """The staged model, for jax2onnx to export and ``jax.jit`` to run."""
+
+    def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
+        """The staged model with a KV cache, for the ``kv`` export and the generation gates."""
 
     def reference_logits(
         self, checkpoint_dir: Path, stage_dir: Path, inputs: list[Any]
