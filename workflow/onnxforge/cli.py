@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from onnxforge import layout, outputs, threads
+from onnxforge import layout, outputs, progress, threads
 from onnxforge.errors import InputError, ParityGateFailed
 
 
@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         return build(argv[1:])
     args = parser().parse_args(argv)
     threads.use(getattr(args, "threads", None))
+    out = getattr(args, "out", None) or getattr(args, "stage", None)
+    progress.begin(args.step, "/".join(layout.wildcards_of(str(out or "")).values()))
     try:
         if hasattr(args, "family"):  # every step is handed the family object, not its name
             from onnxforge.families import get_family

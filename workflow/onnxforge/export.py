@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnxforge import signature
+from onnxforge import progress, signature
 from onnxforge.families.base import Family
 from onnxforge.layout import DATA_FILE, ONNX_FILE
 
@@ -47,13 +47,18 @@ def export(family: Family, stage_dir: Path, out_dir: Path, *, dtype: str, opset:
     import jax.numpy as jnp
     import onnx
 
-    model = family.load(stage_dir, jnp.dtype(dtype))
-    model_ir = trace(model.bound(), family.name, opset)
+    with progress.phase("load"):
+        model = family.load(stage_dir, jnp.dtype(dtype))
+    with progress.phase("trace and convert (jax2onnx)"):
+        model_ir = trace(model.bound(), family.name, opset)
     del model  # JAX's copy of the weights; the IR model holds its own from here
-    save(model_ir, out_dir)
+    weights = sum(v.const_value.nbytes for v in model_ir.graph.initializers.values())
+    with progress.phase(f"save ({progress.size(weights)} of weights)", watch=out_dir):
+        save(model_ir, out_dir)
     counts = {"initializers": len(model_ir.graph.initializers), "nodes": len(model_ir.graph)}
     del model_ir
-    onnx.checker.check_model(str(out_dir / ONNX_FILE))  # by path: works past 2 GB
+    with progress.phase("check (onnx.checker)"):
+        onnx.checker.check_model(str(out_dir / ONNX_FILE))  # by path: works past 2 GB
     return {
         "opset": opset,
         "dtype": dtype,

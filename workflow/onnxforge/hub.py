@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from onnxforge import progress
 from onnxforge.errors import InputError
 from onnxforge.outputs import MANIFEST, link_or_copy
 
@@ -212,18 +213,27 @@ def download_hf(
             f"manifest; leave it out with exclude: ['{MANIFEST}']"
         )
 
-    def fetch(name: str) -> str:
-        return hub_call(
+    sizes = {name: siblings[name].size or 0 for name in names}
+
+    def fetch(name: str, fetched: progress.Phase) -> str:
+        bar, counted = progress.hub_bar(fetched)
+        path = hub_call(
             hf_hub_download,
             repo_id,
             name,
             revision=commit,
             cache_dir=cache,
             endpoint=endpoint,
+            tqdm_class=bar,
         )
+        fetched.advance(sizes[name] - counted(), items=1)  # in the cache already: no bytes came
+        return path
 
-    with ThreadPoolExecutor(max_workers=min(_WORKERS, len(names))) as pool:
-        cached = dict(zip(names, pool.map(fetch, names), strict=True))
+    with (
+        progress.phase("fetch", sum(sizes.values()), items=len(names), item="files") as fetched,
+        ThreadPoolExecutor(max_workers=min(_WORKERS, len(names))) as pool,
+    ):
+        cached = dict(zip(names, pool.map(lambda n: fetch(n, fetched), names), strict=True))
 
     files: dict[str, dict[str, Any]] = {}
     problems = []
@@ -270,3 +280,38 @@ def download_hf(
         "endpoint": endpoint,
         "files": files,
     }
+
+
+def fetch_config(repo_id: str, revision: str | None) -> dict[str, Any]:
+    """The repo's config.json at ``revision``, through the client's cache (the download finds
+    it there): what ``onnxforge build hf://...`` chooses the family from, before the DAG runs."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    where = _describe(repo_id, revision)
+    check_revision(revision, where)
+    try:
+        path = hf_hub_download(
+            repo_id, "config.json", revision=revision, cache_dir=_cache_dir(None),
+            endpoint=_endpoint(),
+        )  # fmt: skip
+    except Exception as err:
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        if isinstance(err, RemoteEntryNotFoundError):
+            raise InputError(
+                f"{where}: the repo has no config.json; onnxforge builds Hugging Face "
+                "checkpoints (config.json and *.safetensors at the top of the repo)"
+            ) from err
+        mapped = _hub_error(err, where, repo_id, revision)
+        if mapped is None:
+            raise
+        raise mapped from err
+    try:
+        config = json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise InputError(f"{where}: config.json is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise InputError(f"{where}: config.json holds a {type(config).__name__}, not an object")
+    return config

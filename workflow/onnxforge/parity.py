@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge import metrics, providers, signature
+from onnxforge import metrics, progress, providers, signature
 from onnxforge.families.base import Family
 
 
@@ -143,16 +143,19 @@ def run_parity(
     JAX, ONNX Runtime and the reference run one after the other, each freed before the next
     loads: peak memory is one copy of the weights (plus the runtimes), not three.
     """
-    inputs, jax_side = jax_outputs(family, stage_dir, settings)
-    onnx_side = onnx_outputs(onnx_path, inputs, settings, threads)
-    release_memory()  # the session, ended
-    reference_logits = dict(
-        zip(
-            inputs,
-            family.reference_logits(download_dir, stage_dir, list(inputs.values())),
-            strict=True,
+    with progress.phase("JAX forward and greedy decode"):
+        inputs, jax_side = jax_outputs(family, stage_dir, settings)
+    with progress.phase("ONNX Runtime forward and greedy decode"):
+        onnx_side = onnx_outputs(onnx_path, inputs, settings, threads)
+        release_memory()  # the session, ended
+    with progress.phase("reference (transformers) forward"):
+        reference_logits = dict(
+            zip(
+                inputs,
+                family.reference_logits(download_dir, stage_dir, list(inputs.values())),
+                strict=True,
+            )
         )
-    )
     jax_logits, onnx_logits = jax_side.logits, onnx_side.logits
     comparisons = {
         "onnx_vs_jax": {n: metrics.compare_logits(jax_logits[n], onnx_logits[n]) for n in inputs},

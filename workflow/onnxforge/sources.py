@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlparse
 
+from onnxforge import progress
 from onnxforge.errors import InputError
 from onnxforge.outputs import MANIFEST, copy_file, sha256_file
 
@@ -108,13 +109,16 @@ def download(
             raise InputError(
                 f"source {uri!r}: seed is {seed!r}; expected a whole number >= 0, e.g. seed=0"
             )
-        get_family(source.location).synthesize(out_dir, seed, options)
+        with progress.phase("synthesize"):
+            get_family(source.location).synthesize(out_dir, seed, options)
         return {"source": uri, "revision": f"seed={seed}"}
     files = local_files(uri, out_dir)
     record = {}
-    for name, path in files.items():
-        size = path.stat().st_size
-        record[name] = {"sha256": copy_file(path, Path(out_dir) / name), "size": size}
+    sizes = {name: path.stat().st_size for name, path in files.items()}
+    with progress.phase("copy", sum(sizes.values()), items=len(files), item="files") as copied:
+        for name, path in files.items():
+            record[name] = {"sha256": copy_file(path, Path(out_dir) / name), "size": sizes[name]}
+            copied.advance(sizes[name], items=1)
     return {"source": uri, "revision": None, "files": record}
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge import params_store
+from onnxforge import params_store, progress
 from onnxforge.errors import InputError
 from onnxforge.families.base import Staged
 from onnxforge.metrics import check_finite
@@ -99,6 +99,19 @@ def staged_params(
         raise InputError(f"{reader.directory}: no checkpoint tensor fills {unfilled[:5]}")
 
 
+def _counting(rules: list[Rule], reader: CheckpointReader, read: progress.Phase) -> Iterator[Rule]:
+    """The rules, each counted as read (its tensors and their bytes) when the next is asked
+    for: by then its parameters are made and queued for writing."""
+    previous = None
+    for rule in rules:
+        if previous is not None:
+            read.advance(sum(reader.info(n).nbytes for n in previous[0]), items=len(previous[0]))
+        yield rule
+        previous = rule
+    if previous is not None:
+        read.advance(sum(reader.info(n).nbytes for n in previous[0]), items=len(previous[0]))
+
+
 def write_params(
     reader: CheckpointReader,
     rules: Iterable[Rule],
@@ -108,8 +121,15 @@ def write_params(
     """Write every parameter under ``params_dir``; the sha256 of each file written, by path
     relative to ``params_dir``'s parent (hashed as written: the files need not be read again),
     and each parameter's value digest, by name. Call ``check_tensor_set`` first."""
-    with params_store.StreamingWriter(params_dir) as writer:
-        for path, value in staged_params(reader, rules, expected):
+    rules = list(rules)
+    tensors = [name for sources, _ in rules for name in sources]
+    total = sum(reader.info(name).nbytes for name in tensors)
+    with (
+        progress.phase("tensors", total, items=len(tensors), item="tensors") as read,
+        params_store.StreamingWriter(params_dir) as writer,
+    ):
+        rules_read = _counting(rules, reader, read)
+        for path, value in staged_params(reader, rules_read, expected):
             writer.write(path, value)
             del value  # not held while the next parameter is made
     prefix = Path(params_dir).name

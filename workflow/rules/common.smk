@@ -4,7 +4,7 @@ import os
 import sys
 from pathlib import Path
 
-from onnxforge import layout, providers, runlock
+from onnxforge import layout, progress, providers, runlock
 from onnxforge.catalog import (
     checkpoint_entry,
     default_targets,
@@ -146,6 +146,11 @@ def onnxforge_step(arguments, console=False):
 # than a param so that running with other options does not rebuild anything.
 for _name in ("ONNXFORGE_COMMAND", "APPTAINERENV_ONNXFORGE_COMMAND"):
     os.environ[_name] = " ".join(["snakemake", *sys.argv[1:]])
+# Where the steps draw their progress bars: the driver's terminal, when it has one (a step
+# on another host draws none; progress.py).
+if workflow.is_main_process and (_console := progress.driver_console()):
+    for _name in (progress.CONSOLE_ENV, "APPTAINERENV_" + progress.CONSOLE_ENV):
+        os.environ[_name] = _console
 
 
 def source_of(wildcards):

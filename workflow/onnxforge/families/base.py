@@ -85,6 +85,15 @@ class Family(Protocol):
     name: str  # the catalog's `family:` key
     environment: str  # which envs/<environment>.lock.txt and config images.<environment>
     examples: tuple[Example, ...]
+    model_types: tuple[str, ...]  # the config.json model_types ``recognize`` may accept
+
+    def recognize(
+        self, hf_config: dict[str, Any], source: str, forced: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """For ``onnxforge build SOURCE``: the catalog model's ``options`` for a checkpoint with
+        this config.json, or None when the family does not build it. ``forced``: options the
+        user chose (``--maxtext-model``), which win over what the family would pick. Raises
+        InputError (naming ``source``) when it is this family's but ambiguous."""
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         """Write a deterministic tiny checkpoint in the Hugging Face layout (transformers)."""

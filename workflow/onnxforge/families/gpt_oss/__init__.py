@@ -29,6 +29,10 @@ class GptOssFamily:
     name = "gpt_oss"
     environment = "jax"  # envs/jax.lock.txt, image config.images.jax
     examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0"),)
+    model_types = ("gpt_oss",)
+
+    def recognize(self, hf_config: dict[str, Any], source: str, forced: dict[str, Any]):
+        return dict(forced) if hf_config.get("model_type") in self.model_types else None
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         from onnxforge.families.gpt_oss import synthetic

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge import progress
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
     Example,
@@ -27,6 +28,7 @@ from onnxforge.families.base import (
     transformers_logits,
     write_stage_config,
 )
+from onnxforge.families.maxtext import architectures
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
 from onnxforge.families.maxtext.overrides import maxtext_overrides
 
@@ -59,6 +61,16 @@ class MaxTextFamily:
         )
         for arch in ARCHITECTURES.values()
     )
+    model_types = tuple(sorted({t for arch in ARCHITECTURES.values() for t in arch.hf_model_types}))
+
+    def recognize(self, hf_config: dict[str, Any], source: str, forced: dict[str, Any]):
+        """The MaxText model config from the architecture table (``hf_model_types``, then
+        ``hf_rope_types``); a forced ``model`` (--maxtext-model) for any model_type it reads."""
+        if hf_config.get("model_type") not in self.model_types:
+            return None
+        if "model" in forced:
+            return dict(forced)
+        return {"model": architectures.recognize(hf_config, source).default_model, **forced}
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         """A tiny checkpoint of ``arch`` (llama, mistral, mixtral, gemma) from transformers."""
@@ -93,9 +105,16 @@ class MaxTextFamily:
             {**maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
-        weights = arch.converter(Path(checkpoint_dir), hf_config)
-        self._check_shapes(model, checkpoint.flatten(weights), checkpoint_dir)
-        checkpoint.save(weights, Path(out_dir) / CHECKPOINT)
+        with progress.phase("convert (MaxText's converter)"):
+            weights = arch.converter(Path(checkpoint_dir), hf_config)
+        flat = checkpoint.flatten(weights)
+        with progress.phase("check shapes", items=len(flat), item="parameters") as checked:
+            self._check_shapes(model, flat, checkpoint_dir)
+            checked.advance(items=len(flat))
+        total = sum(int(getattr(value, "nbytes", 0)) for value in flat.values())
+        del flat
+        with progress.phase("save (Orbax)", total, watch=Path(out_dir) / CHECKPOINT):
+            checkpoint.save(weights, Path(out_dir) / CHECKPOINT)
         del weights  # read back below: never two copies of the weights at once
         settings = {"model_name": model.model_name, "overrides": model.overrides}
         (Path(out_dir) / MAXTEXT_JSON).write_text(json.dumps(settings, indent=2) + "\n")
@@ -103,7 +122,8 @@ class MaxTextFamily:
         # metadata, so its files differ between two stages of the same weights: the values,
         # read back from what it wrote, are what two clean builds must agree on. The manifest
         # hashes the files.
-        return Staged(values=checkpoint.value_digests(Path(out_dir) / CHECKPOINT))
+        with progress.phase("read back values"):
+            return Staged(values=checkpoint.value_digests(Path(out_dir) / CHECKPOINT))
 
     def _check_shapes(self, model: MaxTextModel, flat: dict, checkpoint_dir: Path) -> None:
         from onnxforge.families.maxtext import runtime

@@ -22,6 +22,11 @@ class Architecture:
     converter: convert.Converter  # MaxText's converter that stages it
     tiny: dict[str, Any] = field(default_factory=dict)  # a tiny config for tests
     extra_overrides: dict[str, Any] = field(default_factory=dict)
+    # What `onnxforge build SOURCE` recognizes as this architecture (``recognize``): the
+    # config.json model_types, and the RoPE scalings (``rope_type``; "default": none) whose
+    # frequencies default_model reproduces (Llama 2's plain RoPE, not Llama 3's "llama3").
+    hf_model_types: tuple[str, ...] = ()
+    hf_rope_types: tuple[str, ...] = ("default",)
 
 
 _TINY = {
@@ -46,6 +51,7 @@ ARCHITECTURES = {
             "llama2-7b",
             convert.convert_llama_like,
             {**_TINY, "num_key_value_heads": 4},  # llama2-7b: one kv head per query head
+            hf_model_types=("llama",),
         ),
         Architecture(
             "mistral",
@@ -54,6 +60,7 @@ ARCHITECTURES = {
             "mistral-7b",
             convert.convert_llama_like,
             _TINY,
+            hf_model_types=("mistral",),
         ),
         Architecture(
             "mixtral",
@@ -64,6 +71,7 @@ ARCHITECTURES = {
             # tensor with expert index -1); to_maxtext's Mixtral mapping can.
             convert.with_to_maxtext("mixtral-8x7b"),
             {**_TINY, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2},
+            hf_model_types=("mixtral",),
         ),
         Architecture(
             "gemma",
@@ -72,6 +80,7 @@ ARCHITECTURES = {
             "gemma-2b",
             convert.convert_gemma,
             {**_TINY, "num_key_value_heads": 1, "tie_word_embeddings": True},
+            hf_model_types=("gemma",),
         ),
     )
 }
@@ -85,3 +94,30 @@ def architecture(hf_config: dict[str, Any], source: str) -> Architecture:
             f"known: {sorted(ARCHITECTURES)}"
         )
     return ARCHITECTURES[model_type]
+
+
+def rope_type(hf_config: dict[str, Any]) -> str:
+    """config.json's RoPE scaling (``rope_scaling``, or transformers 5's ``rope_parameters``),
+    "default" where it has none."""
+    scaling = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    return str(scaling.get("rope_type") or scaling.get("type") or "default")
+
+
+def recognize(hf_config: dict[str, Any], source: str) -> Architecture | None:
+    """The one architecture whose ``hf_model_types`` and ``hf_rope_types`` fit config.json;
+    None when no entry names its model_type; an error naming the candidates when its RoPE
+    scaling fits none of them, or several."""
+    model_type = hf_config.get("model_type")
+    candidates = [a for a in ARCHITECTURES.values() if model_type in a.hf_model_types]
+    if not candidates:
+        return None
+    rope = rope_type(hf_config)
+    fitting = [a for a in candidates if rope in a.hf_rope_types]
+    if len(fitting) == 1:
+        return fitting[0]
+    offered = ", ".join(f"{a.default_model} (rope {'/'.join(a.hf_rope_types)})" for a in candidates)
+    problem = "none of" if not fitting else "several of"
+    raise InputError(
+        f"{source}: model_type {model_type!r} with rope_type {rope!r} fits {problem} MaxText's "
+        f"{offered}; choose one with --maxtext-model NAME (configs/models/NAME.yml)"
+    )
