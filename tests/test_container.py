@@ -1,6 +1,7 @@
-"""The images: each builds from its lock; the CPU one runs the tiny model as the caller and
-carries nothing of the host's; the CUDA one has JAX's CUDA plugin and ONNX Runtime's CUDA
-provider with their libraries; the MaxText one runs a tiny MaxText model's steps to a passed gate.
+"""The images: each builds from its lock; the CPU one runs the tiny model and a mounted
+checkpoint (`IMAGE /ckpt`) as the caller and carries nothing of the host's; the CUDA one has
+JAX's CUDA plugin and ONNX Runtime's CUDA provider with their libraries; the MaxText one runs
+a tiny MaxText model's steps to a passed gate.
 
 Builds ``onnxforge-<flavor>:<lock sha256[:12]>`` with containers/build.sh every time (once per
 module): the engine's layer cache makes that quick when only the workflow changed, and the image
@@ -28,12 +29,15 @@ from onnxforge.catalog import (
     validate,
     variant_entry,
 )
+from onnxforge.families import FAMILIES
 
 pytestmark = pytest.mark.container
 BUILD = REPO / "containers" / "build.sh"
 REPORT = Path("tiny-gpt-oss/hf/parity/f32/report.json")
+MOUNTED_REPORT = Path("mounted/local/parity/f32/report.json")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 ENVIRONMENTS = {"cpu": "jax", "cuda": "jax-cuda", "maxtext": "maxtext"}
+GPT_OSS, MAXTEXT = FAMILIES["gpt_oss"], FAMILIES["maxtext"]
 
 
 def _env() -> dict[str, str]:
@@ -114,20 +118,32 @@ def _run_as(env) -> tuple[int, int, list[str]]:
     return uid, gid, flags
 
 
-def test_tiny_model_builds_in_the_container_as_the_caller(image, env, tmp_path):
+def test_tiny_model_and_a_mounted_checkpoint_build_in_the_container_as_the_caller(
+    image, env, tmp_path
+):
+    """`IMAGE tiny-gpt-oss /ckpt`: a catalog model and a checkpoint folder mounted read-only
+    (no config file), in one run."""
     uid, gid, flags = _run_as(env)
     results = tmp_path / "results"
     results.mkdir()
+    checkpoint = tmp_path / "my-checkpoint"
+    GPT_OSS.synthesize(checkpoint, seed=3, overrides={})
     if os.getuid() == 0:
         os.chown(results, uid, gid)
     run = podman(
-        "run", "--rm", "-v", f"{results}:/work/results", *flags, image, "tiny-gpt-oss",
-        env=env, timeout=1800,
+        "run", "--rm", "-v", f"{results}:/work/results", "-v", f"{checkpoint}:/ckpt:ro", *flags,
+        image, "tiny-gpt-oss", "/ckpt", "--name", "mounted", env=env, timeout=1800,
     )  # fmt: skip
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    report = json.loads((results / REPORT).read_text())
-    assert report["status"] == "PASS"
-    assert (results / REPORT.parent.parent / "f32.passed.json").exists()
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    for report_path in (REPORT, MOUNTED_REPORT):
+        report = json.loads((results / report_path).read_text())
+        assert report["status"] == "PASS"
+        assert (results / report_path.parent.parent / "f32.passed.json").exists()
+    assert "/ckpt: model_type 'gpt_oss' -> family gpt_oss; results name mounted/local" in out
+    assert "PASS       mounted/local/f32" in out
+    assert "release: results/release/mounted/local/f32" in out
+    assert (results / "release/mounted/local/f32/model.onnx").is_file()
     owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in results.rglob("*")}
     assert owners == {(uid, gid)}, f"files on the host owned by {owners}, expected {uid}:{gid}"
     assert not list(results.rglob("*.tmp-*"))
@@ -137,6 +153,18 @@ def test_help_lists_the_catalog(image, env):
     run = podman("run", "--rm", image, "--help", env=env)
     assert run.returncode == 0, run.stderr
     assert "tiny-gpt-oss" in run.stdout
+
+
+def test_a_maxtext_checkpoint_is_refused_in_one_line_in_the_cpu_image(image, env, tmp_path):
+    """The cpu image holds the jax environment only: a Llama folder gets one line, not a run
+    whose every MaxText job fails."""
+    checkpoint = tmp_path / "llama"
+    MAXTEXT.synthesize(checkpoint, seed=0, overrides={"arch": "llama"})
+    run = podman("run", "--rm", "-v", f"{checkpoint}:/ckpt:ro", image, "/ckpt", env=env)
+    assert run.returncode == 2, run.stdout + run.stderr
+    error = [line for line in run.stderr.splitlines() if "error:" in line]
+    assert len(error) == 1, run.stderr
+    assert "maxtext environment, which the onnxforge-cpu image lacks" in error[0]
 
 
 def test_image_carries_no_host_pip_config_or_ca(image, env):

@@ -149,7 +149,7 @@ for _name in ("ONNXFORGE_COMMAND", "APPTAINERENV_ONNXFORGE_COMMAND"):
 # Where the steps draw their progress bars: the driver's terminal, when it has one (a step
 # on another host draws none; progress.py).
 if workflow.is_main_process and (_console := progress.driver_console()):
-    for _name in (progress.CONSOLE_ENV, "APPTAINERENV_" + progress.CONSOLE_ENV):
+    for _name in (progress.CONSOLE_ENV, f"APPTAINERENV_{progress.CONSOLE_ENV}"):
         os.environ[_name] = _console
 
 
