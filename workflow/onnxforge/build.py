@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -157,12 +158,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="onnxforge build",
         usage="onnxforge build SOURCE... [options] [-- SNAKEMAKE_ARGS...]",
-        description=(
+        description=textwrap.fill(
             "Build and verify ONNX models into ./results. SOURCE: a catalog model (below), a "
             "checkpoint folder (./my-checkpoint, file:///abs/dir) or a hub repository "
             "(hf://org/repo[@revision], HF_TOKEN if it is gated). A checkpoint's family "
             "(and MaxText model) is chosen from its config.json; "
-            f"supported: {recognize.supported()}."
+            f"supported: {recognize.supported()}.",
+            width=88,
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
