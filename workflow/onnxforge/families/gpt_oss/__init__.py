@@ -9,9 +9,11 @@ from typing import Any
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
     Example,
+    LoadedDecoder,
     LoadedModel,
     Staged,
     read_config_json,
+    transformers_generate,
     transformers_logits,
     write_stage_config,
 )
@@ -117,9 +119,36 @@ class GptOssFamily:
             vocab_size=config.vocab_size,
         )
 
+    def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
+        from flax import nnx
+
+        model = self.load_module(stage_dir, dtype)
+        config = model.config
+        graphdef, state = nnx.split(model)
+        return LoadedDecoder(
+            step=lambda params, *inputs: nnx.merge(graphdef, params).decode_step(*inputs),
+            params=state,
+            vocab_size=config.vocab_size,
+            num_layers=config.num_hidden_layers,
+            kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+        )
+
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
         staged number of layers; MXFP4 is dequantized by transformers itself."""
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+
+    def reference_generate(self, checkpoint_dir: Path, stage_dir: Path, prompt, steps: int):
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_generate(
+            "GptOssForCausalLM", checkpoint_dir, config, prompt, steps, **extra
+        )
+
+    def _reference_config(self, checkpoint_dir: Path, stage_dir: Path):
+        """transformers' config of the download, cut to the staged layers, and its loading
+        options."""
         import transformers
 
         if not list(Path(checkpoint_dir).glob("*.safetensors")):
@@ -135,7 +164,7 @@ class GptOssFamily:
         if getattr(config, "quantization_config", None):
             # On CPU transformers dequantizes MXFP4 with its own decoder.
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
-        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+        return config, extra
 
     def perturb(self, stage_dir: Path) -> str:
         from onnxforge import params_store
