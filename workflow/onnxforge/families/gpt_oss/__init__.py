@@ -45,11 +45,11 @@ class GptOssFamily:
         raw = openai_layout.hf_config(read_config_json(directory))
         return GptOssConfig.from_hf(raw, source=str(Path(directory) / "config.json"))
 
-    def build(self, config, dtype: Any):
+    def build(self, config, dtype: Any, sparse_moe: bool = False):
         """The NNX model, parameters zero until loaded; call under ``nnx.eval_shape``."""
         from onnxforge.families.gpt_oss.model import GptOss
 
-        return GptOss(config, dtype=dtype)
+        return GptOss(config, dtype=dtype, sparse_moe=sparse_moe)
 
     def stage(
         self,
@@ -95,7 +95,7 @@ class GptOssFamily:
         tensor_staging.check_tensor_set(reader, rules, may_skip=left_out, packed=is_mxfp4)
         return tensor_staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
 
-    def load_module(self, stage_dir: Path, dtype: Any):
+    def load_module(self, stage_dir: Path, dtype: Any, sparse_moe: bool = False):
         """The staged NNX model, packed MXFP4 experts decoded kernel by kernel."""
         from flax import nnx
 
@@ -103,7 +103,7 @@ class GptOssFamily:
         from onnxforge.families.gpt_oss import mxfp4
 
         config = self.read_config(stage_dir)
-        abstract = nnx.eval_shape(lambda: self.build(config, dtype))
+        abstract = nnx.eval_shape(lambda: self.build(config, dtype, sparse_moe))
         packings = {mxfp4.FORMAT: params_store.Packing(mxfp4.PARTS, mxfp4.decode_experts)}
         return params_store.load_into(abstract, Path(stage_dir) / PARAMS, dtype, packings)
 
@@ -122,7 +122,8 @@ class GptOssFamily:
     def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
         from flax import nnx
 
-        model = self.load_module(stage_dir, dtype)
+        # Sparse experts: each token runs its top k in ONNX (sparse_moe).
+        model = self.load_module(stage_dir, dtype, sparse_moe=True)
         config = model.config
         graphdef, state = nnx.split(model)
         return LoadedDecoder(

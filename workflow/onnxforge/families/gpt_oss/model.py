@@ -163,7 +163,9 @@ class Attention(nnx.Module):
 
 
 class MixtureOfExperts(nnx.Module):
-    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype):
+    """``sparse``: one ``sparse_moe`` primitive, dense in JAX, top-k only in ONNX."""
+
+    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype, sparse: bool = False):
         e, h, i = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
         self.router_kernel, self.router_bias = _param((h, e), dtype), _param((e,), dtype)
         self.gate_kernel, self.gate_bias = _param((e, h, i), dtype), _param((e, i), dtype)
@@ -172,6 +174,7 @@ class MixtureOfExperts(nnx.Module):
         self.top_k = cfg.num_experts_per_tok
         self.alpha = cfg.swiglu_alpha
         self.limit = cfg.swiglu_limit
+        self.sparse = sparse
 
     def routing(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Dense combine weights [..., experts] (zero off the top k) and the chosen experts."""
@@ -185,7 +188,9 @@ class MixtureOfExperts(nnx.Module):
         return weights.astype(x.dtype), top_experts
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        weights, _ = self.routing(x)
+        weights, top_experts = self.routing(x)
+        if self.sparse:
+            return self._sparse(x, weights, top_experts)
         gate = jnp.einsum("bth,ehi->btei", x, self.gate_kernel[...]) + self.gate_bias[...]
         up = jnp.einsum("bth,ehi->btei", x, self.up_kernel[...]) + self.up_bias[...]
         gate = jnp.minimum(gate, self.limit)
@@ -196,13 +201,34 @@ class MixtureOfExperts(nnx.Module):
         out = jnp.einsum("btei,eih->bth", hidden, self.down_kernel[...])
         return out + weights @ self.down_bias[...]
 
+    def _sparse(self, x: jax.Array, weights: jax.Array, top_experts: jax.Array) -> jax.Array:
+        from onnxforge.families.gpt_oss.sparse_moe import sparse_moe
+
+        hidden, experts = x.shape[-1], weights.shape[-1]
+        expert_ids = jax.lax.broadcasted_iota(jnp.int32, (1, 1, 1, experts), 3)
+        chosen = jnp.any(top_experts[..., :, None] == expert_ids, axis=-2)
+        out = sparse_moe(
+            x.reshape(-1, hidden),
+            weights.reshape(-1, experts),
+            chosen.reshape(-1, experts),
+            self.gate_kernel[...],
+            self.gate_bias[...],
+            self.up_kernel[...],
+            self.up_bias[...],
+            self.down_kernel[...],
+            self.down_bias[...],
+            self.alpha,
+            self.limit,
+        )
+        return out.reshape(x.shape)
+
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: GptOssConfig, layer: int, dtype: jnp.dtype):
+    def __init__(self, cfg: GptOssConfig, layer: int, dtype: jnp.dtype, sparse: bool = False):
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.attention = Attention(cfg, layer, dtype)
         self.post_attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = MixtureOfExperts(cfg, dtype)
+        self.mlp = MixtureOfExperts(cfg, dtype, sparse)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         x = x + self.attention(self.input_norm(x), cos, sin)
@@ -210,13 +236,16 @@ class DecoderLayer(nnx.Module):
 
 
 class GptOss(nnx.Module):
-    """Token ids ``[batch, seq]`` to logits ``[batch, seq, vocab]``."""
+    """Token ids ``[batch, seq]`` to logits ``[batch, seq, vocab]``; ``sparse_moe``: experts
+    as the ``sparse_moe`` primitive (top-k only in ONNX)."""
 
-    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype = jnp.float32):
+    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype = jnp.float32, sparse_moe=False):
         self.config = cfg
         self.dtype = dtype
         self.embedding = _param((cfg.vocab_size, cfg.hidden_size), dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, i, dtype, sparse_moe) for i in range(cfg.num_hidden_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = _param((cfg.hidden_size, cfg.vocab_size), dtype)
 
