@@ -167,63 +167,68 @@ def run_onnx(runner: KVRunner, prompt: np.ndarray, settings: Any, window: int, v
     )
 
 
-def gates(
+def _gate(record: dict[str, Any], bounds: dict[str, float]) -> tuple[dict[str, Any], list]:
+    """The record with ``passed``, and its failures: the summary's gates and any token
+    mismatch it lists."""
+    failed = metrics.check_gates(record["summary"], bounds) + record.pop("token_failures", [])
+    record["passed"] = not failed
+    return record, failed
+
+
+def prefill_vs_reference(
     onnx_prefill: dict[str, np.ndarray],
     reference_prefill: dict[str, np.ndarray],
-    onnx: OnnxGeneration,
-    reference: tuple[list[int], np.ndarray],
     bounds: dict[str, float],
-) -> tuple[dict[str, Any], list[str]]:
-    """The four gates' records (report.json's ``generation``) and their failures."""
-    failures: list[str] = []
-
-    def gate(name: str, record: dict[str, Any]) -> dict[str, Any]:
-        failed = metrics.check_gates(record["summary"], bounds) + record.pop("token_failures", [])
-        failures.extend(f"generation {name}: {f}" for f in failed)
-        record["passed"] = not failed
-        return record
-
+):
+    """Gate 1: the KV model's prefill logits vs transformers' on the parity inputs."""
     per_input = {
         n: metrics.compare_logits(reference_prefill[n], onnx_prefill[n]) for n in onnx_prefill
     }
-    prefill = gate(
-        "prefill_vs_reference",
-        {"comparisons": per_input, "summary": metrics.summarize(per_input)},
-    )
+    return _gate({"comparisons": per_input, "summary": metrics.summarize(per_input)}, bounds)
 
+
+def decode_vs_reference(
+    onnx: OnnxGeneration, reference: tuple[list[int], np.ndarray], bounds: dict[str, float]
+):
+    """Gate 2: greedy tokens identical to transformers' generate, each step's logits within
+    the gates."""
     ref_tokens, ref_logits = reference
-    decode_metrics = metrics.compare_logits(ref_logits[None], onnx.step_logits[None])
     total = onnx.prompt.shape[1] + onnx.steps
-    decode = {
+    record = {
         "prompt": onnx.prompt[0].tolist(),
         "steps": onnx.steps,
         "onnx": onnx.tokens,
-        "reference": ref_tokens,
-        "agree": onnx.tokens == ref_tokens,
+        "reference": list(ref_tokens),
+        "agree": onnx.tokens == list(ref_tokens),
         "sliding_window": onnx.window,
         "length": total,
         "past_window": bool(onnx.window) and total > onnx.window,
-        "summary": decode_metrics,
     }
-    if not decode["agree"]:
+    if np.shape(ref_logits) != onnx.step_logits.shape:
+        record["summary"] = {}
+        record["token_failures"] = [
+            f"transformers gave logits {np.shape(ref_logits)}, ONNX {onnx.step_logits.shape}"
+        ]
+        return _gate(record, bounds)
+    record["summary"] = metrics.compare_logits(ref_logits[None], onnx.step_logits[None])
+    if not record["agree"]:
         pairs = enumerate(zip(onnx.tokens, ref_tokens, strict=False))
         first = next((i for i, (a, b) in pairs if a != b), min(len(onnx.tokens), len(ref_tokens)))
-        decode["token_failures"] = [
+        record["token_failures"] = [
             f"tokens differ from step {first}: ONNX {onnx.tokens[first : first + 8]} vs "
-            f"transformers {ref_tokens[first : first + 8]}"
+            f"transformers {list(ref_tokens)[first : first + 8]}"
         ]
-    decode = gate("decode_vs_reference", decode)
+    return _gate(record, bounds)
 
-    cache = gate(
-        "cache_consistency",
-        {
-            "steps": onnx.steps,
-            "summary": metrics.compare_logits(
-                onnx.whole_sequence_logits[None], onnx.step_logits[None]
-            ),
-        },
-    )
 
+def cache_consistency(onnx: OnnxGeneration, bounds: dict[str, float]):
+    """Gate 3: each decode step's logits vs one prefill of the whole decoded sequence."""
+    summary = metrics.compare_logits(onnx.whole_sequence_logits[None], onnx.step_logits[None])
+    return _gate({"steps": onnx.steps, "summary": summary}, bounds)
+
+
+def left_padded_batch(onnx: OnnxGeneration, bounds: dict[str, float]):
+    """Gate 4: each row of the left-padded batch vs the same prompt alone."""
     per_row, token_failures, lengths = {}, [], []
     for row in onnx.batch["rows"]:
         name = f"length_{row['length']}"
@@ -233,22 +238,32 @@ def gates(
             token_failures.append(
                 f"{name}: batch tokens {row['tokens_batch']} != alone {row['tokens_alone']}"
             )
-    batch = gate(
-        "left_padded_batch",
-        {
-            "lengths": lengths,
-            "steps": BATCH_STEPS,
-            "comparisons": per_row,
-            "summary": metrics.summarize(per_row),
-            "token_failures": token_failures,
-        },
-    )
     record = {
-        "prefill_vs_reference": prefill,
-        "decode_vs_reference": decode,
-        "cache_consistency": cache,
-        "left_padded_batch": batch,
+        "lengths": lengths,
+        "steps": BATCH_STEPS,
+        "comparisons": per_row,
+        "summary": metrics.summarize(per_row),
+        "token_failures": token_failures,
     }
+    return _gate(record, bounds)
+
+
+def gates(
+    onnx_prefill: dict[str, np.ndarray],
+    reference_prefill: dict[str, np.ndarray],
+    onnx: OnnxGeneration,
+    reference: tuple[list[int], np.ndarray],
+    bounds: dict[str, float],
+) -> tuple[dict[str, Any], list[str]]:
+    """The four gates' records (report.json's ``generation``) and their failures."""
+    results = {
+        "prefill_vs_reference": prefill_vs_reference(onnx_prefill, reference_prefill, bounds),
+        "decode_vs_reference": decode_vs_reference(onnx, reference, bounds),
+        "cache_consistency": cache_consistency(onnx, bounds),
+        "left_padded_batch": left_padded_batch(onnx, bounds),
+    }
+    record = {name: result for name, (result, _) in results.items()}
+    failures = [f"generation {name}: {f}" for name, (_, fs) in results.items() for f in fs]
     return record, failures
 
 
@@ -262,7 +277,7 @@ def markdown_lines(section: dict[str, Any]) -> list[str]:
     lines.append("|---" * (len(_COLUMNS) + 2) + "|")
     for name, record in section.items():
         summary = record["summary"]
-        cells = [f"{summary.get(c, float('nan')):.3g}" for c in _COLUMNS]
+        cells = [f"{summary.get(c, float('nan')):.3g}" for c in _COLUMNS]  # nan: not computed
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {record['passed']} |")
     decode = section["decode_vs_reference"]
     lines += [
