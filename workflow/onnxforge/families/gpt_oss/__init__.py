@@ -8,11 +8,13 @@ from typing import Any
 
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
+    PERTURB_DEFAULT,
     Example,
     LoadedModel,
     Staged,
     read_config_json,
     transformers_logits,
+    transformers_taps,
     write_stage_config,
 )
 
@@ -117,9 +119,30 @@ class GptOssFamily:
             vocab_size=config.vocab_size,
         )
 
+    def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        from flax import nnx
+
+        from onnxforge.families.gpt_oss.taps import forward_with_taps
+
+        model = self.load_module(stage_dir, dtype)
+        graphdef, state = nnx.split(model)
+        return LoadedModel(
+            apply=lambda params, ids: forward_with_taps(nnx.merge(graphdef, params), ids),
+            params=state,
+            vocab_size=model.config.vocab_size,
+        )
+
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
         staged number of layers; MXFP4 is dequantized by transformers itself."""
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+
+    def reference_taps(self, checkpoint_dir: Path, stage_dir: Path, token_ids) -> tuple:
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_taps("GptOssForCausalLM", checkpoint_dir, config, token_ids, **extra)
+
+    def _reference_config(self, checkpoint_dir: Path, stage_dir: Path) -> tuple:
         import transformers
 
         if not list(Path(checkpoint_dir).glob("*.safetensors")):
@@ -135,14 +158,23 @@ class GptOssFamily:
         if getattr(config, "quantization_config", None):
             # On CPU transformers dequantizes MXFP4 with its own decoder.
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
-        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+        return config, extra
 
-    def perturb(self, stage_dir: Path) -> str:
+    def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
         from onnxforge import params_store
 
-        name = "layers.1.attention.o_kernel"
+        name = PERTURBED[part]
         params_store.rescale(Path(stage_dir) / PARAMS / name, 1.5)
         return name
+
+
+# Family.perturb's parts: the tensor of layer 1 each scales.
+PERTURBED = {
+    "attention": "layers.1.attention.o_kernel",
+    "mlp": "layers.1.mlp.down_kernel",
+    "expert": "layers.1.mlp.up_kernel",
+    "router": "layers.1.mlp.router_kernel",
+}
 
 
 FAMILY = GptOssFamily()
