@@ -105,7 +105,7 @@ def test_reports_put_the_verdict_first_and_inline_their_plots():
     page = report.render_html(data, images)
     assert page.index('id="verdict"') < page.index("<h2>")
     assert page.count("data:image/png;base64,") == 3
-    assert "src=\"http" not in page and "<script" not in page  # self-contained
+    assert 'src="http' not in page and "<script" not in page  # self-contained
 
 
 def test_the_index_lists_every_report_with_its_step_figures(tmp_path):

@@ -84,6 +84,7 @@ class Example:
     name: str  # the catalog model name the tests use (and config.yaml's default targets)
     source: str  # synthetic://<family>?...
     options: dict[str, Any] = field(default_factory=dict)  # the catalog model's options
+    moe: bool = False  # a mixture of experts: the tests also perturb its router and experts
 
 
 class Family(Protocol):

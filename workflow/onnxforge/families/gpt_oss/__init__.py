@@ -30,7 +30,7 @@ def is_mxfp4(name: str) -> bool:
 class GptOssFamily:
     name = "gpt_oss"
     environment = "jax"  # envs/jax.lock.txt, image config.images.jax
-    examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0"),)
+    examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0", moe=True),)
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
         from onnxforge.families.gpt_oss import synthetic

@@ -58,6 +58,7 @@ class MaxTextFamily:
             f"tiny-{arch.model_type}",
             f"synthetic://maxtext?arch={arch.model_type}&seed=0",
             {"model": arch.default_model},
+            moe="num_local_experts" in arch.tiny,
         )
         for arch in ARCHITECTURES.values()
     )
