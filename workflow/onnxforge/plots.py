@@ -21,6 +21,12 @@ def _figure():
     return pyplot.subplots(figsize=(7, 3.2), dpi=90)
 
 
+def _layer_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _png(fig) -> bytes:
     from matplotlib import pyplot
 
@@ -48,6 +54,7 @@ def layer_error(report: dict[str, Any]) -> bytes | None:
             ax.plot(layers, values, style, label=f"{name} {part}")
     ax.axhline(report["diagnosis"]["tolerance"], color="red", lw=1, label="tolerance")
     ax.set(yscale="log", xlabel="layer", ylabel="max abs diff / max |ref|")
+    _layer_axis(ax)
     ax.set_title("Per-layer error")
     ax.legend(fontsize=6, ncol=2)
     return _png(fig)
@@ -78,9 +85,10 @@ def expert_agreement(report: dict[str, Any]) -> bytes | None:
     fig, ax = _figure()
     width = 0.8 / len(series)
     for k, (name, points) in enumerate(series.items()):
-        layers = np.asarray([p[0] for p in points], float) + k * width
+        layers = np.asarray([p[0] for p in points], float) + (k - (len(series) - 1) / 2) * width
         ax.bar(layers, [p[1] for p in points], width=width, label=name)
     ax.set(ylim=(0, 1.05), xlabel="layer", ylabel="tokens with the same top-k experts")
+    _layer_axis(ax)
     ax.set_title("Expert agreement per layer")
     ax.legend(fontsize=7)
     return _png(fig)

@@ -194,7 +194,7 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
 .verdict{font-size:2em;font-weight:bold;padding:.4em .6em;border-radius:.3em;color:#fff}
 .PASS{background:#2a7d2a}.FAIL{background:#b22222}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em;display:block;overflow-x:auto}
 td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}th{background:#eee}
 td:first-child,th:first-child{text-align:left}img{max-width:100%}
 """

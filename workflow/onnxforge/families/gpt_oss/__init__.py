@@ -164,11 +164,12 @@ class GptOssFamily:
         from onnxforge import params_store
 
         name = PERTURBED[part]
-        params_store.rescale(Path(stage_dir) / PARAMS / name, 1.5)
+        # "expert": expert 0 alone (the expert axis comes first)
+        params_store.rescale(Path(stage_dir) / PARAMS / name, 1.5, 0 if part == "expert" else None)
         return name
 
 
-# Family.perturb's parts: the tensor of layer 1 each scales.
+# Family.perturb's parts: the tensor of layer 1 each scales ("expert": its expert 0).
 PERTURBED = {
     "attention": "layers.1.attention.o_kernel",
     "mlp": "layers.1.mlp.down_kernel",

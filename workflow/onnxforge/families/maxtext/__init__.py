@@ -164,7 +164,7 @@ class MaxTextFamily:
 
     def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
         """Scale one kernel of layer 1 (every shape still fits): the attention's output
-        projection, the MLP's (or MoE's experts') output kernel ``wo``, the experts' ``wi_0``,
+        projection, the MLP's (or MoE's experts') output kernel ``wo``, expert 0's ``wi_0``,
         or the MoE's router (``gate``)."""
         import shutil
 
@@ -178,7 +178,8 @@ class MaxTextFamily:
         if not found:
             raise InputError(f"{stage_dir}: layer 1 has no kernel {wanted} to perturb ({part})")
         path = min(found)
-        flat[path][...] = np.asarray(flat[path]) * 1.5
+        scaled = flat[path][0] if part == "expert" else flat[path]  # "expert": expert 0 alone
+        scaled[...] = np.asarray(scaled) * 1.5
         shutil.rmtree(Path(stage_dir) / CHECKPOINT)
         checkpoint.save(weights, Path(stage_dir) / CHECKPOINT)
         return "/".join(path)

@@ -1,13 +1,16 @@
 """MaxText's per-layer taps for the diagnosis, from MaxText's own model as it runs.
 
 MaxText's decoder runs each unscanned layer through a merged copy of it (``pure_layer_fn`` in
-``layers/nnx_decoders.py``; directly, not under ``jax.checkpoint``, with our
-``remat_policy=none``), so the taps cannot hang on module instances. Instead, while one
+``layers/nnx_decoders.py``), so the taps cannot hang on module instances, and under
+``jax.checkpoint`` (its config system reads our ``remat_policy=none`` as None, which that
+code takes for a policy), whose inner trace would not let the taps out. Instead, while one
 forward is traced, the classes of the model's decoder layer, its attention and its MLP (or
 ``RoutedMoE``) have their ``__call__`` wrapped, and ``RoutedMoE.get_topk`` too: each records
 its output under the index of the layer being run (layers run in order, one call each). The
 values are the trace's own, so the taps are outputs of the same jitted function or ONNX graph
-as the logits. Nothing of the model is re-implemented; the wrappers are removed on exit.
+as the logits, and ``jax.checkpoint`` is the identity meanwhile (rematerialization changes
+when a value is computed for the backward pass, never the value). Nothing of the model is
+re-implemented; everything is put back on exit.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+
+import jax
 
 from onnxforge import diagnosis
 from onnxforge.families.maxtext import runtime
@@ -88,9 +93,12 @@ def recording(classes: dict[str, type]) -> Iterator[dict[str, Any]]:
         put("experts", out[1])
 
     wrap(moe.RoutedMoE, "get_topk", topk)
+    checkpoint = jax.checkpoint
+    jax.checkpoint = lambda fun, **_: fun
     try:
         yield taps
     finally:
+        jax.checkpoint = checkpoint
         for cls, method, original in reversed(originals):
             if original is None:
                 delattr(cls, method)
