@@ -71,11 +71,16 @@ def test_the_index_lists_every_target_and_snakemake_files_a_report(perturbed_bui
         assert listed[name]["status"] == "FAIL" and listed[name]["links"]["release"] is None
         assert listed[name]["steps"]["parity"]["seconds"] > 0
         assert (workdir / layout.RESULTS / listed[name]["links"]["report_html"]).exists()
-    run = snakemake(workdir, "--report", "report.html", config=config)
+    # Snakemake's report of what those targets' DAG built: each report.html, and the index.
+    parities = [layout.Target(*name.split("/")).parity for name in perturbed]
+    run = snakemake(workdir, "--report", "report.html", layout.INDEX_HTML, *parities, config=config)
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     filed = (workdir / "report.html").read_text(errors="replace")
+    for parity in parities:
+        assert f'"{parity}/{layout.REPORT_HTML}"' in filed
+    assert f'"{layout.INDEX_HTML}"' in filed
     for _, example in EXAMPLES:
-        assert example.name in filed  # a category per model
+        assert f'"model": "{example.name}"' in filed  # filed under its model
 
 
 def chromium() -> str:
