@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 # Extra pip options, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 # where torch's CPU wheel is not on a local find-links path.
 PIP_ARGS ?=
+INDEX := results/index.html
 
 BIN := $(VENV)/bin
 # pip's log in the venv; on failure shown without the warning it prints for every package about
@@ -24,9 +25,10 @@ MAXTEXT_VENV := .venv-maxtext
 MAXTEXT_LOCK := envs/maxtext.lock.txt
 MAXTEXT_STAMP := $(MAXTEXT_VENV)/.installed-$(shell sha256sum $(MAXTEXT_LOCK) pyproject.toml | sha256sum | cut -c1-16)
 
-# Debian packages the cluster and container tests use: a real SLURM and a real container engine.
-SYSTEM_PACKAGES := slurm-wlm munge podman runc mmdebstrap uidmap
-SYSTEM_COMMANDS := slurmctld slurmd munged podman runc mmdebstrap
+# Debian packages the cluster and container tests use: a real SLURM and a real container engine;
+# and a real browser, which renders the HTML reports in a test.
+SYSTEM_PACKAGES := slurm-wlm munge podman runc mmdebstrap uidmap chromium
+SYSTEM_COMMANDS := slurmctld slurmd munged podman runc mmdebstrap chromium
 
 .PHONY: run test lint env env-maxtext system-deps images clean
 
@@ -58,10 +60,16 @@ $(MAXTEXT_STAMP): $(MAXTEXT_LOCK) pyproject.toml
 # The environments the chosen targets need (all of config.yaml's `targets` by default).
 NEEDED_ENVS = $(shell $(BIN)/python -m onnxforge environments $(TARGETS))
 
+# Every target is tried (--keep-going); then results/index.html lists every target built (rule
+# summary; with TARGETS, the same command the rule runs), and its path is the last line.
 run: env
 	$(if $(filter maxtext,$(NEEDED_ENVS)),$(MAKE) env-maxtext)
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES) $(TARGETS)
-	@echo "Reports: $$(ls results/*/*/parity/*/report.md)"
+	@status=0; \
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES) --keep-going $(TARGETS) || status=$$?; \
+	$(if $(TARGETS),$(BIN)/python -m onnxforge summary --out $(INDEX) >/dev/null, \
+	  $(BIN)/snakemake --profile profiles/local --cores 1 $(INDEX)) || status=$$?; \
+	echo "Reports: $$(ls results/*/*/parity/*/report.html 2>/dev/null | tr '\n' ' ')"; \
+	echo "Index: $(INDEX)"; exit $$status
 
 test: env env-maxtext system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)

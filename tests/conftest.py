@@ -13,7 +13,16 @@ import yaml
 
 from onnxforge.export import export
 from onnxforge.families.gpt_oss import FAMILY
-from registry import CONFIG, EXAMPLES, F32, REPO, examples_config, perturb, target
+from registry import (
+    CONFIG,
+    EXAMPLES,
+    F32,
+    REPO,
+    examples_config,
+    perturb,
+    perturbed_checkpoints,
+    target,
+)
 
 __all__ = ["REPO", "snakemake"]
 
@@ -67,16 +76,25 @@ def registry_build(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """The same, after each family perturbed one tensor of each example's stage: every target
-    must now fail its gate (one Snakemake call, --keep-going). Returns what was perturbed."""
+    """The same, after each family perturbed one tensor of each example's stage (and, for MoE
+    examples, the attention and the router in copies of it, checkpoints perturb-<part>):
+    every target must now fail its gate, and its report's diagnosis name the perturbed layer
+    and part (one Snakemake call, --keep-going). Returns what was perturbed, by target name."""
     workdir = tmp_path_factory.mktemp("perturbed") / "work"
     shutil.copytree(registry_build, workdir, symlinks=True)
-    perturbed = {
-        example.name: perturb(family, workdir / target(example).stage)
-        for family, example in EXAMPLES
-    }
-    releases = [target(example).release for _, example in EXAMPLES]
-    run = snakemake(workdir, "--keep-going", *releases, config=examples_config(), timeout=2400)
+    perturbed, releases = {}, []
+    for family, example in EXAMPLES:
+        built = target(example)
+        for checkpoint, part in perturbed_checkpoints(example).items():
+            t = target(example, checkpoint=checkpoint)
+            if checkpoint != built.checkpoint:  # the same download and stage, copied
+                for step in ("download", "stage"):
+                    shutil.copytree(workdir / getattr(built, step), workdir / getattr(t, step))
+            perturbed[t.name] = perturb(family, workdir / t.stage, part)
+            releases.append(t.release)
+    run = snakemake(
+        workdir, "--keep-going", *releases, config=examples_config(perturbed=True), timeout=2400
+    )
     assert run.returncode != 0, "perturbed stages passed their gates"
     assert "parity gate failed" in run.stdout + run.stderr
     return workdir, perturbed

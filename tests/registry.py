@@ -16,7 +16,7 @@ import yaml
 
 from onnxforge import catalog, layout
 from onnxforge.families import FAMILIES
-from onnxforge.families.base import Example, Family
+from onnxforge.families.base import PERTURB_DEFAULT, Example, Family
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = catalog.validate(yaml.safe_load((REPO / "config.yaml").read_text()))
@@ -36,17 +36,33 @@ def example_params() -> list:
     ]
 
 
-def target(example: Example, variant: str = F32) -> layout.Target:
-    return layout.Target(example.name, "hf", variant)
+def target(example: Example, variant: str = F32, checkpoint: str = "hf") -> layout.Target:
+    return layout.Target(example.name, checkpoint, variant)
 
 
-def examples_config() -> dict:
-    """A config overlay with one catalog model per example, each a default target."""
+# Each example's `hf` stage is perturbed in place (its MLP; a MoE's experts); MoE examples
+# also get these parts perturbed in checkpoints of their own (perturb-<part>).
+MOE_PARTS = ("attention", "router")
+
+
+def perturbed_checkpoints(example: Example) -> dict[str, str]:
+    """checkpoint name -> the part its stage has perturbed."""
+    if not example.moe:
+        return {"hf": PERTURB_DEFAULT}
+    return {"hf": "expert", **{f"perturb-{part}": part for part in MOE_PARTS}}
+
+
+def examples_config(perturbed: bool = False) -> dict:
+    """A config overlay with one catalog model per example, each a default target; with
+    ``perturbed``, the MoE examples' extra checkpoints too (not default targets)."""
     models = {
         example.name: {
             "family": family.name,
             "options": example.options,
-            "checkpoints": {"hf": {"source": example.source}},
+            "checkpoints": {
+                name: {"source": example.source}
+                for name in (perturbed_checkpoints(example) if perturbed else ["hf"])
+            },
         }
         for family, example in EXAMPLES
     }
@@ -64,11 +80,11 @@ def python_for(family: Family) -> Path:
     return python
 
 
-def perturb(family: Family, stage_dir: Path) -> str:
+def perturb(family: Family, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
     """The family's own perturbation of a stage, run in its environment."""
     command = [str(python_for(family)), "-m", "onnxforge", "perturb", "--family", family.name]
     run = subprocess.run(
-        [*command, "--stage", str(stage_dir)],
+        [*command, "--stage", str(stage_dir), "--part", part],
         capture_output=True,
         text=True,
         check=False,

@@ -16,7 +16,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "workflow" / "onnxforge"
 # Modules that only the maxtext environment can import (they import MaxText at the top).
-MAXTEXT_ONLY = {"onnxforge.families.maxtext.runtime"}
+MAXTEXT_ONLY = {"onnxforge.families.maxtext.runtime", "onnxforge.families.maxtext.taps"}
 
 
 def module_name(path: Path) -> str:

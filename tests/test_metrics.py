@@ -163,3 +163,16 @@ def test_find_nonfinite_scans_a_transpose_in_slabs():
     assert find_nonfinite(weights, chunk=64) == {"count": 2, "index": [7, 10], "value": "nan"}
     assert find_nonfinite(np.float32(np.inf)) == {"count": 1, "index": [], "value": "inf"}
     assert find_nonfinite(np.zeros((0, 3), dtype=np.float32)) is None
+
+
+def test_top10_overlap_jaccard_and_rank_agreement():
+    reference = np.arange(20, dtype=np.float64)[None, :]  # ranks: 19, 18, ..., 10
+    candidate = reference.copy()
+    candidate[0, [19, 18]] = candidate[0, [18, 19]]  # the top two swap places
+    candidate[0, 10] = -1.0  # the tenth leaves the top ten; token 9 comes in
+    m = compare_logits(reference, candidate)
+    assert m["top10_overlap"] == pytest.approx(0.9)
+    assert m["top10_jaccard"] == pytest.approx(9 / 11)
+    assert m["top10_rank_agreement"] == pytest.approx(7 / 10)  # ranks 3..9 agree
+    worst = summarize({"a": m, "b": compare_logits(reference, reference)})
+    assert worst["top10_jaccard"] == pytest.approx(9 / 11)  # the worse of the two

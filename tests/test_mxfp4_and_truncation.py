@@ -176,7 +176,7 @@ def test_mxfp4_blocks_of_another_dtype_fail_at_stage(mxfp4_checkpoint, tmp_path)
 def test_perturb_scales_a_plain_tensor_of_an_mxfp4_stage(mxfp4_checkpoint, tmp_path):
     FAMILY.stage(mxfp4_checkpoint, tmp_path)
     before = np.asarray(_load(tmp_path).layers[1].attention.o_kernel[...])
-    assert FAMILY.perturb(tmp_path) == "layers.1.attention.o_kernel"
+    assert FAMILY.perturb(tmp_path, "attention") == "layers.1.attention.o_kernel"
     after = np.asarray(_load(tmp_path).layers[1].attention.o_kernel[...])
     np.testing.assert_allclose(after, before * 1.5, rtol=1e-6)
     with pytest.raises(ValueError, match="packed part"):

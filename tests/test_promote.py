@@ -30,7 +30,7 @@ def _build(root, monkeypatch, run):
     )
     _step(
         root / "parity/f32",
-        {"report.md": "r", "report.json": "{}"},
+        {"report.md": "r", "report.json": "{}", "report.html": "h"},
         "parity",
         monkeypatch,
         [f"pa{run}"],

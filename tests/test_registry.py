@@ -51,7 +51,7 @@ def test_example_passes_every_gate(registry_build, family, example):
 @pytest.mark.parametrize(("family", "example"), example_params())
 def test_a_perturbed_stage_fails_the_gate_and_is_not_released(perturbed_build, family, example):
     workdir, perturbed = perturbed_build
-    assert perturbed[example.name]  # the family named the tensor it scaled
+    assert perturbed[target(example).name]  # the family named the tensor it scaled
     t = target(example)
     report = json.loads((workdir / t.parity / layout.REPORT_JSON).read_text())
     assert report["status"] == "FAIL"

@@ -5,6 +5,7 @@ Kept out of the Snakefile so that it is unit-tested and gives errors that name t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -135,12 +136,15 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
     entry = variant_entry(config, variant)
     dtype = entry["dtype"]
     overrides = checkpoint_entry(config, model, checkpoint).get("parity", {})
+    settings = deep_update(copy.deepcopy(config["parity"]), overrides)
+    diagnosis = settings["diagnosis"]
     return {
-        **config["parity"],
-        **overrides,
+        **settings,
+        "diagnosis": {"run": diagnosis["run"], "tolerance": diagnosis["tolerance"][dtype]},
         "dtype": dtype,
         "provider": entry["provider"],
         "decoder": entry["decoder"],
+        "opset": entry["opset"],
         "gates": config["gates"][dtype],
     }
 

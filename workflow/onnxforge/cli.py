@@ -16,6 +16,7 @@ from pathlib import Path
 
 from onnxforge import layout, outputs, progress, threads
 from onnxforge.errors import InputError, ParityGateFailed
+from onnxforge.families.base import PERTURB_DEFAULT, PERTURB_PARTS
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -79,8 +80,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_parity(args: argparse.Namespace) -> None:
+    from onnxforge import plots
     from onnxforge.parity import ParitySettings, run_parity
-    from onnxforge.report import render_markdown
+    from onnxforge.report import render_html, render_markdown
 
     settings = ParitySettings(**json.loads(args.settings))
     with outputs.atomic_directory(args.out) as tmp:
@@ -102,6 +104,7 @@ def cmd_parity(args: argparse.Namespace) -> None:
         )
         outputs.write_json(tmp / layout.REPORT_JSON, report)
         (tmp / layout.REPORT_MD).write_text(render_markdown(report))
+        (tmp / layout.REPORT_HTML).write_text(render_html(report, plots.images(report)))
         outputs.write_manifest(
             tmp,
             "parity",
@@ -123,7 +126,8 @@ def cmd_gate(args: argparse.Namespace) -> None:
         reasons = "\n  ".join(report["failures"])
         raise ParityGateFailed(
             f"parity gate failed for {report.get('target', args.report)}:\n  {reasons}\n"
-            f"Full report: {Path(args.report).with_name(layout.REPORT_MD)}"
+            f"Full report: {Path(args.report).with_name(layout.REPORT_MD)} "
+            f"(and {layout.REPORT_HTML}, with the plots)"
         )
     outputs.write_json(
         args.out, {"status": "PASS", "report": str(args.report), "summary": report["summary"]}
@@ -142,7 +146,13 @@ def cmd_promote(args: argparse.Namespace) -> None:
 
 def cmd_perturb(args: argparse.Namespace) -> None:
     """For tests: scale one staged tensor in place (the family says which)."""
-    print(args.family.perturb(args.stage))
+    print(args.family.perturb(args.stage, args.part))
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from onnxforge.summary import write_index
+
+    print(write_index(args.results, args.out))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -203,7 +213,13 @@ def parser() -> argparse.ArgumentParser:
     s = steps.add_parser("perturb", help="tests: scale one staged tensor so parity must fail")
     s.add_argument("--family", required=True)
     s.add_argument("--stage", type=Path, required=True)
+    s.add_argument("--part", default=PERTURB_DEFAULT, choices=PERTURB_PARTS)
     s.set_defaults(run=cmd_perturb)
+
+    s = steps.add_parser("summary", help="results/index.html and index.json over every target")
+    s.add_argument("--results", type=Path, default=Path(layout.RESULTS))
+    s.add_argument("--out", type=Path, required=True, help="the index.html to write")
+    s.set_defaults(run=cmd_summary)
 
     for name, step in steps.choices.items():
         if name in ("stage", "export", "parity"):

@@ -16,9 +16,10 @@ from onnxforge.families.base import Family
 from onnxforge.layout import DATA_FILE, ONNX_FILE
 
 
-def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES):
+def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES, output_names=None):
     """``forward`` (token ids -> logits) as an onnx_ir model with the signature's names;
-    ``input_shape``: symbolic axes by default, or a fixed shape."""
+    ``input_shape``: symbolic axes by default, or a fixed shape. ``output_names``: for a
+    ``forward`` with more outputs than the logits (the diagnosis's debug export)."""
     import jax
     from jax2onnx import to_onnx
 
@@ -28,12 +29,12 @@ def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES):
         model_name=name,
         opset=opset,
         input_names=list(signature.INPUT_NAMES),
-        output_names=list(signature.OUTPUT_NAMES),
+        output_names=list(output_names or signature.OUTPUT_NAMES),
         return_mode="ir",
     )
 
 
-def save(model_ir, out_dir: Path) -> None:
+def save(model_ir, out_dir: Path, onnx_file: str = ONNX_FILE, data_file: str = DATA_FILE) -> None:
     """``model.onnx`` with every weight in ``model.onnx.data``."""
     import onnx_ir as ir
 
@@ -42,7 +43,7 @@ def save(model_ir, out_dir: Path) -> None:
             f"jax2onnx produced {len(model_ir.functions)} local functions; "
             "inline them before saving (onnx_ir.passes.common.InlinePass)"
         )
-    ir.save(model_ir, out_dir / ONNX_FILE, external_data=DATA_FILE, size_threshold_bytes=1024)
+    ir.save(model_ir, out_dir / onnx_file, external_data=data_file, size_threshold_bytes=1024)
 
 
 def trace_decoder(decoder, name: str, opset: int):

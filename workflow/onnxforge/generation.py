@@ -265,30 +265,3 @@ def gates(
     record = {name: result for name, (result, _) in results.items()}
     failures = [f"generation {name}: {f}" for name, (_, fs) in results.items() for f in fs]
     return record, failures
-
-
-_COLUMNS = ("max_abs", "kl_max", "top1_agreement")
-
-
-def markdown_lines(section: dict[str, Any]) -> list[str]:
-    """report.md's generation section."""
-    lines = ["## Generation (KV cache, ONNX Runtime)", "", "| gate | " + " | ".join(_COLUMNS)]
-    lines[-1] += " | passed |"
-    lines.append("|---" * (len(_COLUMNS) + 2) + "|")
-    for name, record in section.items():
-        summary = record["summary"]
-        cells = [f"{summary.get(c, float('nan')):.3g}" for c in _COLUMNS]  # nan: not computed
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {record['passed']} |")
-    decode = section["decode_vs_reference"]
-    lines += [
-        "",
-        f"- greedy decode: {decode['steps']} tokens after a {len(decode['prompt'])}-token "
-        f"prompt (length {decode['length']}; sliding window {decode['sliding_window'] or 'none'}"
-        f", past it: {decode['past_window']}); tokens agree with transformers: {decode['agree']}",
-        f"- ONNX:         {decode['onnx']}",
-        f"- transformers: {decode['reference']}",
-        f"- left-padded batch of prompts of lengths {section['left_padded_batch']['lengths']}, "
-        f"{section['left_padded_batch']['steps']} steps, vs each alone",
-        "",
-    ]
-    return lines

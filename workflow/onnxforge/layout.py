@@ -24,7 +24,10 @@ ONNX_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"  # the ONNX model's external data (every weight)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
-RELEASED = (ONNX_FILE, DATA_FILE, REPORT_MD, REPORT_JSON)  # what a release copies
+REPORT_HTML = "report.html"  # self-contained: tables and plots inline
+RELEASED = (ONNX_FILE, DATA_FILE, REPORT_MD, REPORT_JSON, REPORT_HTML)  # what a release copies
+INDEX_HTML = RESULTS + "/index.html"  # every target built (rule summary)
+INDEX_JSON = RESULTS + "/index.json"
 
 
 def wildcards_of(path: str) -> dict[str, str]:

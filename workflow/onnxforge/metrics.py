@@ -83,6 +83,33 @@ def check_finite(name: str, array: Any) -> None:
         raise nonfinite_error(name, found, int(np.asarray(array).size))
 
 
+def top_k_agreement(ref: np.ndarray, cand: np.ndarray, k: int) -> dict[str, float]:
+    """MaxText's logit checker's top-k figures over rows of ``[tokens, vocab]``: overlap
+    (shared tokens / k), Jaccard (shared / union) and rank agreement (share of the k ranks
+    holding the same token on both sides), each the mean over tokens."""
+    k = min(k, ref.shape[-1])
+    top_ref = np.argsort(-ref, axis=-1, kind="stable")[:, :k]
+    top_cand = np.argsort(-cand, axis=-1, kind="stable")[:, :k]
+    shared = np.array([len(set(a) & set(b)) for a, b in zip(top_ref, top_cand, strict=True)])
+    return {
+        f"top{k}_overlap": float(np.mean(shared / k)),
+        f"top{k}_jaccard": float(np.mean(shared / (2 * k - shared))),
+        f"top{k}_rank_agreement": float(np.mean(top_ref == top_cand)),
+    }
+
+
+def kl_per_token(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """KL(reference || candidate) per token of ``[..., vocab]`` logits, flattened."""
+    ref = reference.astype(np.float64).reshape(-1, reference.shape[-1])
+    cand = candidate.astype(np.float64).reshape(-1, candidate.shape[-1])
+    with np.errstate(all="ignore"):
+        log_p, log_q = _log_softmax(ref), _log_softmax(cand)
+        return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+WIDE_TOP_K = 10  # MaxText's checker's k
+
+
 def compare_logits(reference: np.ndarray, candidate: np.ndarray, top_k: int = 5) -> dict[str, Any]:
     """How far ``candidate`` is from ``reference`` (both ``[..., vocab]``)."""
     if reference.shape != candidate.shape:
@@ -97,8 +124,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, top_k: int = 5)
         cosine = np.sum(flat_ref * flat_cand, -1) / (
             np.linalg.norm(flat_ref, axis=-1) * np.linalg.norm(flat_cand, axis=-1) + 1e-30
         )
-        log_p, log_q = _log_softmax(flat_ref), _log_softmax(flat_cand)
-        kl = np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)  # KL(reference || candidate)
+        kl = kl_per_token(flat_ref, flat_cand)
         k = min(top_k, ref.shape[-1])
         top_ref = np.argsort(-flat_ref, axis=-1)[:, :k]
         top_cand = np.argsort(-flat_cand, axis=-1)[:, :k]
@@ -112,6 +138,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, top_k: int = 5)
             "kl_max": float(kl.max()),
             "top1_agreement": float(np.mean(flat_ref.argmax(-1) == flat_cand.argmax(-1))),
             f"top{k}_overlap": float(np.mean(overlap)),
+            **top_k_agreement(flat_ref, flat_cand, WIDE_TOP_K),
             "tokens": int(flat_ref.shape[0]),
             "nonfinite": found,
         }
@@ -170,7 +197,9 @@ def summarize(per_input: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 worst[name] = worst.get(name, 0) + value
             elif not isinstance(value, int | float):
                 continue
-            elif name in ("min_cosine", "top1_agreement") or name.endswith("_overlap"):
+            elif name in ("min_cosine", "top1_agreement") or name.endswith(
+                ("_overlap", "_jaccard", "_rank_agreement")
+            ):
                 worst[name] = float(np.minimum(worst.get(name, np.inf), value))  # NaN stays
             else:
                 worst[name] = float(np.maximum(worst.get(name, -np.inf), value))

@@ -247,14 +247,20 @@ def load_into(
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
-def rescale(parameter_dir: Path, factor: float) -> None:
-    """Multiply one staged parameter by ``factor`` in place (tests: prove a gate bites)."""
+def rescale(parameter_dir: Path, factor: float, index: int | None = None) -> None:
+    """Multiply one staged parameter (or its slice ``index`` of the first axis: one expert)
+    by ``factor`` in place (tests: prove a gate bites)."""
     parameter_dir = Path(parameter_dir).absolute()
     with ocp.PyTreeCheckpointer() as checkpointer:
         value = np.asarray(checkpointer.restore(parameter_dir)["value"])
     if value.dtype.kind in "biu":
         raise ValueError(f"{parameter_dir}: {value.dtype} is a packed part, not a value to scale")
-    scaled = (value.astype(np.float32) * factor).astype(value.dtype)
+    scaled = value.astype(np.float32)
+    if index is None:
+        scaled *= factor
+    else:
+        scaled[index] *= factor
+    scaled = scaled.astype(value.dtype)
     tmp = parameter_dir.with_name(parameter_dir.name + ".rescaled")
     save_array(tmp, scaled)
     shutil.rmtree(parameter_dir)

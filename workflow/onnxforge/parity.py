@@ -1,7 +1,9 @@
 """Parity: ONNX Runtime against JAX, and JAX against the family's independent reference.
 
-The same seeded token ids go through all three. A gate that does not hold fails the target;
-the report is written first, so it can be read either way.
+The same token ids go through all three: seeded ids, and where the checkpoint ships a
+tokenizer a long real text and a short prompt (``texts``). A gate that does not hold fails
+the target; the report is written first, so it can be read either way. When a gate fails (or
+``diagnosis.run`` is ``always``) the per-layer diagnosis runs too (``run_diagnosis``).
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxforge import metrics, progress, providers, signature
+from onnxforge import diagnosis, metrics, progress, providers, signature, texts
 from onnxforge.families.base import Family
 
 
@@ -34,6 +37,9 @@ class ParitySettings:
     seed: int
     generate_tokens: int  # the generation gates' greedy decode (decoder kv)
     decoder: str  # the variant's: full, or kv (the KV-cache decoder; adds generation gates)
+    text_tokens: int
+    opset: int  # the variant's, for the diagnosis's debug export
+    diagnosis: dict[str, Any]  # {"run": "on_failure" | "always", "tolerance": float}
 
 
 def parity_inputs(vocab_size: int, settings: ParitySettings) -> dict[str, np.ndarray]:
@@ -66,8 +72,32 @@ def greedy_decode(logits_fn, prompt: np.ndarray, steps: int) -> list[int]:
 
 
 def decode_prompt(inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """The greedy decode's prompt: the first 8 tokens of the first input's first row."""
-    return inputs[next(iter(inputs))][:1, :8]
+    """The greedy decode's prompt: the short real prompt where there is one, else the first
+    8 tokens of the first input's first row."""
+    short = [name for name in inputs if name.startswith("text_short")]
+    return inputs[short[0]] if short else inputs[next(iter(inputs))][:1, :8]
+
+
+def long_input(inputs: dict[str, np.ndarray]) -> str:
+    """The input the diagnosis runs on: the long real text where there is one."""
+    for prefix in ("text_long", "long"):
+        found = [name for name in inputs if name.startswith(prefix)]
+        if found:
+            return found[0]
+    return next(iter(inputs))
+
+
+def reference_decode(reference_logits: np.ndarray, prompt_length: int, tokens: list[int]):
+    """The reference's greedy tokens, from one forward pass over the prompt and ``tokens``
+    (JAX's greedy tokens): while the reference picks the same token at each step, its own
+    greedy decode would have seen exactly this sequence; it ends at its first other pick."""
+    picks = reference_logits[0, prompt_length - 1 : prompt_length - 1 + len(tokens)].argmax(-1)
+    decoded = []
+    for pick, token in zip(picks.tolist(), tokens, strict=True):
+        decoded.append(int(pick))
+        if pick != token:
+            break
+    return decoded
 
 
 @dataclass
@@ -87,7 +117,7 @@ def run_model(logits_fn, inputs: dict[str, np.ndarray], decode_tokens: int) -> O
 
 
 def jax_outputs(
-    family: Family, stage_dir: Path, settings: ParitySettings
+    family: Family, stage_dir: Path, settings: ParitySettings, tokenizer: Any = None
 ) -> tuple[dict[str, np.ndarray], Outputs]:
     """The parity inputs (seeded ids within the model's vocabulary) and JAX's outputs on them.
 
@@ -96,14 +126,14 @@ def jax_outputs(
     """
     import jax
 
-    inputs, outputs = _run_jax(family, stage_dir, settings)
+    inputs, outputs = _run_jax(family, stage_dir, settings, tokenizer)
     jax.clear_caches()  # its compiled programs
     release_memory()
     return inputs, outputs
 
 
 def _run_jax(
-    family: Family, stage_dir: Path, settings: ParitySettings
+    family: Family, stage_dir: Path, settings: ParitySettings, tokenizer: Any
 ) -> tuple[dict[str, np.ndarray], Outputs]:
     import jax
     import jax.numpy as jnp
@@ -111,6 +141,10 @@ def _run_jax(
     model = family.load(stage_dir, jnp.dtype(settings.dtype))
     apply = jax.jit(lambda params, ids: model.apply(params, ids).astype(jnp.float32))
     inputs = parity_inputs(model.vocab_size, settings)
+    if tokenizer is not None:
+        inputs |= texts.text_inputs(
+            tokenizer, model.vocab_size, settings.text_tokens, signature.INPUT_DTYPE
+        )
     return inputs, run_model(lambda ids: apply(model.params, ids), inputs, settings.decode_tokens)
 
 
@@ -174,55 +208,76 @@ def run_parity(
     JAX, ONNX Runtime and the reference run one after the other, each freed before the next
     loads: peak memory is one copy of the weights (plus the runtimes), not three.
     """
+    tokenizer = texts.load_tokenizer(download_dir)
     with progress.phase("JAX forward and greedy decode"):
-        inputs, jax_side = jax_outputs(family, stage_dir, settings)
+        inputs, jax_side = jax_outputs(family, stage_dir, settings, tokenizer)
     window = sliding_window(stage_dir) if settings.decoder == "kv" else 0
     with progress.phase("ONNX Runtime forward and greedy decode"):
         onnx_side = onnx_outputs(onnx_path, inputs, settings, threads, window)
         release_memory()  # the session, ended
+    prompt = decode_prompt(inputs)
+    # One more reference input: the prompt and JAX's greedy tokens, for the reference's decode.
+    decode_ids = np.concatenate([prompt, np.asarray([jax_side.decode], prompt.dtype)], axis=1)
     with progress.phase("reference (transformers) forward"):
-        reference_logits = dict(
-            zip(
-                inputs,
-                family.reference_logits(download_dir, stage_dir, list(inputs.values())),
-                strict=True,
-            )
+        *reference_outputs, reference_decode_logits = family.reference_logits(
+            download_dir, stage_dir, [*inputs.values(), decode_ids]
         )
+    reference_logits = dict(zip(inputs, reference_outputs, strict=True))
     jax_logits, onnx_logits = jax_side.logits, onnx_side.logits
+    sides = {
+        "onnx_vs_jax": (jax_logits, onnx_logits),
+        "jax_vs_reference": (reference_logits, jax_logits),
+    }
     comparisons = {
-        "onnx_vs_jax": {n: metrics.compare_logits(jax_logits[n], onnx_logits[n]) for n in inputs},
-        "jax_vs_reference": {
-            n: metrics.compare_logits(reference_logits[n], jax_logits[n]) for n in inputs
-        },
+        name: {n: metrics.compare_logits(ref[n], cand[n]) for n in inputs}
+        for name, (ref, cand) in sides.items()
     }
     failures = []
     summary = {}
     for name, per_input in comparisons.items():
         summary[name] = metrics.summarize(per_input)
         failures += [f"{name}: {f}" for f in metrics.check_gates(summary[name], settings.gates)]
+    diagnosed_input = long_input(inputs)
+    kl_per_token = {
+        name: metrics.kl_per_token(ref[diagnosed_input], cand[diagnosed_input]).tolist()
+        for name, (ref, cand) in sides.items()
+    }
 
     decode = {
-        "prompt": decode_prompt(inputs)[0].tolist(),
+        "prompt": prompt[0].tolist(),
         "onnx": onnx_side.decode,
         "jax": jax_side.decode,
+        "reference": reference_decode(reference_decode_logits, prompt.shape[1], jax_side.decode),
     }
     decode["agree"] = decode["onnx"] == decode["jax"]
+    decode["reference_agrees"] = decode["reference"] == decode["jax"]
+    if tokenizer is not None:
+        decode["text"] = {
+            side: texts.decode(tokenizer, decode[side])
+            for side in ("prompt", "onnx", "jax", "reference")
+        }
     if not decode["agree"]:
         failures.append(f"greedy decode: ONNX {decode['onnx']} != JAX {decode['jax']}")
+    if not decode["reference_agrees"]:
+        failures.append(
+            f"greedy decode: JAX {decode['jax']} != reference {decode['reference']} "
+            "(the reference's tokens up to its first other pick)"
+        )
 
     generation_record = None
     if onnx_side.generation is not None:
         from onnxforge import generation
 
-        reference = family.reference_generate(
-            download_dir, stage_dir, onnx_side.generation.prompt, onnx_side.generation.steps
-        )
+        with progress.phase("generation gates (transformers' generate)"):
+            reference = family.reference_generate(
+                download_dir, stage_dir, onnx_side.generation.prompt, onnx_side.generation.steps
+            )
         generation_record, generation_failures = generation.gates(
             onnx_logits, reference_logits, onnx_side.generation, reference, settings.gates
         )
         failures += generation_failures
 
-    return {
+    report = {
         "status": "FAIL" if failures else "PASS",
         "failures": failures,
         "dtype": settings.dtype,
@@ -231,6 +286,80 @@ def run_parity(
         "inputs": {name: list(ids.shape) for name, ids in inputs.items()},
         "summary": summary,
         "comparisons": comparisons,
+        "kl_per_token": {"input": diagnosed_input, **kl_per_token},
         "decode": decode,
         **({"generation": generation_record} if generation_record else {}),
     }
+    if failures or settings.diagnosis["run"] == "always":
+        with progress.phase("diagnosis (per-layer taps)"):
+            report["diagnosis"] = run_diagnosis(
+                family, download_dir, stage_dir, inputs[diagnosed_input], settings, threads
+            )
+        report["diagnosis"]["input"] = diagnosed_input
+        for name, found in report["diagnosis"]["comparisons"].items():
+            if name in failures_by_comparison(failures):
+                report["failures"].append(f"diagnosis ({name}): {found['sentence']}")
+    return report
+
+
+def failures_by_comparison(failures: list[str]) -> set[str]:
+    """The comparisons (``onnx_vs_jax``, ...) some failure names."""
+    return {f.split(":", 1)[0] for f in failures}
+
+
+def run_diagnosis(
+    family: Family,
+    download_dir: Path,
+    stage_dir: Path,
+    token_ids: np.ndarray,
+    settings: ParitySettings,
+    threads: int | None,
+) -> dict[str, Any]:
+    """Per-layer taps of JAX, of a debug ONNX export with every tap as an extra output (made
+    here, in a temporary folder, from the same staged model), and of the reference, on one
+    input; each pair compared (``diagnosis.compare_taps``). One side at a time in memory."""
+    with tempfile.TemporaryDirectory(prefix="onnxforge-debug-onnx-") as tmp:
+        jax_taps, names = _jax_taps_and_debug_export(family, stage_dir, token_ids, settings, tmp)
+        release_memory()
+        session = providers.onnx_session(Path(tmp) / "debug.onnx", settings.provider, threads)
+        values = session.run(None, signature.feeds(token_ids))
+        del session
+        release_memory()
+    onnx_taps = dict(zip(names, values[1:], strict=True))
+    _, reference_taps = family.reference_taps(download_dir, stage_dir, token_ids)
+    release_memory()
+    tolerance = settings.diagnosis["tolerance"]
+    return {
+        "tolerance": tolerance,
+        "comparisons": {
+            "onnx_vs_jax": diagnosis.compare_taps(jax_taps, onnx_taps, tolerance),
+            "jax_vs_reference": diagnosis.compare_taps(reference_taps, jax_taps, tolerance),
+        },
+    }
+
+
+def _jax_taps_and_debug_export(
+    family: Family, stage_dir: Path, token_ids: np.ndarray, settings: ParitySettings, out: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    import jax
+    import jax.numpy as jnp
+
+    from onnxforge import export
+
+    model = family.load_taps(stage_dir, jnp.dtype(settings.dtype))
+    logits, taps = jax.jit(model.apply)(model.params, token_ids)
+    names = sorted(taps)
+    taps = {name: np.array(taps[name]) for name in names}
+    del logits
+
+    def forward(ids):
+        logits, found = model.apply(model.params, ids)
+        return (logits, *(found[name] for name in names))
+
+    model_ir = export.trace(
+        forward, f"{family.name}-debug", settings.opset, output_names=[signature.LOGITS, *names]
+    )
+    export.save(model_ir, Path(out), onnx_file="debug.onnx", data_file="debug.onnx.data")
+    del model_ir  # the model itself goes with this frame
+    jax.clear_caches()
+    return taps, names

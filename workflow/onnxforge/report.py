@@ -1,10 +1,19 @@
-"""A parity report a person can read: verdict first, then the figures behind it."""
+"""A parity report a person can read: the verdict on the first line, then the figures behind
+it, as markdown (report.md) and as one self-contained HTML page (report.html, plots inline).
+
+Both are rendered from one list of sections (``SECTIONS``): each is a function of the report
+dict that returns a ``Section`` (or None when it has nothing to say). A new comparison adds
+its function to the list and shows up in both formats.
+"""
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-_COLUMNS = (
+COLUMNS = (
     "max_abs",
     "mean_abs",
     "min_cosine",
@@ -12,46 +21,237 @@ _COLUMNS = (
     "kl_max",
     "top1_agreement",
     "top5_overlap",
+    "top10_overlap",
+    "top10_jaccard",
+    "top10_rank_agreement",
 )
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+@dataclass
+class Section:
+    """A titled block: paragraphs, bullet items, one table (header + rows), plots (names of
+    ``plots.PLOTS``, drawn in the HTML only)."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+def verdict_line(report: dict[str, Any]) -> str:
+    """The first line of every report: ``PASS`` or ``FAIL``, then the target."""
+    return f"{report['status']}: {report.get('target', '')} parity ({report['dtype']})"
+
+
+def _failures(report: dict[str, Any]) -> Section | None:
+    if not report["failures"]:
+        return None
+    return Section("Failed gates", items=list(report["failures"]))
+
+
+def _gates(report: dict[str, Any]) -> Section:
+    gates = ", ".join(f"{k} {v:g}" for k, v in report["gates"].items())
+    inputs = ", ".join(f"{name} {shape}" for name, shape in report["inputs"].items())
+    return Section(
+        "Gates and inputs",
+        paragraphs=[
+            f"Gates ({report['dtype']}, {report['provider']}): {gates}.",
+            f"Inputs: {inputs}.",
+        ],
+    )
+
+
+def _diagnosis(report: dict[str, Any]) -> Section | None:
+    found = report.get("diagnosis")
+    if not found:
+        return None
+    items = [f"{name}: {c['sentence']}" for name, c in found["comparisons"].items()]
+    return Section(
+        "Diagnosis (per-layer taps)",
+        paragraphs=[
+            f"On input {found.get('input', '')}; a layer leaves the tolerance when its max abs "
+            f"difference over the reference's largest magnitude exceeds {found['tolerance']:g}."
+        ],
+        items=items,
+        plots=["layer_error", "expert_agreement"],
+    )
+
+
+def _comparison(name: str) -> Callable[[dict[str, Any]], Section | None]:
+    def section(report: dict[str, Any]) -> Section | None:
+        per_input = report["comparisons"].get(name)
+        if per_input is None:
+            return None
+        rows = [[n, *(m.get(c) for c in COLUMNS)] for n, m in per_input.items()]
+        return Section(name, header=["input", *COLUMNS], rows=rows)
+
+    return section
+
+
+def _kl(report: dict[str, Any]) -> Section | None:
+    if "kl_per_token" not in report:
+        return None
+    return Section(
+        "KL divergence per token position",
+        paragraphs=[f"On input {report['kl_per_token']['input']}."],
+        plots=["kl_per_token"],
+    )
+
+
+def _decode(report: dict[str, Any]) -> Section:
+    decode = report["decode"]
+    text = decode.get("text", {})
+    sides = [("prompt", "prompt"), ("ONNX Runtime", "onnx"), ("JAX", "jax")]
+    if "reference" in decode:
+        sides.append(("reference", "reference"))
+    rows = [[label, decode[key], text.get(key, "")] for label, key in sides]
+    agree = f"ONNX Runtime = JAX: {decode['agree']}"
+    if "reference_agrees" in decode:
+        agree += f"; JAX = reference: {decode['reference_agrees']}"
+    return Section(
+        "Greedy decode", paragraphs=[agree + "."], header=["side", "tokens", "text"], rows=rows
+    )
+
+
+def _layers(name: str) -> Callable[[dict[str, Any]], Section | None]:
+    def section(report: dict[str, Any]) -> Section | None:
+        found = report.get("diagnosis", {}).get("comparisons", {}).get(name)
+        if not found:
+            return None
+        rows = []
+        for figures in found["layers"]:
+            rel = [figures.get(p, {}).get("rel") for p in ("attention", "mlp", "output")]
+            router = figures.get("router_logits", {}).get("max_abs")
+            experts = figures.get("experts", {})
+            rows.append(
+                [figures["layer"], *rel, router, experts.get("identical"), experts.get("jaccard")]
+            )
+        header = ["layer", "attention rel", "mlp rel", "output rel", "router max abs"]
+        return Section(
+            f"Per layer: {name}",
+            paragraphs=[found["sentence"]],
+            header=[*header, "experts identical", "experts Jaccard"],
+            rows=rows,
+        )
+
+    return section
+
+
+def _generation(report: dict[str, Any]) -> Section | None:
+    """A KV export's four generation gates (``generation.gates``)."""
+    found = report.get("generation")
+    if not found:
+        return None
+    columns = ("max_abs", "kl_max", "top1_agreement")
+    rows = [
+        [name, *(record["summary"].get(c) for c in columns), record["passed"]]
+        for name, record in found.items()
+    ]
+    decode, batch = found["decode_vs_reference"], found["left_padded_batch"]
+    return Section(
+        "Generation (KV cache, ONNX Runtime)",
+        items=[
+            f"greedy decode: {decode['steps']} tokens after a {len(decode['prompt'])}-token "
+            f"prompt (length {decode['length']}; sliding window "
+            f"{decode['sliding_window'] or 'none'}, past it: {decode['past_window']}); tokens "
+            f"agree with transformers: {decode['agree']}",
+            f"ONNX: {decode['onnx']}",
+            f"transformers: {decode['reference']}",
+            f"left-padded batch of prompts of lengths {batch['lengths']}, {batch['steps']} "
+            "steps, vs each alone",
+        ],
+        header=["gate", *columns, "passed"],
+        rows=rows,
+    )
+
+
+def _files(report: dict[str, Any]) -> Section | None:
+    if "onnx_bytes" not in report:
+        return None
+    return Section("ONNX files", items=[f"{k}: {v:,} B" for k, v in report["onnx_bytes"].items()])
+
+
+# The report's sections, in order; another comparison appends its own.
+SECTIONS: list[Callable[[dict[str, Any]], Section | None]] = [
+    _failures,
+    _diagnosis,
+    _gates,
+    _comparison("onnx_vs_jax"),
+    _comparison("jax_vs_reference"),
+    _kl,
+    _decode,
+    _generation,
+    _layers("onnx_vs_jax"),
+    _layers("jax_vs_reference"),
+    _files,
+]
+
+
+def sections(report: dict[str, Any]) -> list[Section]:
+    return [s for make in SECTIONS if (s := make(report)) is not None]
+
+
+def _md_cell(value: Any) -> str:
+    return fmt(value).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# Parity report: {report.get('target', '')}",
-        "",
-        f"**{report['status']}** ({report['dtype']}; gates: "
-        + ", ".join(f"{k} {v:g}" for k, v in report["gates"].items())
-        + ")",
-        "",
-    ]
-    if report["failures"]:
-        lines += ["## Failed gates", ""] + [f"- {f}" for f in report["failures"]] + [""]
-    for name, per_input in report["comparisons"].items():
-        lines += [f"## {name}", "", "| input | " + " | ".join(_COLUMNS) + " |"]
-        lines += ["|---" * (len(_COLUMNS) + 1) + "|"]
-        for input_name, metrics in per_input.items():
-            cells = [_fmt(metrics.get(c, "")) for c in _COLUMNS]
-            lines.append(f"| {input_name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    decode = report["decode"]
-    lines += [
-        "## Greedy decode (ONNX Runtime vs JAX)",
-        "",
-        f"- prompt: {decode['prompt']}",
-        f"- ONNX: {decode['onnx']}",
-        f"- JAX:  {decode['jax']}",
-        f"- agree: {decode['agree']}",
-        "",
-    ]
-    if "generation" in report:
-        from onnxforge.generation import markdown_lines
-
-        lines += markdown_lines(report["generation"])
-    if "onnx_bytes" in report:
-        sizes = ", ".join(f"{k} {v:,} B" for k, v in report["onnx_bytes"].items())
-        lines += [f"ONNX files: {sizes}", ""]
+    lines = [f"# {verdict_line(report)}", ""]
+    for section in sections(report):
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        if section.items:
+            lines += [f"- {item}" for item in section.items] + [""]
+        if section.header:
+            lines.append("| " + " | ".join(section.header) + " |")
+            lines.append("|---" * len(section.header) + "|")
+            lines += ["| " + " | ".join(_md_cell(v) for v in row) + " |" for row in section.rows]
+            lines.append("")
     return "\n".join(lines)
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
+.verdict{font-size:2em;font-weight:bold;padding:.4em .6em;border-radius:.3em;color:#fff}
+.PASS{background:#2a7d2a}.FAIL{background:#b22222}
+table{border-collapse:collapse;margin:.5em 0 1em;font-size:.9em;display:block;overflow-x:auto}
+td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}th{background:#eee}
+td:first-child,th:first-child{text-align:left}img{max-width:100%}
+"""
+
+
+def render_html(report: dict[str, Any], images: dict[str, str] | None = None) -> str:
+    """One page, no outside files: ``images`` maps plot names to base64 PNG data."""
+    images = images or {}
+    esc = html.escape
+    status = esc(report["status"])
+    body = [f'<div class="verdict {status}" id="verdict">{esc(verdict_line(report))}</div>']
+    for section in sections(report):
+        body.append(f"<h2>{esc(section.title)}</h2>")
+        body += [f"<p>{esc(p)}</p>" for p in section.paragraphs]
+        if section.items:
+            body.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in section.items) + "</ul>")
+        if section.header:
+            head = "".join(f"<th>{esc(h)}</th>" for h in section.header)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{esc(fmt(v))}</td>" for v in row) + "</tr>"
+                for row in section.rows
+            )
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        for plot in section.plots:
+            if plot in images:
+                body.append(f'<img alt="{esc(plot)}" src="data:image/png;base64,{images[plot]}">')
+    title = esc(verdict_line(report))
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )

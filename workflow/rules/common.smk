@@ -201,3 +201,10 @@ def target_name(wildcards):
 
 # What every step's rule passes to onnxforge_step, besides its own params.
 STEP_PARAMS = dict(image=provenance_image, python=python_for, make_target=make_target_for)
+
+
+def summary_state(wildcards):
+    """What the index is made of, as it is now: each report and release path, timed."""
+    found = sorted(Path(layout.RESULTS).glob("*/*/parity/*/report.json"))
+    found += sorted(Path(layout.RESULTS, "release").glob("*/*/*/manifest.json"))
+    return " ".join(f"{path}@{path.stat().st_mtime_ns}" for path in found)

@@ -8,7 +8,15 @@ rule parity_report:
         stage=STAGE,
         export=EXPORT,
     output:
-        directory(PARITY),
+        # `snakemake --report report.html`: each target's report.html, filed under its model.
+        report(
+            directory(PARITY),
+            patterns=["{name}.html"],
+            category="{model}",
+            subcategory="{checkpoint} {variant}",
+            caption="../report/parity.rst",
+            labels={"model": "{model}", "checkpoint": "{checkpoint}", "variant": "{variant}"},
+        ),
     log:
         f"{LOGS}/parity-{{variant}}.log",
     benchmark:

@@ -16,6 +16,11 @@ from typing import Any, Protocol
 
 from onnxforge.errors import InputError
 
+# What Family.perturb can scale in layer 1: the attention output projection, the MLP (a MoE's
+# experts' output projection), one expert's input projection, the router.
+PERTURB_PARTS = ("attention", "mlp", "expert", "router")
+PERTURB_DEFAULT = "mlp"
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -79,6 +84,7 @@ class Example:
     name: str  # the catalog model name the tests use (and config.yaml's default targets)
     source: str  # synthetic://<family>?...
     options: dict[str, Any] = field(default_factory=dict)  # the catalog model's options
+    moe: bool = False  # a mixture of experts: the tests also perturb its router and experts
 
 
 class Family(Protocol):
@@ -129,9 +135,20 @@ class Family(Protocol):
         ``steps`` tokens (no early stop): the tokens and each step's logits ``[steps, vocab]``
         (float32), on the downloaded files cut to the staged layers (``transformers_generate``)."""
 
-    def perturb(self, stage_dir: Path) -> str:
+    def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        """The staged model with debug taps: ``apply(params, token_ids) -> (logits, taps)``,
+        ``taps`` by ``diagnosis.tap`` name (per layer: attention, mlp, output; MoE layers
+        also router_logits and experts), for the diagnosis and its debug ONNX export."""
+
+    def reference_taps(
+        self, checkpoint_dir: Path, stage_dir: Path, token_ids: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        """The reference's logits and taps (the same names) on one input."""
+
+    def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
         """Scale one staged tensor of layer 1 in place (every shape still fits); returns its
-        name. The registry tests use it to prove that the gates bite."""
+        name. ``part``: one of ``PERTURB_PARTS`` (``expert`` and ``router`` for MoE models).
+        The registry tests use it to prove that the gates bite and the diagnosis points."""
 
 
 def read_config_json(directory: Path) -> dict[str, Any]:
@@ -191,9 +208,9 @@ def is_norm_scale(path: list[str] | tuple[str, ...]) -> bool:
     )
 
 
-def transformers_model(model_class: str, checkpoint_dir: Path, config: Any, **options) -> Any:
-    """transformers' ``model_class`` loaded from the downloaded files (float32, eager
-    attention): the independent reference. Missing weights are an error, never random ones."""
+def load_transformers(model_class: str, checkpoint_dir: Path, config: Any, **options) -> Any:
+    """transformers' ``model_class`` from the downloaded files, float32, eager attention, in
+    eval mode. Missing weights are an error, never random ones."""
     import torch
     import transformers
 
@@ -216,11 +233,11 @@ def transformers_model(model_class: str, checkpoint_dir: Path, config: Any, **op
 def transformers_logits(
     model_class: str, checkpoint_dir: Path, config: Any, inputs: list[Any], **options
 ) -> list[Any]:
-    """Logits of transformers' ``model_class`` (``transformers_model``) on each input."""
+    """Logits of transformers' ``model_class`` (``load_transformers``) on each input."""
     import numpy as np
     import torch
 
-    model = transformers_model(model_class, checkpoint_dir, config, **options)
+    model = load_transformers(model_class, checkpoint_dir, config, **options)
     with torch.no_grad():
         return [
             model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
@@ -238,7 +255,7 @@ def transformers_generate(
     import torch
     import transformers
 
-    model = transformers_model(model_class, checkpoint_dir, config, **options)
+    model = load_transformers(model_class, checkpoint_dir, config, **options)
     ids = torch.from_numpy(np.asarray(prompt, np.int64))
     generation = transformers.GenerationConfig(
         do_sample=False,
@@ -257,3 +274,50 @@ def transformers_generate(
     tokens = out.sequences[0, ids.shape[1] :].tolist()
     logits = torch.cat([step[:1] for step in out.logits], dim=0).float().numpy()
     return tokens, logits
+
+
+def transformers_taps(
+    model_class: str, checkpoint_dir: Path, config: Any, token_ids: Any, **options
+) -> tuple[Any, dict[str, Any]]:
+    """The reference's logits and per-layer taps (``diagnosis.tap`` names) on one input.
+
+    Router logits come from transformers' ``output_router_logits``; the blocks' outputs
+    from forward hooks on each decoder layer's ``self_attn``, ``mlp`` and the layer itself
+    (what transformers' own output recorder hooks), the chosen experts from its router's
+    top-k indices. ``output_hidden_states`` would give the last layer after the final norm.
+    """
+    import numpy as np
+    import torch
+
+    from onnxforge import diagnosis
+
+    model = load_transformers(model_class, checkpoint_dir, config, **options)
+    taps: dict[str, Any] = {}
+    hooks = []
+
+    def record(name: str, index: int | None = 0):
+        def hook(_module, _inputs, output):
+            value = output[index] if isinstance(output, tuple) and index is not None else output
+            taps[name] = value.detach().float().numpy()
+
+        return hook
+
+    routers = []
+    for i, layer in enumerate(model.model.layers):
+        hooks.append(layer.self_attn.register_forward_hook(record(diagnosis.tap(i, "attention"))))
+        hooks.append(layer.mlp.register_forward_hook(record(diagnosis.tap(i, "mlp"))))
+        hooks.append(layer.register_forward_hook(record(diagnosis.tap(i, "output"))))
+        router = next((m for m in layer.mlp.modules() if type(m).__name__.endswith("Router")), None)
+        if router is not None:
+            routers.append(i)
+            hooks.append(router.register_forward_hook(record(diagnosis.tap(i, "experts"), 2)))
+    ids = torch.from_numpy(np.asarray(token_ids, np.int64))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, output_router_logits=bool(routers))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for i, logits in zip(routers, out.router_logits or (), strict=True):
+        taps[diagnosis.tap(i, "router_logits")] = logits.detach().float().numpy()
+    return out.logits.float().numpy(), taps

@@ -8,6 +8,7 @@ from typing import Any
 
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
+    PERTURB_DEFAULT,
     Example,
     LoadedDecoder,
     LoadedModel,
@@ -15,6 +16,7 @@ from onnxforge.families.base import (
     read_config_json,
     transformers_generate,
     transformers_logits,
+    transformers_taps,
     write_stage_config,
 )
 
@@ -30,7 +32,7 @@ def is_mxfp4(name: str) -> bool:
 class GptOssFamily:
     name = "gpt_oss"
     environment = "jax"  # envs/jax.lock.txt, image config.images.jax
-    examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0"),)
+    examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0", moe=True),)
     model_types = ("gpt_oss",)
 
     def recognize(self, hf_config: dict[str, Any], source: str, forced: dict[str, Any]):
@@ -139,6 +141,19 @@ class GptOssFamily:
             head_dim=config.head_dim,
         )
 
+    def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        from flax import nnx
+
+        from onnxforge.families.gpt_oss.taps import forward_with_taps
+
+        model = self.load_module(stage_dir, dtype)
+        graphdef, state = nnx.split(model)
+        return LoadedModel(
+            apply=lambda params, ids: forward_with_taps(nnx.merge(graphdef, params), ids),
+            params=state,
+            vocab_size=model.config.vocab_size,
+        )
+
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
         staged number of layers; MXFP4 is dequantized by transformers itself."""
@@ -151,9 +166,11 @@ class GptOssFamily:
             "GptOssForCausalLM", checkpoint_dir, config, prompt, steps, **extra
         )
 
-    def _reference_config(self, checkpoint_dir: Path, stage_dir: Path):
-        """transformers' config of the download, cut to the staged layers, and its loading
-        options."""
+    def reference_taps(self, checkpoint_dir: Path, stage_dir: Path, token_ids) -> tuple:
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_taps("GptOssForCausalLM", checkpoint_dir, config, token_ids, **extra)
+
+    def _reference_config(self, checkpoint_dir: Path, stage_dir: Path) -> tuple:
         import transformers
 
         if not list(Path(checkpoint_dir).glob("*.safetensors")):
@@ -171,12 +188,22 @@ class GptOssFamily:
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
         return config, extra
 
-    def perturb(self, stage_dir: Path) -> str:
+    def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
         from onnxforge import params_store
 
-        name = "layers.1.attention.o_kernel"
-        params_store.rescale(Path(stage_dir) / PARAMS / name, 1.5)
+        name = PERTURBED[part]
+        # "expert": expert 0 alone (the expert axis comes first)
+        params_store.rescale(Path(stage_dir) / PARAMS / name, 1.5, 0 if part == "expert" else None)
         return name
+
+
+# Family.perturb's parts: the tensor of layer 1 each scales ("expert": its expert 0).
+PERTURBED = {
+    "attention": "layers.1.attention.o_kernel",
+    "mlp": "layers.1.mlp.down_kernel",
+    "expert": "layers.1.mlp.up_kernel",
+    "router": "layers.1.mlp.router_kernel",
+}
 
 
 FAMILY = GptOssFamily()

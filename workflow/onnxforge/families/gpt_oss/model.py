@@ -176,9 +176,12 @@ class MixtureOfExperts(nnx.Module):
         self.limit = cfg.swiglu_limit
         self.sparse = sparse
 
+    def router_logits(self, x: jax.Array) -> jax.Array:
+        return x @ self.router_kernel[...] + self.router_bias[...]
+
     def routing(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Dense combine weights [..., experts] (zero off the top k) and the chosen experts."""
-        router_logits = x @ self.router_kernel[...] + self.router_bias[...]
+        router_logits = self.router_logits(x)
         top_values, top_experts = jax.lax.top_k(router_logits, self.top_k)
         top_weights = jax.nn.softmax(top_values.astype(jnp.float32), axis=-1)
         num_experts = router_logits.shape[-1]

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxforge import texts
 from onnxforge.errors import InputError
-from onnxforge.families import tiny_tokenizer
 from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.gpt_oss import mxfp4
 
@@ -68,7 +68,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**settings))
     randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
-    tiny_tokenizer.write(Path(out_dir), settings["vocab_size"])
+    texts.write_tiny_tokenizer(Path(out_dir), settings["vocab_size"])
     if quantize:
         _repack_experts_as_mxfp4(Path(out_dir))
     if original:

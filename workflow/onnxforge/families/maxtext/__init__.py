@@ -21,11 +21,13 @@ import numpy as np
 from onnxforge import progress
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
+    PERTURB_DEFAULT,
     Example,
     LoadedModel,
     Staged,
     read_config_json,
     transformers_logits,
+    transformers_taps,
     write_stage_config,
 )
 from onnxforge.families.maxtext import architectures
@@ -58,6 +60,7 @@ class MaxTextFamily:
             f"tiny-{arch.model_type}",
             f"synthetic://maxtext?arch={arch.model_type}&seed=0",
             {"model": arch.default_model},
+            moe="num_local_experts" in arch.tiny,
         )
         for arch in ARCHITECTURES.values()
     )
@@ -152,29 +155,63 @@ class MaxTextFamily:
         apply, param_state = runtime.apply_function(config, params)
         return LoadedModel(apply, param_state, model.vocab_size)
 
-    def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
-        """transformers' own model class on the downloaded files, cut to the staged layers."""
+    def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
+        """MaxText's model with its layers' calls recorded (``taps``)."""
+        from onnxforge.families.maxtext import checkpoint, runtime, taps
+
+        model = self.read_config(stage_dir)
+        config = runtime.make_config(model.model_name, model.overrides, np.dtype(dtype).name)
+        params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
+        apply, param_state = taps.apply_with_taps(config, params)
+        return LoadedModel(apply, param_state, model.vocab_size)
+
+    def _reference(self, checkpoint_dir: Path, stage_dir: Path) -> tuple[str, Any]:
         import transformers
 
         staged = self.read_config(stage_dir).hf_config
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
-        model_class = ARCHITECTURES[staged["model_type"]].transformers_class
+        return ARCHITECTURES[staged["model_type"]].transformers_class, config
+
+    def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
+        """transformers' own model class on the downloaded files, cut to the staged layers."""
+        model_class, config = self._reference(checkpoint_dir, stage_dir)
         return transformers_logits(model_class, checkpoint_dir, config, inputs)
 
-    def perturb(self, stage_dir: Path) -> str:
-        """Scale layer 1's MLP (or MoE) output kernel ``wo``: every shape still fits."""
+    def reference_taps(self, checkpoint_dir: Path, stage_dir: Path, token_ids) -> tuple:
+        model_class, config = self._reference(checkpoint_dir, stage_dir)
+        return transformers_taps(model_class, checkpoint_dir, config, token_ids)
+
+    def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
+        """Scale one kernel of layer 1 (every shape still fits): the attention's output
+        projection, the MLP's (or MoE's experts') output kernel ``wo``, expert 0's ``wi_0``,
+        or the MoE's router (``gate``)."""
         import shutil
 
         from onnxforge.families.maxtext import checkpoint
 
         weights = checkpoint.load(Path(stage_dir) / CHECKPOINT)
         flat = checkpoint.flatten(weights)
-        path = min(p for p in flat if p[:2] == ("decoder", "layers_1") and "wo" in p)
-        flat[path][...] = np.asarray(flat[path]) * 1.5
+        wanted = PERTURBED[part]
+        layer_1 = [p for p in flat if p[:2] == ("decoder", "layers_1")]
+        found = [p for p in layer_1 if all(name in p for name in wanted)]
+        if not found:
+            raise InputError(f"{stage_dir}: layer 1 has no kernel {wanted} to perturb ({part})")
+        path = min(found)
+        scaled = flat[path][0] if part == "expert" else flat[path]  # "expert": expert 0 alone
+        scaled[...] = np.asarray(scaled) * 1.5
         shutil.rmtree(Path(stage_dir) / CHECKPOINT)
         checkpoint.save(weights, Path(stage_dir) / CHECKPOINT)
         return "/".join(path)
+
+
+# Family.perturb's parts: what the kernel's path in layer 1 holds.
+PERTURBED = {
+    "attention": ("self_attention", "out", "kernel"),
+    "mlp": ("wo",),
+    "expert": ("MoeBlock_0", "wi_0"),
+    "router": ("MoeBlock_0", "gate", "kernel"),
+}
 
 
 FAMILY = MaxTextFamily()

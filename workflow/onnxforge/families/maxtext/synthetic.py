@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from onnxforge import texts
 from onnxforge.errors import InputError
 from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
@@ -45,6 +46,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     model = getattr(transformers, arch.transformers_class)(config)
     randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
+    texts.write_tiny_tokenizer(Path(out_dir), config.vocab_size)
     if arch_name == "gemma":
         write_gemma_flax(model, Path(out_dir) / FLAX)
 

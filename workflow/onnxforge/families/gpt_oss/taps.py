@@ -1,0 +1,32 @@
+"""GPT-OSS's per-layer taps for the diagnosis: our NNX model's own blocks, run one by one.
+
+Names are ``diagnosis.tap``'s: per layer the attention block's output (before the residual
+add), the MoE block's output, the layer's output, the router's logits and the chosen experts.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from onnxforge import diagnosis
+from onnxforge.families.gpt_oss.model import GptOss
+
+
+def forward_with_taps(model: GptOss, token_ids: jax.Array) -> tuple[jax.Array, dict]:
+    """``model(token_ids)``'s logits, and its taps, from the same blocks in the same order."""
+    cos, sin = model._rotary_tables(token_ids.shape[1])
+    x = jnp.take(model.embedding[...], token_ids.astype(jnp.int32), axis=0)
+    taps = {}
+    for i, layer in enumerate(model.layers):
+        attention = layer.attention(layer.input_norm(x), cos, sin)
+        x = x + attention
+        normed = layer.post_attention_norm(x)
+        mlp = layer.mlp(normed)
+        x = x + mlp
+        taps[diagnosis.tap(i, "attention")] = attention
+        taps[diagnosis.tap(i, "mlp")] = mlp
+        taps[diagnosis.tap(i, "output")] = x
+        taps[diagnosis.tap(i, "router_logits")] = layer.mlp.router_logits(normed)
+        taps[diagnosis.tap(i, "experts")] = layer.mlp.routing(normed)[1]
+    return model.norm(x) @ model.lm_head[...], taps

@@ -1,0 +1,119 @@
+"""MaxText's per-layer taps for the diagnosis, from MaxText's own model as it runs.
+
+MaxText's decoder runs each unscanned layer through a merged copy of it (``pure_layer_fn`` in
+``layers/nnx_decoders.py``), so the taps cannot hang on module instances, and under
+``jax.checkpoint`` (its config system reads our ``remat_policy=none`` as None, which that
+code takes for a policy), whose inner trace would not let the taps out. Instead, while one
+forward is traced, the classes of the model's decoder layer, its attention and its MLP (or
+``RoutedMoE``) have their ``__call__`` wrapped, and ``RoutedMoE.get_topk`` too: each records
+its output under the index of the layer being run (layers run in order, one call each). The
+values are the trace's own, so the taps are outputs of the same jitted function or ONNX graph
+as the logits, and ``jax.checkpoint`` is the identity meanwhile (rematerialization changes
+when a value is computed for the backward pass, never the value). Nothing of the model is
+re-implemented; everything is put back on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+from onnxforge import diagnosis
+from onnxforge.families.maxtext import runtime
+
+ATTENTION = ("self_attention",)
+MLP = ("MoeBlock_0", "mlp")  # a MoE layer's block, or a dense layer's MLP
+
+
+def _first(out: Any) -> Any:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def tapped_classes(model) -> dict[str, type]:
+    """The classes whose calls give the taps: the decoder layer's, its attention's, its MLP's."""
+    layer = model.decoder.layers_0
+    classes = {"layer": type(layer)}
+    for part, names in (("attention", ATTENTION), ("mlp", MLP)):
+        found = next((getattr(layer, n) for n in names if hasattr(layer, n)), None)
+        if found is None:
+            raise RuntimeError(f"MaxText's {type(layer).__name__} has none of {names}")
+        classes[part] = type(found)
+    return classes
+
+
+@contextlib.contextmanager
+def recording(classes: dict[str, type]) -> Iterator[dict[str, Any]]:
+    """Wrap the classes' calls (and ``RoutedMoE.get_topk``) for one forward; yields the taps."""
+    from maxtext.layers import moe
+
+    taps: dict[str, Any] = {}
+    state = {"layer": -1, "inside": False}
+    originals = []
+
+    def wrap(cls: type, method: str, record) -> None:
+        original = cls.__dict__.get(method, getattr(cls, method))
+        originals.append((cls, method, cls.__dict__.get(method)))
+
+        def wrapper(self, *args, **kwargs):
+            out = original(self, *args, **kwargs)
+            record(args, out)
+            return out
+
+        setattr(cls, method, wrapper)
+
+    def put(part: str, value: Any) -> None:
+        if state["inside"]:
+            taps.setdefault(diagnosis.tap(state["layer"], part), value)  # the layer's first call
+
+    def layer_call(cls: type) -> None:
+        original = cls.__dict__.get("__call__", cls.__call__)
+        originals.append((cls, "__call__", cls.__dict__.get("__call__")))
+
+        def wrapper(self, *args, **kwargs):
+            state["layer"] += 1
+            state["inside"] = True
+            try:
+                out = original(self, *args, **kwargs)
+            finally:
+                state["inside"] = False
+            taps[diagnosis.tap(state["layer"], "output")] = _first(out)
+            return out
+
+        cls.__call__ = wrapper
+
+    layer_call(classes["layer"])
+    wrap(classes["attention"], "__call__", lambda args, out: put("attention", _first(out)))
+    wrap(classes["mlp"], "__call__", lambda args, out: put("mlp", _first(out)))
+
+    def topk(args, out):
+        put("router_logits", args[0])  # get_topk(gate_logits, pre_bias_logits, ...)
+        put("experts", out[1])
+
+    wrap(moe.RoutedMoE, "get_topk", topk)
+    checkpoint = jax.checkpoint
+    jax.checkpoint = lambda fun, **_: fun
+    try:
+        yield taps
+    finally:
+        jax.checkpoint = checkpoint
+        for cls, method, original in reversed(originals):
+            if original is None:
+                delattr(cls, method)
+            else:
+                setattr(cls, method, original)
+
+
+def apply_with_taps(config, params: dict) -> tuple[Any, Any]:
+    """``(apply(param_state, token ids) -> (logits, taps), param_state)``."""
+    apply, param_state = runtime.apply_function(config, params)
+    classes = tapped_classes(runtime.abstract_model(config))
+
+    def tapped(weights, token_ids):
+        with recording(classes) as taps:
+            logits = apply(weights, token_ids)
+        return logits, dict(taps)
+
+    return tapped, param_state

@@ -1,0 +1,36 @@
+# One page over every target built: results/index.html (and index.json), read from each
+# parity report, the steps' benchmark files and the releases. It depends on the default
+# targets' reports (never on their gates: a failed target is a row of the index too) and
+# lists every report under results/, whatever command built it.
+
+
+rule summary:
+    input:
+        [lookup_target(config, **t).parity for t in config["targets"]],
+    output:
+        html=report(
+            layout.INDEX_HTML,
+            category="Index",
+            caption="../report/index.rst",
+            labels={"page": "index of every target built"},
+        ),
+        json=layout.INDEX_JSON,
+    log:
+        f"{layout.RESULTS}/logs/summary.log",
+    container:
+        lambda w: image_for_environment("jax")
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        # Every report and release there is, with its time: a new or rebuilt one reruns this.
+        built=summary_state,
+        image=lambda w: provenance_image(w) if IN_IMAGES else "local",
+        python=lambda w: python_for_environment("jax"),
+        make_target="env",
+    message:
+        "Index of every target built: {output.html}"
+    shell:
+        # Every report under results/ (summary's default), not only the inputs'.
+        onnxforge_step("summary --out {output.html:q}")
