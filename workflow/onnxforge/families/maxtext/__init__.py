@@ -28,7 +28,7 @@ from onnxforge.families.base import (
     write_stage_config,
 )
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
-from onnxforge.families.maxtext.overrides import maxtext_overrides
+from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
 
 MAXTEXT_JSON = "maxtext.json"
 CHECKPOINT = "checkpoint"
@@ -61,7 +61,8 @@ class MaxTextFamily:
     )
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
-        """A tiny checkpoint of ``arch`` (llama, mistral, mixtral, gemma) from transformers."""
+        """A tiny checkpoint of ``arch`` (a name in architectures.ARCHITECTURES) from
+        transformers."""
         from onnxforge.families.maxtext.synthetic import synthesize
 
         synthesize(out_dir, seed, overrides)
@@ -87,9 +88,13 @@ class MaxTextFamily:
         options = options or {}
         source = Path(checkpoint_dir) / "config.json"
         hf_config = write_stage_config(read_config_json(checkpoint_dir), source, out_dir, layers)
-        arch = architecture(hf_config, str(source))
+        arch = architecture(hf_config, str(source), options.get("model"))
+        model_name = options.get("model", arch.default_model)
+        refused = unsupported(hf_config, model_name)
+        if refused:
+            raise InputError(f"{source}: cannot honor {'; '.join(refused)}")
         model = MaxTextModel(
-            options.get("model", arch.default_model),
+            model_name,
             {**maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
@@ -136,10 +141,12 @@ class MaxTextFamily:
         """transformers' own model class on the downloaded files, cut to the staged layers."""
         import transformers
 
-        staged = self.read_config(stage_dir).hf_config
+        model = self.read_config(stage_dir)
+        staged = model.hf_config
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
-        model_class = ARCHITECTURES[staged["model_type"]].transformers_class
+        arch = architecture(staged, str(Path(stage_dir) / "config.json"), model.model_name)
+        model_class = arch.transformers_class
         return transformers_logits(model_class, checkpoint_dir, config, inputs)
 
     def perturb(self, stage_dir: Path) -> str:

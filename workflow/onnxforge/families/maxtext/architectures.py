@@ -11,17 +11,28 @@ from typing import Any
 
 from onnxforge.errors import InputError
 from onnxforge.families.maxtext import convert
+from onnxforge.families.maxtext.overrides import LLAMA3_ROPE_SCALING
 
 
 @dataclass(frozen=True)
 class Architecture:
-    model_type: str  # config.json's model_type
+    model_type: str  # its name (tiny-<name>); config.json's model_type unless hf_model_types
     transformers_class: str  # the reference, and the writer of tiny checkpoints
     config_class: str
     default_model: str  # MaxText's configs/models/<name>.yml
     converter: convert.Converter  # MaxText's converter that stages it
     tiny: dict[str, Any] = field(default_factory=dict)  # a tiny config for tests
     extra_overrides: dict[str, Any] = field(default_factory=dict)
+    hf_model_types: tuple[str, ...] = ()  # the config.json model_types it converts
+
+    @property
+    def converts(self) -> tuple[str, ...]:
+        return self.hf_model_types or (self.model_type,)
+
+    @property
+    def series(self) -> str:
+        """The MaxText models it covers: ``llama3.1`` for llama3.1-8b, -70b, -405b."""
+        return self.default_model.rsplit("-", 1)[0]
 
 
 _TINY = {
@@ -53,7 +64,7 @@ ARCHITECTURES = {
             "MistralConfig",
             "mistral-7b",
             convert.convert_llama_like,
-            _TINY,
+            {**_TINY, "sliding_window": 8},  # shorter than parity's long input: it is tested
         ),
         Architecture(
             "mixtral",
@@ -73,15 +84,75 @@ ARCHITECTURES = {
             convert.convert_gemma,
             {**_TINY, "num_key_value_heads": 1, "tie_word_embeddings": True},
         ),
+        # MaxText 0.2.5's general converter, checkpoint_conversion.to_maxtext, for the rest.
+        Architecture(
+            "llama3.1",
+            "LlamaForCausalLM",
+            "LlamaConfig",
+            "llama3.1-8b",
+            convert.with_to_maxtext("llama3.1-8b"),
+            {**_TINY, "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE_SCALING},
+            hf_model_types=("llama",),
+        ),
+        Architecture(
+            "qwen3",
+            "Qwen3ForCausalLM",
+            "Qwen3Config",
+            "qwen3-8b",
+            convert.with_to_maxtext("qwen3-8b"),
+            {**_TINY, "rope_theta": 1000000.0},
+        ),
+        Architecture(
+            "qwen3_moe",
+            "Qwen3MoeForCausalLM",
+            "Qwen3MoeConfig",
+            "qwen3-30b-a3b",
+            convert.with_to_maxtext("qwen3-30b-a3b"),
+            {
+                **_TINY,
+                "moe_intermediate_size": 32,
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "norm_topk_prob": True,
+                "rope_theta": 1000000.0,
+            },
+        ),
+        Architecture(
+            "gemma2",
+            "Gemma2ForCausalLM",
+            "Gemma2Config",
+            "gemma2-9b",
+            convert.with_to_maxtext("gemma2-9b"),
+            {
+                **_TINY,
+                "num_hidden_layers": 4,  # two MaxText layers, each a (local, global) pair
+                "tie_word_embeddings": True,
+                "query_pre_attn_scalar": 16,  # = head_dim, as gemma-2-2b and -9b have it
+                "sliding_window": 8,  # shorter than parity's long input: the window is tested
+                "final_logit_softcapping": 30.0,
+                "attn_logit_softcapping": 50.0,
+            },
+        ),
     )
 }
 
 
-def architecture(hf_config: dict[str, Any], source: str) -> Architecture:
+def architecture(
+    hf_config: dict[str, Any], source: str, model_name: str | None = None
+) -> Architecture:
+    """The architecture that converts ``hf_config``'s model_type; where several do (Llama 2
+    and Llama 3.1 are both ``llama``), the one whose MaxText models ``model_name`` (the
+    catalog's ``options.model``) belongs to, else the first."""
     model_type = hf_config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    candidates = [a for a in ARCHITECTURES.values() if model_type in a.converts]
+    if not candidates:
+        known = sorted({t for a in ARCHITECTURES.values() for t in a.converts})
         raise InputError(
             f"{source}: model_type {model_type!r} is not one the maxtext family stages; "
-            f"known: {sorted(ARCHITECTURES)}"
+            f"known: {known}"
         )
-    return ARCHITECTURES[model_type]
+    if model_name:
+        for arch in candidates:
+            if model_name == arch.default_model or model_name.startswith(arch.series + "-"):
+                return arch
+    return candidates[0]
