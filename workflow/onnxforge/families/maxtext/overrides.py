@@ -70,7 +70,8 @@ def maxtext_overrides(hf_config: dict[str, Any]) -> dict[str, Any]:
         )
     if model_type == "qwen3_moe":  # every layer MoE: MaxText wants base_mlp_dim = the experts'
         overrides.update(
-            num_experts=hf_config["num_experts"],
+            # transformers 5 writes num_local_experts; earlier ones num_experts
+            num_experts=hf_config.get("num_experts") or hf_config["num_local_experts"],
             num_experts_per_tok=hf_config["num_experts_per_tok"],
             base_moe_mlp_dim=hf_config["moe_intermediate_size"],
             base_mlp_dim=hf_config["moe_intermediate_size"],
