@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onnxforge.errors import InputError
+from onnxforge.families.gpt_oss.synthetic import TINY as GPT_OSS_TINY
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.overrides import LLAMA3_ROPE_SCALING
 
@@ -132,6 +133,16 @@ ARCHITECTURES = {
                 "final_logit_softcapping": 30.0,
                 "attn_logit_softcapping": 50.0,
             },
+        ),
+        # The gpt_oss family's own tiny checkpoint (synthetic.py delegates to its writer: the
+        # same bytes as tiny-gpt-oss), through MaxText's GPT-OSS: a second implementation.
+        Architecture(
+            "gpt_oss",
+            "GptOssForCausalLM",
+            "GptOssConfig",
+            "gpt-oss-20b",
+            convert.with_to_maxtext("gpt-oss-20b"),
+            GPT_OSS_TINY,
         ),
     )
 }

@@ -77,6 +77,20 @@ def maxtext_overrides(hf_config: dict[str, Any]) -> dict[str, Any]:
             base_mlp_dim=hf_config["moe_intermediate_size"],
             norm_topk_prob=bool(hf_config.get("norm_topk_prob", False)),
         )
+    if model_type == "gpt_oss":
+        parameters = rope_parameters(hf_config)
+        overrides.update(
+            sliding_window_size=sliding_window(hf_config) or 128,
+            rope_factor=float(parameters.get("factor", 32.0)),
+            original_max_position_embeddings=int(
+                parameters.get("original_max_position_embeddings", 4096)
+            ),
+            beta_fast=float(parameters.get("beta_fast", 32.0)),
+            beta_slow=float(parameters.get("beta_slow", 1.0)),
+            rope_truncate=bool(parameters.get("truncate", False)),
+            max_position_embeddings=int(hf_config.get("max_position_embeddings", 131072)),
+            mlp_activations_limit=float(hf_config.get("swiglu_limit", 7.0)),
+        )
     if rope_type(hf_config) == "llama3":
         # MaxText picks Llama 3.1's scaled RoPE by model name (llama3.1-*) or this setting
         # (llama3.3-70b.yml sets neither).
@@ -114,7 +128,7 @@ def unsupported(hf_config: dict[str, Any], model_name: str) -> list[str]:
             )
     elif kind != "default" and not (kind == "yarn" and model_type == "gpt_oss"):
         reasons.append(f"rope_scaling type {kind!r}: MaxText's {model_name} has no such RoPE")
-    if sliding_window(hf_config) and model_type not in ("mistral", "mixtral", "gemma2"):
+    if sliding_window(hf_config) and model_type not in ("mistral", "mixtral", "gemma2", "gpt_oss"):
         reasons.append(
             f"sliding_window {sliding_window(hf_config)}: MaxText's {model_name} attends "
             "globally in every layer"
@@ -128,6 +142,14 @@ def unsupported(hf_config: dict[str, Any], model_name: str) -> list[str]:
         reasons.append(
             "mlp_only_layers / decoder_sparse_step: MaxText's qwen3_moe makes every layer MoE"
         )
+    layer_types = hf_config.get("layer_types")
+    if model_type == "gpt_oss" and layer_types:
+        alternating = ["sliding_attention", "full_attention"] * len(layer_types)
+        if list(layer_types) != alternating[: len(layer_types)]:
+            reasons.append(
+                "layer_types: MaxText's GPT-OSS alternates sliding and full attention, "
+                "starting with sliding"
+            )
     if model_type == "gemma2":
         if hf_config["num_hidden_layers"] % 2:
             reasons.append(

@@ -140,6 +140,37 @@ def _attention_init_with_configured_window(self, *args, **kwargs):
     _ORIGINAL_ATTENTION_INIT(self, *args, **kwargs)
 
 
+_ORIGINAL_LOCAL_ATTENTION = None
+
+
+def _local_attention_with_sinks(
+    self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks=None
+):
+    """MaxText's ``AttentionOp.compute_local_attention`` (layers/attention_op.py) for attention
+    sinks (GPT-OSS) without its concatenation.
+
+    It appends the sink logit as one more key column (``jnp.concatenate`` along the symbolic
+    key axis) and slices it off again (``[..., :s]``); jax2onnx 0.17.1 gives that
+    concatenation the wrong size, and ONNX Runtime fails on the next reshape. The same max
+    and sum over ``[logits, sink]``, taken piecewise. Other cases go to MaxText's own.
+    """
+    if sinks is None or model_mode != "train" or self.reshape_q:
+        return _ORIGINAL_LOCAL_ATTENTION(
+            self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks
+        )
+    b, n_kv, g, t, s = attn_weights.shape
+    logits = jnp.reshape(attn_weights, (b, n_kv * g, t, s))
+    sink = sinks.astype(logits.dtype)[jnp.newaxis, :, jnp.newaxis, jnp.newaxis]  # (1, n_q, 1, 1)
+    local_max = jnp.maximum(jnp.max(logits, axis=-1, keepdims=True), sink)
+    exps = jnp.exp(logits - local_max)
+    local_sum = jnp.sum(exps, axis=-1, keepdims=True) + jnp.exp(sink - local_max)
+    local_exps = jnp.reshape(exps, (b, n_kv, g, t, s))
+    local_max = jnp.transpose(local_max, (0, 2, 1, 3))  # (b, t, n_q, 1)
+    local_sum = jnp.transpose(local_sum, (0, 2, 1, 3))
+    local_out = self.wv_product(local_exps, value, model_mode, wv_product_einsum)
+    return local_out, local_max, local_sum
+
+
 def _yarn_inverse_frequencies(self) -> jax.Array:
     """``YarnRotaryEmbedding.freqs_cis``'s corrected frequencies, before its outer product
     with positions and its ``exp(1j * ...)`` (the same float32 arithmetic)."""
@@ -203,12 +234,15 @@ def _yarn_in_real_arithmetic(self, inputs, position=None):
 def patch_for_export() -> None:
     """Workarounds for MaxText code that ONNX Runtime or jax2onnx cannot take (README: known
     issues); the JAX side of parity runs them too, so transformers checks them."""
-    global _ORIGINAL_EXPERT_WEIGHTS, _ORIGINAL_ATTENTION_INIT
-    from maxtext.layers import attentions, embeddings, moe, nnx_decoders
+    global _ORIGINAL_EXPERT_WEIGHTS, _ORIGINAL_ATTENTION_INIT, _ORIGINAL_LOCAL_ATTENTION
+    from maxtext.layers import attention_op, attentions, embeddings, moe, nnx_decoders
 
     embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
     embeddings.YarnRotaryEmbedding.__call__ = _yarn_in_real_arithmetic
     nnx_decoders.attend_on_embedding = _attend_on_embedding  # the decoder's logits
+    if _ORIGINAL_LOCAL_ATTENTION is None:
+        _ORIGINAL_LOCAL_ATTENTION = attention_op.AttentionOp.compute_local_attention
+        attention_op.AttentionOp.compute_local_attention = _local_attention_with_sinks
     if _ORIGINAL_ATTENTION_INIT is None:
         _ORIGINAL_ATTENTION_INIT = attentions.Attention.__init__
         attentions.Attention.__init__ = _attention_init_with_configured_window
