@@ -84,3 +84,22 @@ def test_qwen3_moe_is_moe_in_every_layer():
     assert overrides["norm_topk_prob"] is True
     (reason,) = unsupported(tiny("qwen3_moe", mlp_only_layers=[0]), "qwen3-30b-a3b")
     assert reason.startswith("mlp_only_layers")
+
+
+def test_gpt_oss_takes_its_window_yarn_and_swiglu_limit_from_the_config():
+    config = tiny(
+        "gpt_oss",
+        rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0,
+                         "original_max_position_embeddings": 4096},
+        swiglu_limit=7.0,
+    )  # fmt: skip
+    overrides = maxtext_overrides(config)
+    assert overrides["sliding_window_size"] == 16
+    assert overrides["rope_factor"] == 32.0 and overrides["rope_truncate"] is False
+    assert overrides["rope_max_timescale"] == 150000.0
+    assert overrides["mlp_activations_limit"] == 7.0
+    assert overrides["num_experts"] == 4 and overrides["base_moe_mlp_dim"] == 32
+    assert unsupported(config, "gpt-oss-20b") == []
+    (reason,) = unsupported({**config, "layer_types": ["full_attention"] * 2}, "gpt-oss-20b")
+    assert reason.startswith("layer_types")
