@@ -43,3 +43,17 @@ def test_without_the_override_jax2onnx_rejects_out_sharding():
             raise AssertionError("jax2onnx now takes out_sharding: remove our override")
     finally:
         JnpReshapePlugin.binding_specs = overridden
+
+
+def _zeros_with_out_sharding(token_ids):
+    x = token_ids.astype(jnp.float32)
+    return x[..., None] + jnp.zeros((1, 1, 3), jnp.float32, out_sharding=None)
+
+
+def test_other_numpy_functions_take_out_sharding_too(tmp_path):
+    model_ir = export.trace(_zeros_with_out_sharding, "zeros", 23)
+    export.save(model_ir, tmp_path)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    ids = np.arange(6, dtype=signature.INPUT_DTYPE).reshape(2, 3)
+    (got,) = session.run(None, signature.feeds(ids))
+    np.testing.assert_array_equal(got, np.asarray(_zeros_with_out_sharding(ids)))

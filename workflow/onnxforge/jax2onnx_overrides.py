@@ -7,10 +7,14 @@ issues; each one is reported upstream).
   ``TypeError: ... unexpected keyword argument 'out_sharding'``. A sharding says where the
   result lives, never what it holds, and an ONNX graph has no devices: the override accepts
   the keyword (and ``copy``) and traces the same reshape.
+- Likewise every other ``jax.numpy`` function jax2onnx replaces without an ``out_sharding``
+  keyword (``jnp.zeros`` in the same models): the keyword is accepted and dropped.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 _INSTALLED = "_onnxforge_accepts_out_sharding"
@@ -20,6 +24,54 @@ ORIGINAL_RESHAPE_SPECS = None  # jax2onnx's own JnpReshapePlugin.binding_specs (
 def install() -> None:
     """Install every override (idempotent)."""
     _reshape_accepts_out_sharding()
+    _numpy_functions_accept_out_sharding()
+
+
+def _drops_out_sharding(traced):
+    """``traced`` (jax2onnx's stand-in for a jnp function), taking and dropping
+    ``out_sharding`` where it has no such parameter."""
+    try:
+        parameters = inspect.signature(traced).parameters.values()
+    except (TypeError, ValueError):
+        return traced
+    names = {p.name for p in parameters}
+    if "out_sharding" in names or any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return traced
+
+    @functools.wraps(traced)
+    def call(*args, out_sharding=None, **kwargs):
+        del out_sharding  # no devices in an ONNX graph
+        return traced(*args, **kwargs)
+
+    return call
+
+
+def _numpy_functions_accept_out_sharding() -> None:
+    from jax2onnx.plugins._patching import MonkeyPatchSpec
+    from jax2onnx.plugins.plugin_system import PLUGIN_REGISTRY, import_all_plugins
+
+    import_all_plugins()
+    for plugin in {type(p) for p in PLUGIN_REGISTRY.values()}:
+        if plugin.__dict__.get(_INSTALLED) or "binding_specs" not in plugin.__dict__:
+            continue
+        original = plugin.binding_specs.__func__
+
+        def binding_specs(cls, original=original):
+            specs = []
+            for spec in original(cls):
+                if isinstance(spec, MonkeyPatchSpec) and spec.target == "jax.numpy":
+                    make = spec.make_value
+                    spec = MonkeyPatchSpec(
+                        spec.target,
+                        spec.attr,
+                        lambda orig, make=make: _drops_out_sharding(make(orig)),
+                        spec.delete_if_missing,
+                    )
+                specs.append(spec)
+            return specs
+
+        plugin.binding_specs = classmethod(binding_specs)
+        setattr(plugin, _INSTALLED, True)
 
 
 def _reshape_accepts_out_sharding() -> None:
