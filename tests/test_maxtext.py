@@ -53,12 +53,18 @@ def test_make_run_builds_the_maxtext_environment_only_when_targets_need_it():
 @pytest.mark.dag
 @pytest.mark.maxtext
 def test_a_checkpoint_maxtext_cannot_stage_fails_with_a_clear_error(tmp_path):
-    """A GPT-OSS checkpoint given to the maxtext family: stage names the file and the type."""
+    """A checkpoint of a type MaxText has no converter for (GPT-2, say) given to the maxtext
+    family: stage names the file and the type."""
+    import json
+
     python_for(MAXTEXT)
-    checkpoint = tmp_path / "gpt-oss"
+    checkpoint = tmp_path / "gpt2"
     from onnxforge.families.gpt_oss import FAMILY
 
     FAMILY.synthesize(checkpoint, seed=0, overrides={})
+    config_json = checkpoint / "config.json"
+    hf_config = {**json.loads(config_json.read_text()), "model_type": "gpt2"}
+    config_json.write_text(json.dumps(hf_config))
     config = {
         "models": {
             "wrong": {
@@ -73,5 +79,5 @@ def test_a_checkpoint_maxtext_cannot_stage_fails_with_a_clear_error(tmp_path):
     run = snakemake(workdir, config=config)
     assert run.returncode != 0
     log = (workdir / "results/wrong/hf/logs/stage.log").read_text()
-    assert "config.json: model_type 'gpt_oss' is not one the maxtext family stages" in log
+    assert "config.json: model_type 'gpt2' is not one the maxtext family stages" in log
     assert not (workdir / "results/wrong/hf/stage").exists()

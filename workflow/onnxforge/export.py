@@ -23,6 +23,9 @@ def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES, outp
     import jax
     from jax2onnx import to_onnx
 
+    from onnxforge import jax2onnx_overrides
+
+    jax2onnx_overrides.install()
     return to_onnx(
         forward,
         [jax.ShapeDtypeStruct(tuple(input_shape), signature.INPUT_DTYPE)],

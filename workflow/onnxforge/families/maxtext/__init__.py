@@ -32,7 +32,7 @@ from onnxforge.families.base import (
 )
 from onnxforge.families.maxtext import architectures
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
-from onnxforge.families.maxtext.overrides import maxtext_overrides
+from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
 
 MAXTEXT_JSON = "maxtext.json"
 CHECKPOINT = "checkpoint"
@@ -76,7 +76,8 @@ class MaxTextFamily:
         return {"model": architectures.recognize(hf_config, source).default_model, **forced}
 
     def synthesize(self, out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
-        """A tiny checkpoint of ``arch`` (llama, mistral, mixtral, gemma) from transformers."""
+        """A tiny checkpoint of ``arch`` (a name in architectures.ARCHITECTURES) from
+        transformers."""
         from onnxforge.families.maxtext.synthetic import synthesize
 
         synthesize(out_dir, seed, overrides)
@@ -102,9 +103,13 @@ class MaxTextFamily:
         options = options or {}
         source = Path(checkpoint_dir) / "config.json"
         hf_config = write_stage_config(read_config_json(checkpoint_dir), source, out_dir, layers)
-        arch = architecture(hf_config, str(source))
+        arch = architecture(hf_config, str(source), options.get("model"))
+        model_name = options.get("model", arch.default_model)
+        refused = unsupported(hf_config, model_name)
+        if refused:
+            raise InputError(f"{source}: cannot honor {'; '.join(refused)}")
         model = MaxTextModel(
-            options.get("model", arch.default_model),
+            model_name,
             {**maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
@@ -168,10 +173,12 @@ class MaxTextFamily:
     def _reference(self, checkpoint_dir: Path, stage_dir: Path) -> tuple[str, Any]:
         import transformers
 
-        staged = self.read_config(stage_dir).hf_config
+        model = self.read_config(stage_dir)
+        staged = model.hf_config
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
-        return ARCHITECTURES[staged["model_type"]].transformers_class, config
+        arch = architecture(staged, str(Path(stage_dir) / "config.json"), model.model_name)
+        return arch.transformers_class, config
 
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' own model class on the downloaded files, cut to the staged layers."""

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from onnxforge.errors import InputError
+from onnxforge.families.gpt_oss.synthetic import TINY as GPT_OSS_TINY
 from onnxforge.families.maxtext import convert
+from onnxforge.families.maxtext.overrides import LLAMA3_ROPE_SCALING
 
 
 @dataclass(frozen=True)
 class Architecture:
-    model_type: str  # config.json's model_type
+    model_type: str  # its name (tiny-<name>); config.json's model_type unless hf_model_types
     transformers_class: str  # the reference, and the writer of tiny checkpoints
     config_class: str
     default_model: str  # MaxText's configs/models/<name>.yml
@@ -27,6 +29,15 @@ class Architecture:
     # frequencies default_model reproduces (Llama 2's plain RoPE, not Llama 3's "llama3").
     hf_model_types: tuple[str, ...] = ()
     hf_rope_types: tuple[str, ...] = ("default",)
+
+    @property
+    def converts(self) -> tuple[str, ...]:
+        return self.hf_model_types or (self.model_type,)
+
+    @property
+    def series(self) -> str:
+        """The MaxText models it covers: ``llama3.1`` for llama3.1-8b, -70b, -405b."""
+        return self.default_model.rsplit("-", 1)[0]
 
 
 _TINY = {
@@ -59,7 +70,7 @@ ARCHITECTURES = {
             "MistralConfig",
             "mistral-7b",
             convert.convert_llama_like,
-            _TINY,
+            {**_TINY, "sliding_window": 8},  # shorter than parity's long input: it is tested
             hf_model_types=("mistral",),
         ),
         Architecture(
@@ -82,18 +93,96 @@ ARCHITECTURES = {
             {**_TINY, "num_key_value_heads": 1, "tie_word_embeddings": True},
             hf_model_types=("gemma",),
         ),
+        # MaxText 0.2.5's general converter, checkpoint_conversion.to_maxtext, for the rest.
+        Architecture(
+            "llama3.1",
+            "LlamaForCausalLM",
+            "LlamaConfig",
+            "llama3.1-8b",
+            convert.with_to_maxtext("llama3.1-8b"),
+            {**_TINY, "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE_SCALING},
+            hf_model_types=("llama",),
+            hf_rope_types=("llama3",),
+        ),
+        Architecture(
+            "qwen3",
+            "Qwen3ForCausalLM",
+            "Qwen3Config",
+            "qwen3-8b",
+            convert.with_to_maxtext("qwen3-8b"),
+            {**_TINY, "rope_theta": 1000000.0},
+            hf_model_types=("qwen3",),
+        ),
+        Architecture(
+            "qwen3_moe",
+            "Qwen3MoeForCausalLM",
+            "Qwen3MoeConfig",
+            "qwen3-30b-a3b",
+            convert.with_to_maxtext("qwen3-30b-a3b"),
+            {
+                **_TINY,
+                "moe_intermediate_size": 32,
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "norm_topk_prob": True,
+                "rope_theta": 1000000.0,
+            },
+            hf_model_types=("qwen3_moe",),
+        ),
+        Architecture(
+            "gemma2",
+            "Gemma2ForCausalLM",
+            "Gemma2Config",
+            "gemma2-9b",
+            convert.with_to_maxtext("gemma2-9b"),
+            {
+                **_TINY,
+                "num_hidden_layers": 4,  # two MaxText layers, each a (local, global) pair
+                "tie_word_embeddings": True,
+                "query_pre_attn_scalar": 16,  # = head_dim, as gemma-2-2b and -9b have it
+                "sliding_window": 8,  # shorter than parity's long input: the window is tested
+                "final_logit_softcapping": 30.0,
+                "attn_logit_softcapping": 50.0,
+            },
+            hf_model_types=("gemma2",),
+        ),
+        # The gpt_oss family's own tiny checkpoint (synthetic.py delegates to its writer: the
+        # same bytes as tiny-gpt-oss), through MaxText's GPT-OSS: a second implementation.
+        Architecture(
+            "gpt_oss",
+            "GptOssForCausalLM",
+            "GptOssConfig",
+            "gpt-oss-20b",
+            convert.with_to_maxtext("gpt-oss-20b"),
+            GPT_OSS_TINY,
+            # `onnxforge build` gives gpt_oss configs to the gpt_oss family (registry order);
+            # --family maxtext picks this one.
+            hf_model_types=("gpt_oss",),
+            hf_rope_types=("yarn",),
+        ),
     )
 }
 
 
-def architecture(hf_config: dict[str, Any], source: str) -> Architecture:
+def architecture(
+    hf_config: dict[str, Any], source: str, model_name: str | None = None
+) -> Architecture:
+    """The architecture that converts ``hf_config``'s model_type; where several do (Llama 2
+    and Llama 3.1 are both ``llama``), the one whose MaxText models ``model_name`` (the
+    catalog's ``options.model``) belongs to, else the first."""
     model_type = hf_config.get("model_type")
-    if model_type not in ARCHITECTURES:
+    candidates = [a for a in ARCHITECTURES.values() if model_type in a.converts]
+    if not candidates:
+        known = sorted({t for a in ARCHITECTURES.values() for t in a.converts})
         raise InputError(
             f"{source}: model_type {model_type!r} is not one the maxtext family stages; "
-            f"known: {sorted(ARCHITECTURES)}"
+            f"known: {known}"
         )
-    return ARCHITECTURES[model_type]
+    if model_name:
+        for arch in candidates:
+            if model_name == arch.default_model or model_name.startswith(arch.series + "-"):
+                return arch
+    return candidates[0]
 
 
 def rope_type(hf_config: dict[str, Any]) -> str:

@@ -10,10 +10,10 @@ published sizes), keep float32 instead of its bfloat16 cast, and unroll the scan
 as MaxText's ``generate_param_only_checkpoint force_unroll=true`` does.
 
 Gemma (v1) has no Hugging Face converter in MaxText; its ``convert_gemma_chkpt`` reads Google's
-Flax checkpoint (``google/gemma-2b-flax``), which the checkpoint directory must hold under
-``flax/`` (the synthetic writer puts the same weights there). It adds one to the norm scales,
-pre-scales queries and the embedding, and saves a scanned MaxText checkpoint that we restore
-and unroll.
+Flax checkpoint (``google/gemma-2b-flax``), which the checkpoint directory may hold under
+``flax/``; without one, gemma_flax.py writes that layout from the Hugging Face tensors. It
+adds one to the norm scales, pre-scales queries and the embedding, and saves a scanned MaxText
+checkpoint that we restore and unroll.
 """
 
 from __future__ import annotations
@@ -68,21 +68,35 @@ GEMMA_FLAX = "flax"
 
 
 def convert_gemma(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
+    """From the download's ``flax/`` folder where there is one, else from the Hugging Face
+    layout (gemma_flax.py writes the Flax layout of the same weights first)."""
     import tempfile
+
+    flax_dir = _flax_checkpoint((Path(checkpoint_dir) / GEMMA_FLAX).resolve())
+    with tempfile.TemporaryDirectory(prefix="onnxforge-gemma-") as scratch:
+        if not (flax_dir / "_METADATA").exists() and not (flax_dir / "checkpoint").exists():
+            if (Path(checkpoint_dir) / GEMMA_FLAX).exists():
+                raise InputError(
+                    f"{flax_dir}: no Flax Gemma checkpoint (the folder holding _METADATA, as "
+                    "google/gemma-2b-flax ships it); remove the folder to convert from the "
+                    "Hugging Face layout instead"
+                )
+            # The Hugging Face layout only (every fine-tuned Gemma): write the same weights
+            # in the Flax layout MaxText's converter reads.
+            from onnxforge.families.maxtext import gemma_flax
+
+            flax_dir = Path(scratch) / "flax"
+            gemma_flax.from_hugging_face(Path(checkpoint_dir), hf_config, flax_dir)
+        return _convert_gemma_flax(flax_dir, hf_config, Path(scratch) / "maxtext")
+
+
+def _convert_gemma_flax(flax_dir: Path, hf_config: dict[str, Any], scratch: Path):
     import types
     from unittest import mock
 
     import jax.numpy as jnp
     from maxtext.checkpoint_conversion.standalone_scripts import convert_gemma_chkpt as mt
 
-    flax_dir = _flax_checkpoint((Path(checkpoint_dir) / GEMMA_FLAX).resolve())
-    if not (flax_dir / "_METADATA").exists() and not (flax_dir / "checkpoint").exists():
-        raise InputError(
-            f"{flax_dir}: no Flax Gemma checkpoint. MaxText converts Gemma (v1) only from "
-            "Google's Flax/Orbax layout (transformer/layer_N/attn/q_einsum, ...), which the "
-            "hub repos google/gemma-2b-flax and google/gemma-7b-flax ship; put that checkpoint "
-            f"(the folder holding _METADATA) at {flax_dir}"
-        )
     heads = hf_config["num_attention_heads"]
     # Its model_size only picks the attention layout: "7b" reads qkv_einsum (one kv head per
     # query head, as Flax Gemma stores it then), "2b" q_einsum + kv_einsum.
@@ -90,19 +104,18 @@ def convert_gemma(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, 
     # main() ends by casting every weight with a local x.astype(jnp.bfloat16); for the call it
     # sees a jnp whose bfloat16 is float32, so float32 weights stay float32.
     float32_jnp = types.SimpleNamespace(**{**vars(jnp), "bfloat16": jnp.float32})
-    with tempfile.TemporaryDirectory(prefix="onnxforge-gemma-") as scratch:
-        args = ["--base_model_path", str(flax_dir), "--maxtext_model_path", scratch]
-        try:
-            with mock.patch.object(mt, "jnp", float32_jnp):
-                mt.main([*args, "--model_size", size])
-        except KeyError as err:
-            raise InputError(
-                f"{flax_dir}: MaxText's Gemma converter found no {err} in the Flax checkpoint; "
-                f"is it Gemma (v1) in the layout of google/gemma-2b-flax, with "
-                f"{'qkv_einsum' if size == '7b' else 'q_einsum and kv_einsum'} as config.json's "
-                "heads imply?"
-            ) from err
-        weights = load(Path(scratch))
+    args = ["--base_model_path", str(flax_dir), "--maxtext_model_path", str(scratch)]
+    try:
+        with mock.patch.object(mt, "jnp", float32_jnp):
+            mt.main([*args, "--model_size", size])
+    except KeyError as err:
+        raise InputError(
+            f"{flax_dir}: MaxText's Gemma converter found no {err} in the Flax checkpoint; "
+            f"is it Gemma (v1) in the layout of google/gemma-2b-flax, with "
+            f"{'qkv_einsum' if size == '7b' else 'q_einsum and kv_einsum'} as config.json's "
+            "heads imply?"
+        ) from err
+    weights = load(Path(scratch))
     weights = {key: _numpy(value) for key, value in weights.items()}
     return unroll(weights, hf_config["num_hidden_layers"])
 

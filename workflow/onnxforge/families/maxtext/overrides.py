@@ -1,13 +1,45 @@
-"""MaxText settings that make its model match a Hugging Face config.json (pure Python)."""
+"""MaxText settings that make its model match a Hugging Face config.json (pure Python), and
+the config.json fields MaxText's models cannot honor (refused at stage, never a numbers-only
+parity failure)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+# Llama 3.1's RoPE scaling as MaxText applies it (layers/embeddings.py LLaMARotaryEmbedding
+# ._apply_scaling_factor: constants, not settings).
+LLAMA3_ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+
+
+def rope_parameters(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """RoPE settings wherever config.json keeps them (``rope_scaling`` before transformers 5,
+    ``rope_parameters`` since)."""
+    return {**(hf_config.get("rope_scaling") or {}), **(hf_config.get("rope_parameters") or {})}
+
 
 def rope_theta(hf_config: dict[str, Any]) -> float:
-    parameters = hf_config.get("rope_parameters") or {}
+    parameters = rope_parameters(hf_config)
     return float(parameters.get("rope_theta", hf_config.get("rope_theta", 10000.0)))
+
+
+def rope_type(hf_config: dict[str, Any]) -> str:
+    parameters = rope_parameters(hf_config)
+    return str(parameters.get("rope_type", parameters.get("type", "default")) or "default")
+
+
+def sliding_window(hf_config: dict[str, Any]) -> int | None:
+    """The attention window config.json sets, or None (Qwen's is off unless
+    ``use_sliding_window``)."""
+    window = hf_config.get("sliding_window")
+    if hf_config.get("use_sliding_window") is False:
+        return None
+    return int(window) if window else None
 
 
 def maxtext_overrides(hf_config: dict[str, Any]) -> dict[str, Any]:
@@ -17,6 +49,7 @@ def maxtext_overrides(hf_config: dict[str, Any]) -> dict[str, Any]:
     still build the model their weights need.
     """
     heads = hf_config["num_attention_heads"]
+    model_type = hf_config.get("model_type")
     overrides = {
         "base_emb_dim": hf_config["hidden_size"],
         "base_num_query_heads": heads,
@@ -29,10 +62,104 @@ def maxtext_overrides(hf_config: dict[str, Any]) -> dict[str, Any]:
         "rope_max_timescale": rope_theta(hf_config),
         "logits_via_embedding": bool(hf_config.get("tie_word_embeddings", False)),
     }
-    if hf_config.get("num_local_experts"):
+    if hf_config.get("num_local_experts"):  # Mixtral
         overrides.update(
             num_experts=hf_config["num_local_experts"],
             num_experts_per_tok=hf_config["num_experts_per_tok"],
             base_moe_mlp_dim=hf_config["intermediate_size"],
         )
+    if model_type == "qwen3_moe":  # every layer MoE: MaxText wants base_mlp_dim = the experts'
+        overrides.update(
+            # transformers 5 writes num_local_experts; earlier ones num_experts
+            num_experts=hf_config.get("num_experts") or hf_config["num_local_experts"],
+            num_experts_per_tok=hf_config["num_experts_per_tok"],
+            base_moe_mlp_dim=hf_config["moe_intermediate_size"],
+            base_mlp_dim=hf_config["moe_intermediate_size"],
+            norm_topk_prob=bool(hf_config.get("norm_topk_prob", False)),
+        )
+    if model_type == "gpt_oss":
+        parameters = rope_parameters(hf_config)
+        overrides.update(
+            sliding_window_size=sliding_window(hf_config) or 128,
+            rope_factor=float(parameters.get("factor", 32.0)),
+            original_max_position_embeddings=int(
+                parameters.get("original_max_position_embeddings", 4096)
+            ),
+            beta_fast=float(parameters.get("beta_fast", 32.0)),
+            beta_slow=float(parameters.get("beta_slow", 1.0)),
+            rope_truncate=bool(parameters.get("truncate", False)),
+            max_position_embeddings=int(hf_config.get("max_position_embeddings", 131072)),
+            mlp_activations_limit=float(hf_config.get("swiglu_limit", 7.0)),
+        )
+    if rope_type(hf_config) == "llama3":
+        # MaxText picks Llama 3.1's scaled RoPE by model name (llama3.1-*) or this setting
+        # (llama3.3-70b.yml sets neither).
+        overrides["rope_type"] = "llama3.1"
+    window = sliding_window(hf_config)
+    if model_type in ("mistral", "mixtral") and window:
+        # MaxText's Mistral and Mixtral layers build global attention; runtime.py has them
+        # take these settings (MaxText's own LOCAL_SLIDING mask), as Gemma 2's layers do.
+        overrides.update(attention_type="local_sliding", sliding_window_size=window)
+    if model_type == "gemma2":
+        # One MaxText gemma2 layer is a (local, global) pair of Hugging Face layers.
+        overrides["base_num_decoder_layers"] = hf_config["num_hidden_layers"] // 2
+        overrides["sliding_window_size"] = window or 4096
+        overrides["final_logits_soft_cap"] = float(hf_config.get("final_logit_softcapping") or 0)
+        overrides["attn_logits_soft_cap"] = float(hf_config.get("attn_logit_softcapping") or 0)
     return overrides
+
+
+def unsupported(hf_config: dict[str, Any], model_name: str) -> list[str]:
+    """The config.json fields MaxText's ``model_name`` cannot honor, each with why."""
+    model_type = hf_config.get("model_type")
+    reasons = []
+    kind = rope_type(hf_config)
+    if kind == "llama3":
+        parameters = rope_parameters(hf_config)
+        differs = {
+            key: parameters.get(key)
+            for key, value in LLAMA3_ROPE_SCALING.items()
+            if key != "rope_type" and float(parameters.get(key, -1)) != float(value)
+        }
+        if differs:
+            reasons.append(
+                f"rope_scaling {differs}: MaxText applies Llama 3.1's RoPE scaling with fixed "
+                f"constants {LLAMA3_ROPE_SCALING} (Llama 3.2's factor 32 is not one of them)"
+            )
+    elif kind != "default" and not (kind == "yarn" and model_type == "gpt_oss"):
+        reasons.append(f"rope_scaling type {kind!r}: MaxText's {model_name} has no such RoPE")
+    if sliding_window(hf_config) and model_type not in ("mistral", "mixtral", "gemma2", "gpt_oss"):
+        reasons.append(
+            f"sliding_window {sliding_window(hf_config)}: MaxText's {model_name} attends "
+            "globally in every layer"
+        )
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf_config.get(flag) and model_type != "gpt_oss":
+            reasons.append(f"{flag}: MaxText's {model_name} has no such biases")
+    if model_type == "qwen3_moe" and (
+        hf_config.get("mlp_only_layers") or hf_config.get("decoder_sparse_step", 1) != 1
+    ):
+        reasons.append(
+            "mlp_only_layers / decoder_sparse_step: MaxText's qwen3_moe makes every layer MoE"
+        )
+    layer_types = hf_config.get("layer_types")
+    if model_type == "gpt_oss" and layer_types:
+        alternating = ["sliding_attention", "full_attention"] * len(layer_types)
+        if list(layer_types) != alternating[: len(layer_types)]:
+            reasons.append(
+                "layer_types: MaxText's GPT-OSS alternates sliding and full attention, "
+                "starting with sliding"
+            )
+    if model_type == "gemma2":
+        if hf_config["num_hidden_layers"] % 2:
+            reasons.append(
+                f"num_hidden_layers {hf_config['num_hidden_layers']}: MaxText's gemma2 layers "
+                "are (local, global) pairs; stage an even number of layers"
+            )
+        head_dim = hf_config.get("head_dim")
+        if hf_config.get("query_pre_attn_scalar", head_dim) != head_dim:
+            reasons.append(
+                f"query_pre_attn_scalar {hf_config['query_pre_attn_scalar']}: MaxText's Gemma 2 "
+                f"converter scales queries by head_dim ({head_dim}) ** -0.5"
+            )
+    return reasons

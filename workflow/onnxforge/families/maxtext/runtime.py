@@ -112,16 +112,140 @@ def _expert_weights_by_one_hot(self, weights, indices, safe_updates=False):
 
 
 _ORIGINAL_EXPERT_WEIGHTS = None
+_ORIGINAL_ATTENTION_INIT = None
+# Decoder blocks whose layers build MaxText's Attention without its window options.
+WINDOW_FROM_CONFIG = ("mistral", "mixtral")
+
+
+def _attention_init_with_configured_window(self, *args, **kwargs):
+    """MaxText's ``Attention.__init__``, taking the sliding window from the config where the
+    layer does not choose: MaxText's Mistral and Mixtral layers (models/mistral.py,
+    mixtral.py) never pass ``attention_type`` or ``sliding_window_size``, so a checkpoint's
+    ``sliding_window`` was ignored. With ``attention_type=local_sliding`` and
+    ``sliding_window_size`` set (overrides.py does it for a config.json window), those layers
+    use MaxText's own LOCAL_SLIDING mask, as Gemma 2's local layers do."""
+    from maxtext.common.common_types import AttentionType
+
+    config = kwargs.get("config", args[0] if args else None)
+    if (
+        "attention_type" not in kwargs
+        and getattr(config, "attention_type", "global") == AttentionType.LOCAL_SLIDING.value
+        and getattr(config, "sliding_window_size", 0) > 0
+        and str(getattr(config.decoder_block, "value", config.decoder_block)) in WINDOW_FROM_CONFIG
+    ):
+        kwargs.update(
+            attention_type=AttentionType.LOCAL_SLIDING,
+            sliding_window_size=config.sliding_window_size,
+        )
+    _ORIGINAL_ATTENTION_INIT(self, *args, **kwargs)
+
+
+_ORIGINAL_LOCAL_ATTENTION = None
+
+
+def _local_attention_with_sinks(
+    self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks=None
+):
+    """MaxText's ``AttentionOp.compute_local_attention`` (layers/attention_op.py) for attention
+    sinks (GPT-OSS) without its concatenation.
+
+    It appends the sink logit as one more key column (``jnp.concatenate`` along the symbolic
+    key axis) and slices it off again (``[..., :s]``); jax2onnx 0.17.1 gives that
+    concatenation the wrong size, and ONNX Runtime fails on the next reshape. The same max
+    and sum over ``[logits, sink]``, taken piecewise. Other cases go to MaxText's own.
+    """
+    if sinks is None or model_mode != "train" or self.reshape_q:
+        return _ORIGINAL_LOCAL_ATTENTION(
+            self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks
+        )
+    b, n_kv, g, t, s = attn_weights.shape
+    logits = jnp.reshape(attn_weights, (b, n_kv * g, t, s))
+    sink = sinks.astype(logits.dtype)[jnp.newaxis, :, jnp.newaxis, jnp.newaxis]  # (1, n_q, 1, 1)
+    local_max = jnp.maximum(jnp.max(logits, axis=-1, keepdims=True), sink)
+    exps = jnp.exp(logits - local_max)
+    local_sum = jnp.sum(exps, axis=-1, keepdims=True) + jnp.exp(sink - local_max)
+    local_exps = jnp.reshape(exps, (b, n_kv, g, t, s))
+    local_max = jnp.transpose(local_max, (0, 2, 1, 3))  # (b, t, n_q, 1)
+    local_sum = jnp.transpose(local_sum, (0, 2, 1, 3))
+    local_out = self.wv_product(local_exps, value, model_mode, wv_product_einsum)
+    return local_out, local_max, local_sum
+
+
+def _yarn_inverse_frequencies(self) -> jax.Array:
+    """``YarnRotaryEmbedding.freqs_cis``'s corrected frequencies, before its outer product
+    with positions and its ``exp(1j * ...)`` (the same float32 arithmetic)."""
+    half_dim = self.embedding_dims // 2
+    exponents = 2.0 * jnp.arange(0, half_dim, dtype=jnp.float32) / self.embedding_dims
+    freqs = 1.0 / (self.rope_theta**exponents)
+    low, high = self._find_correction_range(
+        self.beta_fast,
+        self.beta_slow,
+        self.embedding_dims,
+        self.rope_theta,
+        self.original_max_position_embeddings,
+        self.truncate,
+    )
+    smooth = 1 - self._linear_ramp_factor(low, high, half_dim)
+    return freqs / self.rope_factor * (1 - smooth) + freqs * smooth
+
+
+def _yarn_in_real_arithmetic(self, inputs, position=None):
+    """MaxText's ``YarnRotaryEmbedding.__call__`` (layers/embeddings.py) with cos and sin in
+    place of complex numbers.
+
+    It rotates by multiplying with ``exp(1j * angle)`` gathered from a complex table;
+    jax2onnx 0.17.1 lowers that complex arithmetic into a Gather on a scalar that ONNX Runtime
+    rejects ("data tensor must have rank >= 1": DeepSeek 2/3, Kimi K2, GPT-OSS, OLMo 3). The
+    same rotation, ``(a + ib)(cos + i sin)``, in the same layouts (interleaved or
+    concatenated input, concatenated output, or pairwise), with the same scaling and cast.
+    Angles are ``position * frequency`` as the table's outer product computes them.
+    """
+    import math
+
+    if len(inputs.shape) != 4:
+        raise ValueError("YaRN input must be [batch, sequence, heads, dims]")
+    b, s, n, h = inputs.shape
+    half_dim = h // 2
+    if position is None:
+        position = jnp.arange(s, dtype=jnp.int32)[jnp.newaxis, :]
+    angles = position.astype(jnp.float32)[..., jnp.newaxis] * _yarn_inverse_frequencies(self)
+    cos = jnp.cos(angles)[:, :, jnp.newaxis, :]  # [b, s, 1, half_dim]
+    sin = jnp.sin(angles)[:, :, jnp.newaxis, :]
+    if self.interleave and self.pairwise:
+        pairs = inputs.reshape(b, s, n, half_dim, 2).astype(jnp.float32)
+        swapped = jnp.flip(pairs, axis=-1)
+        sign = jnp.asarray([-1.0, 1.0], dtype=jnp.float32)
+        rotated = pairs * cos[..., jnp.newaxis] + swapped * sin[..., jnp.newaxis] * sign
+        output = rotated.reshape(b, s, n, h)
+    else:
+        if self.interleave:
+            pairs = inputs.reshape(b, s, n, half_dim, 2)
+            real, imag = pairs[..., 0], pairs[..., 1]
+        else:
+            real, imag = jnp.split(inputs, 2, axis=-1)
+        output = jnp.concatenate([real * cos - imag * sin, real * sin + imag * cos], axis=-1)
+    if self.attention_scaling and self.rope_factor > 1:
+        output = output * (0.1 * math.log(self.rope_factor) + 1.0)
+    if self.cast_as_fprop_dtype:
+        output = output.astype(self.fprop_dtype)
+    return output
 
 
 def patch_for_export() -> None:
     """Workarounds for MaxText code that ONNX Runtime or jax2onnx cannot take (README: known
     issues); the JAX side of parity runs them too, so transformers checks them."""
-    global _ORIGINAL_EXPERT_WEIGHTS
-    from maxtext.layers import embeddings, moe, nnx_decoders
+    global _ORIGINAL_EXPERT_WEIGHTS, _ORIGINAL_ATTENTION_INIT, _ORIGINAL_LOCAL_ATTENTION
+    from maxtext.layers import attention_op, attentions, embeddings, moe, nnx_decoders
 
     embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
+    embeddings.YarnRotaryEmbedding.__call__ = _yarn_in_real_arithmetic
     nnx_decoders.attend_on_embedding = _attend_on_embedding  # the decoder's logits
+    if _ORIGINAL_LOCAL_ATTENTION is None:
+        _ORIGINAL_LOCAL_ATTENTION = attention_op.AttentionOp.compute_local_attention
+        attention_op.AttentionOp.compute_local_attention = _local_attention_with_sinks
+    if _ORIGINAL_ATTENTION_INIT is None:
+        _ORIGINAL_ATTENTION_INIT = attentions.Attention.__init__
+        attentions.Attention.__init__ = _attention_init_with_configured_window
     if _ORIGINAL_EXPERT_WEIGHTS is None:
         _ORIGINAL_EXPERT_WEIGHTS = moe.RoutedMoE.reshape_and_update_weights
         moe.RoutedMoE.reshape_and_update_weights = _expert_weights_by_one_hot

@@ -4,9 +4,9 @@
 of that architecture and ``save_pretrained`` writes real safetensors and config.json. Every
 tensor is random and seeded (norms near one), so a mapping mistake changes the logits.
 
-MaxText stages Gemma (v1) only from Google's Flax checkpoint (``google/gemma-2b-flax``,
-``google/gemma-7b-flax``), so for ``arch=gemma`` the same weights are also written in that
-layout under ``flax/``, as the hub ships both layouts of one model.
+For ``arch=gemma`` the same weights are also written in Google's Flax layout under ``flax/``,
+as the hub ships both layouts of one model (``flax=false``: the Hugging Face layout only, as
+fine-tuned Gemmas come; stage then writes the Flax layout itself).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from onnxforge.errors import InputError
 from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
 
-OPTIONS = {"arch", "init_std"}
-FLAX = "flax"  # gemma: the Flax/Orbax copy of the weights (see write_gemma_flax)
+OPTIONS = {"arch", "init_std", "flax"}
+FLAX = "flax"  # gemma: the Flax/Orbax copy of the weights (gemma_flax.py)
 
 
 def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
@@ -34,7 +34,13 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
             f"synthetic://maxtext: unknown arch {arch_name!r}; known: {sorted(ARCHITECTURES)}"
         )
     arch = ARCHITECTURES[arch_name]
+    if arch_name == "gpt_oss":  # the gpt_oss family's writer: the same checkpoint, byte for byte
+        from onnxforge.families.gpt_oss.synthetic import synthesize as gpt_oss_synthesize
+
+        gpt_oss_synthesize(out_dir, seed, settings)
+        return
     init_std = float(settings.pop("init_std", 0.1))
+    flax = str(settings.pop("flax", "true")).lower() != "false"  # gemma: also the Flax layout
     unknown = set(settings) - set(arch.tiny)
     if unknown:
         raise InputError(
@@ -47,54 +53,8 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
     texts.write_tiny_tokenizer(Path(out_dir), config.vocab_size)
-    if arch_name == "gemma":
-        write_gemma_flax(model, Path(out_dir) / FLAX)
+    if arch_name == "gemma" and flax:
+        from onnxforge.families.maxtext.gemma_flax import write_gemma_flax
 
-
-def write_gemma_flax(model, directory: Path) -> None:
-    """A GemmaForCausalLM's weights as Google's Flax Gemma checkpoint stores them.
-
-    An Orbax PyTree of flat ``transformer/...`` keys with ``{"w": ...}`` / ``{"scale": ...}``
-    leaves, the tree MaxText's ``convert_gemma_chkpt.py`` restores and nests. Flax einsum
-    shapes: q ``(heads, d, head_dim)``; kv ``(2, kv_heads, d, head_dim)``, or qkv ``(3, heads,
-    d, head_dim)`` when every query head has its own kv head; attn_vec ``(heads, head_dim, d)``;
-    gating ``(2, d, mlp)`` (gate, up); linear ``(mlp, d)``. Norm scales are stored as offsets
-    from one in both layouts (``x * (1 + scale)``), and both models scale the embedding by
-    sqrt(d) themselves, so those copy over unchanged. Kept float32 (the hub's are bfloat16).
-    """
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    config = model.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim, d = config.head_dim, config.hidden_size
-    weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-
-    def per_head(name: str, n: int) -> np.ndarray:  # HF [n * head_dim, d] -> [n, d, head_dim]
-        return weights[name].reshape(n, head_dim, d).transpose(0, 2, 1)
-
-    tree = {
-        "transformer/embedder": {"input_embedding": weights["model.embed_tokens.weight"]},
-        "transformer/final_norm": {"scale": weights["model.norm.weight"]},
-    }
-    for i in range(config.num_hidden_layers):
-        hf, flax = f"model.layers.{i}.", f"transformer/layer_{i}/"
-        q = per_head(hf + "self_attn.q_proj.weight", heads)
-        k = per_head(hf + "self_attn.k_proj.weight", kv_heads)
-        v = per_head(hf + "self_attn.v_proj.weight", kv_heads)
-        if kv_heads == heads:
-            tree[flax + "attn/qkv_einsum"] = {"w": np.stack([q, k, v])}
-        else:
-            tree[flax + "attn/q_einsum"] = {"w": q}
-            tree[flax + "attn/kv_einsum"] = {"w": np.stack([k, v])}
-        out = weights[hf + "self_attn.o_proj.weight"]  # [d, heads * head_dim]
-        tree[flax + "attn/attn_vec_einsum"] = {"w": out.T.reshape(heads, head_dim, d)}
-        gate, up = weights[hf + "mlp.gate_proj.weight"], weights[hf + "mlp.up_proj.weight"]
-        tree[flax + "mlp/gating_einsum"] = {"w": np.stack([gate.T, up.T])}
-        tree[flax + "mlp/linear"] = {"w": weights[hf + "mlp.down_proj.weight"].T}
-        tree[flax + "pre_attention_norm"] = {"scale": weights[hf + "input_layernorm.weight"]}
-        tree[flax + "pre_ffw_norm"] = {"scale": weights[hf + "post_attention_layernorm.weight"]}
-    tree = {
-        key: {n: np.ascontiguousarray(a) for n, a in leaves.items()} for key, leaves in tree.items()
-    }
-    ocp.PyTreeCheckpointer().save(str(Path(directory).resolve()), tree)
+        weights = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+        write_gemma_flax(weights.__getitem__, config.to_dict(), Path(out_dir) / FLAX)

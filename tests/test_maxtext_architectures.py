@@ -1,0 +1,105 @@
+"""The maxtext family's architecture table (pure Python): which architecture converts a
+config.json, the MaxText settings it gets, and the fields it refuses at stage, with why.
+
+Every architecture's tiny checkpoint goes through the real DAG in test_registry.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxforge.errors import InputError
+from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
+from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
+
+
+def tiny(name: str, **changes) -> dict:
+    arch = ARCHITECTURES[name]
+    return {**arch.tiny, "model_type": arch.converts[0], **changes}
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (None, "llama"),
+        ("llama2-7b", "llama"),
+        ("llama3.1-8b", "llama3.1"),
+        ("llama3.1-70b", "llama3.1"),
+        ("llama3.3-70b", "llama"),  # Llama 2's converter; overrides give it 3.1's RoPE
+    ],
+)
+def test_llama_checkpoints_go_to_the_architecture_of_the_catalog_model(model, expected):
+    assert architecture({"model_type": "llama"}, "config.json", model).model_type == expected
+
+
+def test_an_unknown_model_type_names_every_known_one():
+    with pytest.raises(InputError, match=r"model_type 'bert' is not one.*'qwen3_moe'"):
+        architecture({"model_type": "bert"}, "config.json")
+
+
+def test_every_architecture_converts_its_tiny_config_and_refuses_nothing_of_it():
+    for name, arch in ARCHITECTURES.items():
+        config = tiny(name)
+        assert architecture(config, "config.json", arch.default_model) is arch
+        assert unsupported(config, arch.default_model) == [], name
+
+
+def test_llama3_rope_scaling_becomes_maxtexts_llama31_rope():
+    assert maxtext_overrides(tiny("llama3.1"))["rope_type"] == "llama3.1"
+    assert "rope_type" not in maxtext_overrides(tiny("llama"))
+
+
+def test_llama32_rope_factor_is_refused_naming_the_field():
+    scaling = {**ARCHITECTURES["llama3.1"].tiny["rope_scaling"], "factor": 32.0}
+    (reason,) = unsupported(tiny("llama3.1", rope_scaling=scaling), "llama3.1-8b")
+    assert reason.startswith("rope_scaling {'factor': 32.0}") and "fixed constants" in reason
+
+
+def test_mistral_window_becomes_maxtexts_local_sliding_attention():
+    overrides = maxtext_overrides(tiny("mistral"))
+    assert overrides["attention_type"] == "local_sliding"
+    assert overrides["sliding_window_size"] == 8
+    assert "attention_type" not in maxtext_overrides(tiny("mistral", sliding_window=None))
+
+
+def test_a_window_maxtext_cannot_apply_is_refused():
+    (reason,) = unsupported(tiny("qwen3", use_sliding_window=True, sliding_window=64), "qwen3-8b")
+    assert reason.startswith("sliding_window 64: MaxText's qwen3-8b attends globally")
+    assert unsupported(tiny("qwen3", use_sliding_window=False, sliding_window=64), "q") == []
+
+
+def test_gemma2_layers_are_pairs_and_its_settings_follow_the_config():
+    overrides = maxtext_overrides(tiny("gemma2"))
+    assert overrides["base_num_decoder_layers"] == 2  # 4 Hugging Face layers
+    assert overrides["sliding_window_size"] == 8
+    assert overrides["final_logits_soft_cap"] == 30.0
+    assert overrides["attn_logits_soft_cap"] == 50.0
+    reasons = unsupported(tiny("gemma2", num_hidden_layers=3, query_pre_attn_scalar=144), "g")
+    assert [r.split(" ")[0] for r in reasons] == ["num_hidden_layers", "query_pre_attn_scalar"]
+
+
+def test_qwen3_moe_is_moe_in_every_layer():
+    overrides = maxtext_overrides(tiny("qwen3_moe"))
+    assert overrides["num_experts"] == 4 and overrides["num_experts_per_tok"] == 2
+    assert overrides["base_moe_mlp_dim"] == overrides["base_mlp_dim"] == 32
+    assert overrides["norm_topk_prob"] is True
+    (reason,) = unsupported(tiny("qwen3_moe", mlp_only_layers=[0]), "qwen3-30b-a3b")
+    assert reason.startswith("mlp_only_layers")
+
+
+def test_gpt_oss_takes_its_window_yarn_and_swiglu_limit_from_the_config():
+    config = tiny(
+        "gpt_oss",
+        rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0,
+                         "original_max_position_embeddings": 4096},
+        swiglu_limit=7.0,
+    )  # fmt: skip
+    overrides = maxtext_overrides(config)
+    assert overrides["sliding_window_size"] == 16
+    assert overrides["rope_factor"] == 32.0 and overrides["rope_truncate"] is False
+    assert overrides["rope_max_timescale"] == 150000.0
+    assert overrides["mlp_activations_limit"] == 7.0
+    assert overrides["num_experts"] == 4 and overrides["base_moe_mlp_dim"] == 32
+    assert unsupported(config, "gpt-oss-20b") == []
+    (reason,) = unsupported({**config, "layer_types": ["full_attention"] * 2}, "gpt-oss-20b")
+    assert reason.startswith("layer_types")
