@@ -44,8 +44,7 @@ class KVRunner:
     def __init__(self, session: Any):
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
-        self.num_layers = sum(1 for n in inputs if n.startswith("past_key_values.") and
-                              n.endswith(".key"))  # fmt: skip
+        self.num_layers = sum(signature.PAST_KEY.format(i) in inputs for i in range(len(inputs)))
         first = inputs[signature.PAST_KEY.format(0)]
         self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         if first.type not in _NUMPY_TYPES:
