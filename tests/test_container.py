@@ -128,6 +128,8 @@ def test_tiny_model_and_a_mounted_checkpoint_build_in_the_container_as_the_calle
     results.mkdir()
     checkpoint = tmp_path / "my-checkpoint"
     GPT_OSS.synthesize(checkpoint, seed=3, overrides={})
+    for path in checkpoint.iterdir():  # safetensors writes 0600: readable by the caller only
+        path.chmod(0o644)
     if os.getuid() == 0:
         os.chown(results, uid, gid)
     run = podman(

@@ -163,7 +163,7 @@ def download_source_state(wildcards):
     try:
         uris = [entry["source"], *entry.get("extra", {}).values()]
         return " ".join(source_state(uri) for uri in uris)
-    except InputError as err:
+    except (InputError, OSError) as err:  # an unreadable file, say
         return f"refused: {err}"  # the download job itself then fails with this in its log
 
 
