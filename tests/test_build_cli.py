@@ -68,21 +68,34 @@ def test_an_unsupported_model_type_is_one_line_naming_what_is_supported(
 
 
 def test_a_forced_family_that_does_not_read_it_is_refused():
-    with pytest.raises(InputError, match="the maxtext family does not build model_type 'gpt_oss'"):
-        recognize.detect({"model_type": "gpt_oss"}, "c.json", "maxtext", {})
+    with pytest.raises(InputError, match="the gpt_oss family does not build model_type 'llama'"):
+        recognize.detect({"model_type": "llama"}, "c.json", "gpt_oss", {})
 
 
-def test_llama_with_llama3_rope_scaling_is_not_taken_for_llama2():
-    """Llama 2 and Llama 3 share model_type "llama"; MaxText's llama2-7b has plain RoPE."""
+def test_gpt_oss_goes_to_its_own_family_and_maxtext_when_forced():
+    config = {"model_type": "gpt_oss", "rope_scaling": {"rope_type": "yarn", "factor": 32.0}}
+    assert recognize.detect(config, "c.json", None, {}) == ("gpt_oss", {}, ("maxtext",))
+    assert recognize.detect(config, "c.json", "maxtext", {}) == (
+        "maxtext",
+        {"model": "gpt-oss-20b"},
+        (),
+    )
+
+
+def test_llama_rope_scaling_tells_llama2_from_llama3():
+    """Llama 2 and Llama 3 share model_type "llama"; MaxText's llama2-7b has plain RoPE,
+    llama3.1-8b the "llama3" scaling; a scaling neither has is refused, naming both."""
     config = {"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
-    with pytest.raises(InputError, match=r"rope_type 'llama3'.*--maxtext-model"):
-        recognize.detect(config, "c.json", None, {})
-    forced = recognize.detect(config, "c.json", "maxtext", {"model": "llama3.1-8b"})
-    assert forced == ("maxtext", {"model": "llama3.1-8b"}, ())
+    assert recognize.detect(config, "c.json", None, {})[:2] == ("maxtext", {"model": "llama3.1-8b"})
     assert recognize.detect({"model_type": "llama"}, "c.json", None, {})[:2] == (
         "maxtext",
         {"model": "llama2-7b"},
     )
+    linear = {"model_type": "llama", "rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    with pytest.raises(InputError, match=r"rope_type 'linear'.*llama2-7b.*llama3.1-8b"):
+        recognize.detect(linear, "c.json", None, {})
+    forced = recognize.detect(linear, "c.json", "maxtext", {"model": "llama3.1-8b"})
+    assert forced == ("maxtext", {"model": "llama3.1-8b"}, ())
 
 
 def test_maxtext_model_implies_the_maxtext_family(tmp_path):

@@ -118,13 +118,19 @@ def detect(
     from onnxforge.families import FAMILIES, get_family
 
     candidates = [get_family(family)] if family else list(FAMILIES.values())
-    found = []
+    found, refusals = [], []
     for candidate in candidates:
-        options = candidate.recognize(hf_config, where, forced)
+        try:
+            options = candidate.recognize(hf_config, where, forced)
+        except InputError as err:  # its model_type, but not a config it can build
+            refusals.append(err)
+            continue
         if options is not None:
             found.append((candidate.name, options))
     if found:
         return (*found[0], tuple(other for other, _ in found[1:]))
+    if refusals:
+        raise refusals[0]
     model_type = hf_config.get("model_type")
     architectures = hf_config.get("architectures")
     what = f"model_type {model_type!r}"
