@@ -20,7 +20,10 @@ def test_shipped_config_is_valid():
     catalog.validate(copy.deepcopy(CONFIG))
     assert catalog.default_targets(CONFIG) == [
         f"results/release/tiny-{name}/hf/f32"
-        for name in ("gpt-oss", "llama", "mistral", "mixtral", "gemma")
+        for name in (
+            *("gpt-oss", "llama", "mistral", "mixtral", "gemma"),
+            *("llama3.1", "qwen3", "qwen3_moe", "gemma2", "gpt_oss"),
+        )
     ]
 
 
