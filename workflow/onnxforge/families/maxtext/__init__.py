@@ -21,6 +21,7 @@ import numpy as np
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
     Example,
+    LoadedDecoder,
     LoadedModel,
     Staged,
     read_config_json,
@@ -131,6 +132,22 @@ class MaxTextFamily:
         params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
         apply, param_state = runtime.apply_function(config, params)
         return LoadedModel(apply, param_state, model.vocab_size)
+
+    def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
+        from onnxforge.families.maxtext import checkpoint, decoder, runtime
+
+        model = self.read_config(stage_dir)
+        config = runtime.make_config(model.model_name, model.overrides, np.dtype(dtype).name)
+        params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
+        step, param_state = decoder.step_function(config, params)
+        return LoadedDecoder(
+            step,
+            param_state,
+            model.vocab_size,
+            num_layers=int(config.num_decoder_layers),
+            kv_heads=int(config.num_kv_heads),
+            head_dim=int(config.head_dim),
+        )
 
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' own model class on the downloaded files, cut to the staged layers."""
