@@ -140,6 +140,7 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
         **overrides,
         "dtype": dtype,
         "provider": entry["provider"],
+        "decoder": entry["decoder"],
         "gates": config["gates"][dtype],
     }
 

@@ -57,11 +57,22 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     with outputs.atomic_directory(args.out) as tmp:
         started = time.perf_counter()
-        info = export(args.family, args.stage, tmp, dtype=args.dtype, opset=args.opset)
+        info = export(
+            args.family,
+            args.stage,
+            tmp,
+            dtype=args.dtype,
+            opset=args.opset,
+            decoder=args.decoder,
+            checkpoint_dir=args.checkpoint,
+        )
+        inputs = {"stage": args.stage}
+        if args.checkpoint:  # a kv export copies its tokenizer files
+            inputs["checkpoint"] = args.checkpoint
         outputs.write_manifest(
             tmp,
             "export",
-            {"stage": args.stage},
+            inputs,
             {"family": args.family.name, "export": info},
             volatile={"seconds": round(time.perf_counter() - started, 2)},
         )
@@ -162,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--dtype", required=True)
     s.add_argument("--opset", type=int, required=True)
+    s.add_argument("--decoder", choices=("full", "kv"), default="full")
+    s.add_argument("--checkpoint", type=Path, help="kv: the checkpoint (its tokenizer files)")
     s.set_defaults(run=cmd_export)
 
     s = steps.add_parser("parity", help="ONNX Runtime vs JAX vs reference; writes the report")

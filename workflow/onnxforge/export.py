@@ -1,6 +1,8 @@
 """Export: the staged JAX model -> ONNX (jax2onnx), weights as external data.
 
-The graph's inputs and outputs are ``signature``'s. The model stays an onnx_ir model and is
+Two forms (a variant's ``decoder``): ``full``, token ids -> logits over the whole sequence;
+``kv``, the KV-cache decoder, in a folder ONNX Runtime GenAI runs (``genai.py``). The graphs'
+inputs and outputs are ``signature``'s. The model stays an onnx_ir model and is
 saved with every weight in external data: a ModelProto cannot be serialized (or checked in
 memory) past 2 GB, and building one would hold a second copy of the weights next to JAX's.
 """
@@ -43,12 +45,96 @@ def save(model_ir, out_dir: Path) -> None:
     ir.save(model_ir, out_dir / ONNX_FILE, external_data=DATA_FILE, size_threshold_bytes=1024)
 
 
-def export(family: Family, stage_dir: Path, out_dir: Path, *, dtype: str, opset: int) -> dict:
+def trace_decoder(decoder, name: str, opset: int):
+    """The KV-cache decoder as an onnx_ir model with the signature's names and symbolic axes.
+
+    jax2onnx traces with 64-bit integers off (JAX's default), so the int64 inputs are traced
+    as int32 and then declared int64 in front of a Cast (``_int64_inputs``)."""
+    import jax
+    import jax.numpy as jnp
+    from jax2onnx import to_onnx
+
+    from onnxforge.signature import BATCH, PAST, SEQUENCE, TOTAL
+
+    leaf = jax.tree_util.tree_leaves(decoder.params)[0]
+    cache = jax.ShapeDtypeStruct((BATCH, decoder.kv_heads, PAST, decoder.head_dim), leaf.dtype)
+    specs = [
+        jax.ShapeDtypeStruct((BATCH, SEQUENCE), jnp.int32),
+        jax.ShapeDtypeStruct((BATCH, TOTAL), jnp.int32),
+        jax.ShapeDtypeStruct((BATCH, SEQUENCE), jnp.int32),
+        *[cache] * (2 * decoder.num_layers),
+    ]
+    step = decoder.bound()
+
+    def forward(input_ids, attention_mask, position_ids, *cache_arrays):
+        past = list(zip(cache_arrays[0::2], cache_arrays[1::2], strict=True))
+        logits, present = step(input_ids, attention_mask, position_ids, past)
+        return (logits, *[array for pair in present for array in pair])
+
+    model_ir = to_onnx(
+        forward,
+        specs,
+        model_name=name,
+        opset=opset,
+        input_names=signature.kv_input_names(decoder.num_layers),
+        output_names=signature.kv_output_names(decoder.num_layers),
+        return_mode="ir",
+    )
+    _int64_inputs(model_ir, (signature.INPUT_IDS, signature.ATTENTION_MASK, signature.POSITION_IDS))
+    return model_ir
+
+
+def _int64_inputs(model_ir, names) -> None:
+    """Declare the named int32 graph inputs int64 (the contract's type), each cast to int32
+    once for the graph traced with int32."""
+    import onnx_ir as ir
+
+    graph = model_ir.graph
+    for graph_input in graph.inputs:
+        if graph_input.name not in names or graph_input.dtype == ir.DataType.INT64:
+            continue
+        cast = ir.node(
+            "Cast", [graph_input], {"to": ir.DataType.INT32}, name=f"{graph_input.name}_int32"
+        )
+        narrow = cast.outputs[0]
+        narrow.name = f"{graph_input.name}_int32"
+        # Fresh type objects: jax2onnx shares one between values, and onnx_ir's dtype setter
+        # would change them all.
+        narrow.type, narrow.shape = ir.TensorType(ir.DataType.INT32), graph_input.shape
+        for user, index in list(graph_input.uses()):
+            if user is not cast:
+                user.replace_input_with(index, narrow)
+        graph_input.type = ir.TensorType(ir.DataType.INT64)
+        graph.insert_before(graph[0], cast)
+
+
+def export(
+    family: Family,
+    stage_dir: Path,
+    out_dir: Path,
+    *,
+    dtype: str,
+    opset: int,
+    decoder: str = "full",
+    checkpoint_dir: Path | None = None,
+) -> dict:
+    """``decoder``: ``full`` or ``kv``; a ``kv`` export also writes ``genai_config.json`` and
+    the checkpoint's tokenizer files (from ``checkpoint_dir``) beside the model."""
     import jax.numpy as jnp
     import onnx
 
-    model = family.load(stage_dir, jnp.dtype(dtype))
-    model_ir = trace(model.bound(), family.name, opset)
+    if decoder == "kv":
+        from onnxforge import genai
+
+        if checkpoint_dir is None:
+            raise ValueError("a kv export needs the checkpoint folder (its tokenizer)")
+        model = family.load_decoder(stage_dir, jnp.dtype(dtype))
+        model_ir = trace_decoder(model, family.name, opset)
+        genai_files = genai.write_folder(model, stage_dir, checkpoint_dir, out_dir)
+    else:
+        model = family.load(stage_dir, jnp.dtype(dtype))
+        model_ir = trace(model.bound(), family.name, opset)
+        genai_files = []
     del model  # JAX's copy of the weights; the IR model holds its own from here
     save(model_ir, out_dir)
     counts = {"initializers": len(model_ir.graph.initializers), "nodes": len(model_ir.graph)}
@@ -57,6 +143,8 @@ def export(family: Family, stage_dir: Path, out_dir: Path, *, dtype: str, opset:
     return {
         "opset": opset,
         "dtype": dtype,
+        "decoder": decoder,
         **counts,
+        "genai_files": genai_files,
         "bytes": {f: (out_dir / f).stat().st_size for f in (ONNX_FILE, DATA_FILE)},
     }

@@ -32,6 +32,8 @@ class ParitySettings:
     long_tokens: int
     decode_tokens: int
     seed: int
+    generate_tokens: int  # the generation gates' greedy decode (decoder kv)
+    decoder: str  # the variant's: full, or kv (the KV-cache decoder; adds generation gates)
 
 
 def parity_inputs(vocab_size: int, settings: ParitySettings) -> dict[str, np.ndarray]:
@@ -70,10 +72,12 @@ def decode_prompt(inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 @dataclass
 class Outputs:
-    """What one implementation gives on the parity inputs: logits per input and greedy tokens."""
+    """What one implementation gives on the parity inputs: logits per input and greedy tokens
+    (and for a KV export, its generation gates' side)."""
 
     logits: dict[str, np.ndarray]
     decode: list[int]
+    generation: Any = None
 
 
 def run_model(logits_fn, inputs: dict[str, np.ndarray], decode_tokens: int) -> Outputs:
@@ -119,15 +123,42 @@ def release_memory() -> None:
 
 
 def onnx_outputs(
-    onnx_path: Path, inputs: dict[str, np.ndarray], settings: ParitySettings, threads: int | None
+    onnx_path: Path,
+    inputs: dict[str, np.ndarray],
+    settings: ParitySettings,
+    threads: int | None,
+    window: int = 0,
 ) -> Outputs:
-    """ONNX Runtime's outputs; its session (and its copy of the weights) ends on return."""
+    """ONNX Runtime's outputs; its session (and its copy of the weights) ends on return. A KV
+    export's logits are its prefill's; it also runs the generation gates' side (``window``:
+    the model's sliding window, which their decode runs past)."""
     session = providers.onnx_session(onnx_path, settings.provider, threads)
+    if settings.decoder != "kv":
 
-    def logits_fn(token_ids: np.ndarray) -> np.ndarray:
-        return session.run([signature.LOGITS], signature.feeds(token_ids))[0]
+        def logits_fn(token_ids: np.ndarray) -> np.ndarray:
+            return session.run([signature.LOGITS], signature.feeds(token_ids))[0]
 
-    return run_model(logits_fn, inputs, settings.decode_tokens)
+        return run_model(logits_fn, inputs, settings.decode_tokens)
+
+    from onnxforge import generation
+
+    runner = generation.KVRunner(session)
+    outputs = run_model(runner.prefill, inputs, settings.decode_tokens)
+    vocab = next(iter(outputs.logits.values())).shape[-1]
+    prompt = decode_prompt(inputs).astype(np.int64)
+    outputs.generation = generation.run_onnx(runner, prompt, settings, window, vocab)
+    return outputs
+
+
+def sliding_window(stage_dir: Path) -> int:
+    """The stage config's sliding window (0: none), for the generation gates' decode."""
+    from onnxforge.families.base import read_config_json
+
+    config = read_config_json(stage_dir)
+    layer_types = config.get("layer_types") or []
+    if layer_types and "sliding_attention" not in layer_types:
+        return 0
+    return int(config.get("sliding_window") or 0)
 
 
 def run_parity(
@@ -144,7 +175,8 @@ def run_parity(
     loads: peak memory is one copy of the weights (plus the runtimes), not three.
     """
     inputs, jax_side = jax_outputs(family, stage_dir, settings)
-    onnx_side = onnx_outputs(onnx_path, inputs, settings, threads)
+    window = sliding_window(stage_dir) if settings.decoder == "kv" else 0
+    onnx_side = onnx_outputs(onnx_path, inputs, settings, threads, window)
     release_memory()  # the session, ended
     reference_logits = dict(
         zip(
@@ -175,6 +207,18 @@ def run_parity(
     if not decode["agree"]:
         failures.append(f"greedy decode: ONNX {decode['onnx']} != JAX {decode['jax']}")
 
+    generation_record = None
+    if onnx_side.generation is not None:
+        from onnxforge import generation
+
+        reference = family.reference_generate(
+            download_dir, stage_dir, onnx_side.generation.prompt, onnx_side.generation.steps
+        )
+        generation_record, generation_failures = generation.gates(
+            onnx_logits, reference_logits, onnx_side.generation, reference, settings.gates
+        )
+        failures += generation_failures
+
     return {
         "status": "FAIL" if failures else "PASS",
         "failures": failures,
@@ -185,4 +229,5 @@ def run_parity(
         "summary": summary,
         "comparisons": comparisons,
         "decode": decode,
+        **({"generation": generation_record} if generation_record else {}),
     }

@@ -49,6 +49,9 @@ def promote(target: str, steps: StepDirs, passed: Path, out_dir: Path, command: 
     for name in layout.RELEASED:
         source = steps.export if name in (layout.ONNX_FILE, layout.DATA_FILE) else steps.parity
         outputs.link_or_copy(Path(source) / name, out_dir / name)
+    # A KV export's ONNX Runtime GenAI files: the release folder is what GenAI runs.
+    for name in _manifest(Path(steps.export)).get("export", {}).get("genai_files", []):
+        outputs.link_or_copy(Path(steps.export) / name, out_dir / name)
     download, stage = _manifest(Path(steps.download)), _manifest(Path(steps.stage))
     export, parity = _manifest(Path(steps.export)), _manifest(Path(steps.parity))
     lock = Path(outputs.volatile_field(export, "lock_path") or outputs.default_lock())

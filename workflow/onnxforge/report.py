@@ -47,6 +47,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- agree: {decode['agree']}",
         "",
     ]
+    if "generation" in report:
+        from onnxforge.generation import markdown_lines
+
+        lines += markdown_lines(report["generation"])
     if "onnx_bytes" in report:
         sizes = ", ".join(f"{k} {v:,} B" for k, v in report["onnx_bytes"].items())
         lines += [f"ONNX files: {sizes}", ""]

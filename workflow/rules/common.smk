@@ -176,6 +176,14 @@ def stage_arguments(wildcards):
     return ["--layers", str(entry["layers"])] if entry.get("layers") else []
 
 
+def export_arguments(wildcards):
+    """--checkpoint DIR for a KV export (its tokenizer files), as a list."""
+    if variant_of(wildcards)["decoder"] != "kv":
+        return []
+    target = layout.Target(wildcards.model, wildcards.checkpoint, wildcards.variant)
+    return ["--checkpoint", target.download]
+
+
 def parity_settings_json(wildcards):
     return json.dumps(
         parity_settings(config, wildcards.model, wildcards.checkpoint, wildcards.variant)

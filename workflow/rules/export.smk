@@ -1,6 +1,8 @@
 rule export:
     input:
-        STAGE,
+        stage=STAGE,
+        # A KV export's folder holds the checkpoint's tokenizer files, for ONNX Runtime GenAI.
+        checkpoint=lambda w: export_arguments(w)[1:],
     output:
         directory(EXPORT),
     log:
@@ -19,10 +21,13 @@ rule export:
         family=lambda w: family_of(w).name,
         dtype=lambda w: variant_of(w)["dtype"],
         opset=lambda w: variant_of(w)["opset"],
+        decoder=lambda w: variant_of(w)["decoder"],
+        flags=export_arguments,
     message:
         "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     shell:
         onnxforge_step(
-            "export --family {params.family:q} --stage {input:q} --dtype {params.dtype:q}"
-            " --opset {params.opset:q} --threads {threads} --out {output:q}"
+            "export --family {params.family:q} --stage {input.stage:q} --dtype {params.dtype:q}"
+            " --opset {params.opset:q} --decoder {params.decoder:q} {params.flags:q}"
+            " --threads {threads} --out {output:q}"
         )

@@ -113,6 +113,13 @@ class Family(Protocol):
         """Logits of an independent implementation (transformers, PyTorch), float32, on the
         downloaded files cut to the staged layers."""
 
+    def reference_generate(
+        self, checkpoint_dir: Path, stage_dir: Path, prompt: Any, steps: int
+    ) -> tuple[list[int], Any]:
+        """transformers' ``generate(do_sample=False)`` from ``prompt [1, length]`` for
+        ``steps`` tokens (no early stop): the tokens and each step's logits ``[steps, vocab]``
+        (float32), on the downloaded files cut to the staged layers (``transformers_generate``)."""
+
     def perturb(self, stage_dir: Path) -> str:
         """Scale one staged tensor of layer 1 in place (every shape still fits); returns its
         name. The registry tests use it to prove that the gates bite."""
@@ -175,12 +182,9 @@ def is_norm_scale(path: list[str] | tuple[str, ...]) -> bool:
     )
 
 
-def transformers_logits(
-    model_class: str, checkpoint_dir: Path, config: Any, inputs: list[Any], **options
-) -> list[Any]:
-    """Logits of transformers' ``model_class`` loaded from the downloaded files (float32, eager
+def transformers_model(model_class: str, checkpoint_dir: Path, config: Any, **options) -> Any:
+    """transformers' ``model_class`` loaded from the downloaded files (float32, eager
     attention): the independent reference. Missing weights are an error, never random ones."""
-    import numpy as np
     import torch
     import transformers
 
@@ -197,9 +201,50 @@ def transformers_logits(
             f"{checkpoint_dir}: transformers found no weights for "
             f"{sorted(info['missing_keys'])[:5]}; the reference would be random"
         )
-    model.eval()
+    return model.eval()
+
+
+def transformers_logits(
+    model_class: str, checkpoint_dir: Path, config: Any, inputs: list[Any], **options
+) -> list[Any]:
+    """Logits of transformers' ``model_class`` (``transformers_model``) on each input."""
+    import numpy as np
+    import torch
+
+    model = transformers_model(model_class, checkpoint_dir, config, **options)
     with torch.no_grad():
         return [
             model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
             for ids in inputs
         ]
+
+
+def transformers_generate(
+    model_class: str, checkpoint_dir: Path, config: Any, prompt: Any, steps: int, **options
+) -> tuple[list[int], Any]:
+    """Greedy ``generate(do_sample=False)`` of transformers' ``model_class`` with its own
+    KV cache: ``steps`` tokens (no end-of-sequence stop, no logits processors) and each
+    step's raw logits ``[steps, vocab]`` (float32)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    model = transformers_model(model_class, checkpoint_dir, config, **options)
+    ids = torch.from_numpy(np.asarray(prompt, np.int64))
+    generation = transformers.GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=steps,
+        min_new_tokens=steps,
+        eos_token_id=None,
+        pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=generation
+        )
+    tokens = out.sequences[0, ids.shape[1] :].tolist()
+    logits = torch.cat([step[:1] for step in out.logits], dim=0).float().numpy()
+    return tokens, logits

@@ -9,9 +9,11 @@ from typing import Any
 from onnxforge.errors import InputError
 from onnxforge.families.base import (
     Example,
+    LoadedDecoder,
     LoadedModel,
     Staged,
     read_config_json,
+    transformers_generate,
     transformers_logits,
     write_stage_config,
 )
@@ -43,11 +45,11 @@ class GptOssFamily:
         raw = openai_layout.hf_config(read_config_json(directory))
         return GptOssConfig.from_hf(raw, source=str(Path(directory) / "config.json"))
 
-    def build(self, config, dtype: Any):
+    def build(self, config, dtype: Any, sparse_moe: bool = False):
         """The NNX model, parameters zero until loaded; call under ``nnx.eval_shape``."""
         from onnxforge.families.gpt_oss.model import GptOss
 
-        return GptOss(config, dtype=dtype)
+        return GptOss(config, dtype=dtype, sparse_moe=sparse_moe)
 
     def stage(
         self,
@@ -93,7 +95,7 @@ class GptOssFamily:
         tensor_staging.check_tensor_set(reader, rules, may_skip=left_out, packed=is_mxfp4)
         return tensor_staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
 
-    def load_module(self, stage_dir: Path, dtype: Any):
+    def load_module(self, stage_dir: Path, dtype: Any, sparse_moe: bool = False):
         """The staged NNX model, packed MXFP4 experts decoded kernel by kernel."""
         from flax import nnx
 
@@ -101,7 +103,7 @@ class GptOssFamily:
         from onnxforge.families.gpt_oss import mxfp4
 
         config = self.read_config(stage_dir)
-        abstract = nnx.eval_shape(lambda: self.build(config, dtype))
+        abstract = nnx.eval_shape(lambda: self.build(config, dtype, sparse_moe))
         packings = {mxfp4.FORMAT: params_store.Packing(mxfp4.PARTS, mxfp4.decode_experts)}
         return params_store.load_into(abstract, Path(stage_dir) / PARAMS, dtype, packings)
 
@@ -117,9 +119,37 @@ class GptOssFamily:
             vocab_size=config.vocab_size,
         )
 
+    def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
+        from flax import nnx
+
+        # Sparse experts: each token runs its top k in ONNX (sparse_moe).
+        model = self.load_module(stage_dir, dtype, sparse_moe=True)
+        config = model.config
+        graphdef, state = nnx.split(model)
+        return LoadedDecoder(
+            step=lambda params, *inputs: nnx.merge(graphdef, params).decode_step(*inputs),
+            params=state,
+            vocab_size=config.vocab_size,
+            num_layers=config.num_hidden_layers,
+            kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+        )
+
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' GptOss on the downloaded Hugging Face files, as published, cut to the
         staged number of layers; MXFP4 is dequantized by transformers itself."""
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+
+    def reference_generate(self, checkpoint_dir: Path, stage_dir: Path, prompt, steps: int):
+        config, extra = self._reference_config(checkpoint_dir, stage_dir)
+        return transformers_generate(
+            "GptOssForCausalLM", checkpoint_dir, config, prompt, steps, **extra
+        )
+
+    def _reference_config(self, checkpoint_dir: Path, stage_dir: Path):
+        """transformers' config of the download, cut to the staged layers, and its loading
+        options."""
         import transformers
 
         if not list(Path(checkpoint_dir).glob("*.safetensors")):
@@ -135,7 +165,7 @@ class GptOssFamily:
         if getattr(config, "quantization_config", None):
             # On CPU transformers dequantizes MXFP4 with its own decoder.
             extra["quantization_config"] = transformers.Mxfp4Config(dequantize=True)
-        return transformers_logits("GptOssForCausalLM", checkpoint_dir, config, inputs, **extra)
+        return config, extra
 
     def perturb(self, stage_dir: Path) -> str:
         from onnxforge import params_store

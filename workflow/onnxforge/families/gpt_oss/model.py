@@ -59,6 +59,73 @@ class Attention(nnx.Module):
         sliding = cfg.layer_types[layer] == "sliding_attention"
         self.window = cfg.sliding_window if sliding else 0
 
+    def _project(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+        """Rotated queries ``[batch, seq, kv_heads, groups, head_dim]``, rotated keys and
+        values ``[batch, seq, kv_heads, head_dim]``; ``cos``/``sin`` are ``[batch, seq, half]``."""
+        batch, seq = x.shape[0], x.shape[1]
+        groups = self.num_heads // self.num_kv_heads
+        q = (x @ self.q_kernel[...] + self.q_bias[...]).reshape(
+            batch, seq, self.num_kv_heads, groups, self.head_dim
+        )
+        k = (x @ self.k_kernel[...] + self.k_bias[...]).reshape(
+            batch, seq, self.num_kv_heads, self.head_dim
+        )
+        v = (x @ self.v_kernel[...] + self.v_bias[...]).reshape(
+            batch, seq, self.num_kv_heads, self.head_dim
+        )
+        q = _rotate(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
+        k = _rotate(k, cos[:, :, None, :], sin[:, :, None, :])
+        return q, k, v
+
+    def _with_sinks(self, scores: jax.Array) -> jax.Array:
+        """Softmax over the keys and each head's learned "sink" logit, which takes probability
+        mass but no value; the sink's column dropped again."""
+        groups = self.num_heads // self.num_kv_heads
+        sinks = self.sinks[...].astype(jnp.float32).reshape(1, self.num_kv_heads, groups, 1, 1)
+        sinks = jnp.broadcast_to(sinks, (*scores.shape[:-1], 1))
+        # lax.concatenate: jax2onnx 0.17 mis-sizes jnp.concatenate along a symbolic axis.
+        logits = jax.lax.concatenate([scores, sinks], dimension=scores.ndim - 1)
+        return jax.nn.softmax(logits, axis=-1)[..., :-1]
+
+    def step(
+        self,
+        x: jax.Array,
+        cos: jax.Array,
+        sin: jax.Array,
+        attention_mask: jax.Array,
+        past_key: jax.Array,
+        past_value: jax.Array,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """One KV-cache step: ``x [batch, seq, hidden]`` appended after ``past_key/value
+        [batch, kv_heads, past, head_dim]``; returns the output and the grown cache.
+
+        A query at cache index ``past + i`` sees key ``j`` if ``j <= past + i``, the key is
+        real (``attention_mask``, over all ``past + seq`` keys) and, on a sliding layer,
+        ``j > past + i - window``; indices count padding too, as transformers' masks do, so a
+        left-padded row sees what it sees alone. The whole cache is kept: the window is a mask.
+        """
+        batch, seq = x.shape[0], x.shape[1]
+        q, k, v = self._project(x, cos, sin)
+        # lax.concatenate: jax2onnx 0.17 mis-sizes jnp.concatenate along a symbolic axis.
+        key = jax.lax.concatenate([past_key, k.transpose(0, 2, 1, 3).astype(past_key.dtype)], 2)
+        value = jax.lax.concatenate(
+            [past_value, v.transpose(0, 2, 1, 3).astype(past_value.dtype)], 2
+        )
+        total = key.shape[2]
+        scores = jnp.einsum("bqkgd,bksd->bkgqs", q, key).astype(jnp.float32)
+        scores = scores * (self.head_dim**-0.5)
+        key_index = jax.lax.broadcasted_iota(jnp.int32, (seq, total), 1)
+        query_index = jax.lax.broadcasted_iota(jnp.int32, (seq, total), 0) + (total - seq)
+        visible = key_index <= query_index
+        if self.window:
+            visible = visible & (key_index > query_index - self.window)
+        visible = visible[None] & (attention_mask[:, None, :] > 0)  # [batch, seq, total]
+        scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = self._with_sinks(scores).astype(value.dtype)
+        out = jnp.einsum("bkgqs,bksd->bqkgd", probs, value)
+        out = out.reshape(batch, seq, self.num_heads * self.head_dim)
+        return out @ self.o_kernel[...] + self.o_bias[...], (key, value)
+
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         batch, seq = x.shape[0], x.shape[1]
         groups = self.num_heads // self.num_kv_heads
@@ -96,7 +163,9 @@ class Attention(nnx.Module):
 
 
 class MixtureOfExperts(nnx.Module):
-    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype):
+    """``sparse``: one ``sparse_moe`` primitive, dense in JAX, top-k only in ONNX."""
+
+    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype, sparse: bool = False):
         e, h, i = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
         self.router_kernel, self.router_bias = _param((h, e), dtype), _param((e,), dtype)
         self.gate_kernel, self.gate_bias = _param((e, h, i), dtype), _param((e, i), dtype)
@@ -105,6 +174,7 @@ class MixtureOfExperts(nnx.Module):
         self.top_k = cfg.num_experts_per_tok
         self.alpha = cfg.swiglu_alpha
         self.limit = cfg.swiglu_limit
+        self.sparse = sparse
 
     def routing(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Dense combine weights [..., experts] (zero off the top k) and the chosen experts."""
@@ -118,7 +188,9 @@ class MixtureOfExperts(nnx.Module):
         return weights.astype(x.dtype), top_experts
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        weights, _ = self.routing(x)
+        weights, top_experts = self.routing(x)
+        if self.sparse:
+            return self._sparse(x, weights, top_experts)
         gate = jnp.einsum("bth,ehi->btei", x, self.gate_kernel[...]) + self.gate_bias[...]
         up = jnp.einsum("bth,ehi->btei", x, self.up_kernel[...]) + self.up_bias[...]
         gate = jnp.minimum(gate, self.limit)
@@ -129,13 +201,34 @@ class MixtureOfExperts(nnx.Module):
         out = jnp.einsum("btei,eih->bth", hidden, self.down_kernel[...])
         return out + weights @ self.down_bias[...]
 
+    def _sparse(self, x: jax.Array, weights: jax.Array, top_experts: jax.Array) -> jax.Array:
+        from onnxforge.families.gpt_oss.sparse_moe import sparse_moe
+
+        hidden, experts = x.shape[-1], weights.shape[-1]
+        expert_ids = jax.lax.broadcasted_iota(jnp.int32, (1, 1, 1, experts), 3)
+        chosen = jnp.any(top_experts[..., :, None] == expert_ids, axis=-2)
+        out = sparse_moe(
+            x.reshape(-1, hidden),
+            weights.reshape(-1, experts),
+            chosen.reshape(-1, experts),
+            self.gate_kernel[...],
+            self.gate_bias[...],
+            self.up_kernel[...],
+            self.up_bias[...],
+            self.down_kernel[...],
+            self.down_bias[...],
+            self.alpha,
+            self.limit,
+        )
+        return out.reshape(x.shape)
+
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: GptOssConfig, layer: int, dtype: jnp.dtype):
+    def __init__(self, cfg: GptOssConfig, layer: int, dtype: jnp.dtype, sparse: bool = False):
         self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.attention = Attention(cfg, layer, dtype)
         self.post_attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = MixtureOfExperts(cfg, dtype)
+        self.mlp = MixtureOfExperts(cfg, dtype, sparse)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         x = x + self.attention(self.input_norm(x), cos, sin)
@@ -143,13 +236,16 @@ class DecoderLayer(nnx.Module):
 
 
 class GptOss(nnx.Module):
-    """Token ids ``[batch, seq]`` to logits ``[batch, seq, vocab]``."""
+    """Token ids ``[batch, seq]`` to logits ``[batch, seq, vocab]``; ``sparse_moe``: experts
+    as the ``sparse_moe`` primitive (top-k only in ONNX)."""
 
-    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype = jnp.float32):
+    def __init__(self, cfg: GptOssConfig, dtype: jnp.dtype = jnp.float32, sparse_moe=False):
         self.config = cfg
         self.dtype = dtype
         self.embedding = _param((cfg.vocab_size, cfg.hidden_size), dtype)
-        self.layers = nnx.List([DecoderLayer(cfg, i, dtype) for i in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List(
+            [DecoderLayer(cfg, i, dtype, sparse_moe) for i in range(cfg.num_hidden_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = _param((cfg.hidden_size, cfg.vocab_size), dtype)
 
@@ -173,6 +269,31 @@ class GptOss(nnx.Module):
             hidden_states.append(x)
         logits = self.norm(x) @ self.lm_head[...]
         return (logits, hidden_states) if with_hidden_states else logits
+
+    def decode_step(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array,
+        position_ids: jax.Array,
+        past: list[tuple[jax.Array, jax.Array]],
+    ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+        """The KV-cache decoder (``signature``'s contract): rotary positions from
+        ``position_ids``, key validity from ``attention_mask``; logits and the grown cache."""
+        inv_freq, scale = self.config.rotary_inverse_frequencies()
+        angles = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+        cos = (jnp.cos(angles) * scale).astype(self.dtype)
+        sin = (jnp.sin(angles) * scale).astype(self.dtype)
+        x = jnp.take(self.embedding[...], input_ids.astype(jnp.int32), axis=0)
+        mask = attention_mask.astype(jnp.int32)
+        present = []
+        for layer, (past_key, past_value) in zip(self.layers, past, strict=True):
+            out, cache = layer.attention.step(
+                layer.input_norm(x), cos, sin, mask, past_key, past_value
+            )
+            x = x + out
+            x = x + layer.mlp(layer.post_attention_norm(x))
+            present.append(cache)
+        return self.norm(x) @ self.lm_head[...], present
 
     def expert_choices(self, token_ids: jax.Array) -> list[jax.Array]:
         """The experts each layer's router picks per token, for parity of MoE routing."""

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
+from onnxforge.families import tiny_tokenizer
 from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.gpt_oss import mxfp4
 
@@ -67,6 +68,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**settings))
     randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
+    tiny_tokenizer.write(Path(out_dir), settings["vocab_size"])
     if quantize:
         _repack_experts_as_mxfp4(Path(out_dir))
     if original:

@@ -1,0 +1,146 @@
+"""KV-cache exports (variant f32-kv): the generation gates pass through the real DAG, a broken
+cache fails gate 3, ONNX Runtime GenAI generates with the release folder, and the sparse
+mixture of experts computes what the dense one does with each token's top k only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import snakemake
+from onnxforge import catalog, generation, layout, parity
+from onnxforge.families.gpt_oss import FAMILY
+from registry import CONFIG
+
+KV = "f32-kv"
+TARGET = layout.Target(FAMILY.examples[0].name, "hf", KV)
+SETTINGS = parity.ParitySettings(**catalog.parity_settings(CONFIG, TARGET.model, "hf", KV))
+GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
+
+
+@pytest.fixture(scope="module")
+def kv_build(tmp_path_factory) -> Path:
+    """tiny-gpt-oss's KV target through download -> ... -> promote, in one Snakemake call."""
+    workdir = tmp_path_factory.mktemp("kv")
+    run = snakemake(workdir, TARGET.release, timeout=1200)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def report(kv_build) -> dict:
+    return json.loads((kv_build / TARGET.parity / layout.REPORT_JSON).read_text())
+
+
+def runner_for(kv_build: Path) -> generation.KVRunner:
+    session = ort.InferenceSession(str(kv_build / TARGET.export / layout.ONNX_FILE))
+    return generation.KVRunner(session)
+
+
+@pytest.mark.dag
+def test_kv_target_passes_the_four_generation_gates(kv_build, report):
+    assert report["status"] == "PASS", report["failures"]
+    section = report["generation"]
+    assert all(section[gate]["passed"] for gate in GATES)
+    decode = section["decode_vs_reference"]
+    assert decode["steps"] >= 32 and decode["agree"]
+    assert decode["onnx"] == decode["reference"]
+    assert decode["past_window"] and decode["length"] > decode["sliding_window"] > 0
+    assert section["left_padded_batch"]["lengths"] == [2, 5, 8]
+    assert "## Generation" in (kv_build / TARGET.parity / layout.REPORT_MD).read_text()
+    released = {p.name for p in (kv_build / TARGET.release).iterdir()}
+    assert {"genai_config.json", "tokenizer.json", layout.ONNX_FILE} <= released
+
+
+@pytest.mark.dag
+def test_a_wrong_position_offset_fails_cache_consistency(kv_build, report, monkeypatch):
+    runner = runner_for(kv_build)
+    prompt = np.asarray([report["generation"]["decode_vs_reference"]["prompt"]], np.int64)
+    stage = kv_build / TARGET.stage
+    vocab, window = FAMILY.read_config(stage).vocab_size, parity.sliding_window(stage)
+
+    def run() -> tuple[dict, list]:
+        onnx = generation.run_onnx(runner, prompt, SETTINGS, window=window, vocab=vocab)
+        return generation.cache_consistency(onnx, SETTINGS.gates)
+
+    record, failures = run()
+    assert record["passed"] and not failures  # the same check holds on the intact cache
+
+    positions = generation._positions
+
+    def shifted(mask, sequence):  # decode steps one position late; prefill untouched
+        return positions(mask, sequence) + (1 if sequence == 1 else 0)
+
+    monkeypatch.setattr(generation, "_positions", shifted)
+    record, failures = run()
+    assert not record["passed"]
+    assert any("max_abs" in f for f in failures), failures
+
+
+@pytest.mark.dag
+def test_onnxruntime_genai_generates_the_gated_tokens(kv_build, report):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(kv_build / TARGET.release))
+    tokenizer = og.Tokenizer(model)
+    assert list(tokenizer.encode("Hi!")) == [72, 105, 33]  # the checkpoint's byte tokenizer
+    decode = report["generation"]["decode_vs_reference"]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(decode["prompt"]) + decode["steps"], do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray(decode["prompt"], np.int32))
+    tokens = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        tokens.append(int(generator.get_next_tokens()[0]))
+    # The config's end of sequence (a synthetic checkpoint's: the last id) may end it early.
+    eos = json.loads((kv_build / TARGET.release / "genai_config.json").read_text())
+    assert tokens == decode["onnx"][: len(tokens)]
+    assert len(tokens) == decode["steps"] or tokens[-1] == eos["model"]["eos_token_id"]
+
+
+def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path):
+    """The sparse_moe primitive in ONNX Runtime vs the dense layer in JAX, on more tokens
+    than experts; the graph routes per expert (NonZero) and has no dense expert Einsum."""
+    import jax
+    import jax.numpy as jnp
+    import onnx
+    from flax import nnx
+    from jax2onnx import to_onnx
+
+    from onnxforge.families.gpt_oss.config import GptOssConfig
+    from onnxforge.families.gpt_oss.model import MixtureOfExperts
+
+    cfg = GptOssConfig(
+        vocab_size=8, hidden_size=16, intermediate_size=8, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, num_local_experts=6,
+        num_experts_per_tok=2, sliding_window=0, layer_types=("full_attention",),
+    )  # fmt: skip
+    dense, sparse = MixtureOfExperts(cfg, jnp.float32), MixtureOfExperts(cfg, jnp.float32, True)
+    rng = np.random.default_rng(0)
+    for name, value in nnx.state(dense, nnx.Param).flat_state():
+        values = jnp.asarray(rng.normal(0, 0.5, value.value.shape), jnp.float32)
+        for module in (dense, sparse):
+            target = module
+            for part in name[:-1]:
+                target = getattr(target, part)
+            getattr(target, name[-1]).value = values
+    x = rng.normal(0, 1, (3, 7, cfg.hidden_size)).astype(np.float32)
+    expected = np.asarray(dense(jnp.asarray(x)))
+    np.testing.assert_allclose(np.asarray(sparse(jnp.asarray(x))), expected, atol=1e-5)
+
+    spec = [jax.ShapeDtypeStruct(("batch", "sequence", cfg.hidden_size), jnp.float32)]
+    model = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="proto")
+    path = tmp_path / "moe.onnx"
+    onnx.save(model, path)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("NonZero") == cfg.num_local_experts
+    assert ops.count("MatMul") == 3 * cfg.num_local_experts  # gate, up, down: one per expert
+    rank3 = {t.name for t in model.graph.initializer if len(t.dims) == 3}  # expert kernels
+    assert not [n for n in model.graph.node if n.op_type == "Einsum" and set(n.input) & rank3]
+    got = ort.InferenceSession(str(path)).run(None, {model.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
