@@ -25,6 +25,7 @@ from onnxforge.families.base import (
     LoadedModel,
     Staged,
     read_config_json,
+    transformers_generate,
     transformers_logits,
     write_stage_config,
 )
@@ -151,13 +152,20 @@ class MaxTextFamily:
 
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:
         """transformers' own model class on the downloaded files, cut to the staged layers."""
+        model_class, config = self._reference(checkpoint_dir, stage_dir)
+        return transformers_logits(model_class, checkpoint_dir, config, inputs)
+
+    def reference_generate(self, checkpoint_dir: Path, stage_dir: Path, prompt, steps: int):
+        model_class, config = self._reference(checkpoint_dir, stage_dir)
+        return transformers_generate(model_class, checkpoint_dir, config, prompt, steps)
+
+    def _reference(self, checkpoint_dir: Path, stage_dir: Path):
         import transformers
 
         staged = self.read_config(stage_dir).hf_config
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
-        model_class = ARCHITECTURES[staged["model_type"]].transformers_class
-        return transformers_logits(model_class, checkpoint_dir, config, inputs)
+        return ARCHITECTURES[staged["model_type"]].transformers_class, config
 
     def perturb(self, stage_dir: Path) -> str:
         """Scale layer 1's MLP (or MoE) output kernel ``wo``: every shape still fits."""

@@ -10,9 +10,10 @@ chunk of one token. What MaxText keeps in its fixed-size ``KVCache`` variables
 the chunk's attention used are passed out (``present``), through the per-layer ``kv_caches``
 channel its unscanned decoder threads through every layer. Embedding, norms, projections, RoPE
 at ``position_ids``, AttentionOp's mask and softmax, MLP or MoE and the logits are MaxText's
-code, run in its ``prefill`` mode. Only the cache store is ours: ``Attention.update_kv_caches``
-appends this chunk's keys to the ones passed in, which is what MaxText's chunked-prefill cache
-returns from its buffer.
+code, run in its ``prefill`` mode (a Mixtral's experts through ``sparse_moe``: MaxText's
+routing, the exact dense math in JAX, top-k only in ONNX). Only the cache store is ours:
+``Attention.update_kv_caches`` appends this chunk's keys to the ones passed in, which is what
+MaxText's chunked-prefill cache returns from its buffer.
 
 Segment ids are the attention mask (1 a token, 0 padding): a token attends only to tokens, so
 a left-padded row gets the logits it gets alone. The cache axes are the contract's
@@ -131,12 +132,13 @@ def step_function(config, params) -> tuple[Any, Any]:
     """``(step(param_state, input_ids, attention_mask, position_ids, past) -> (logits,
     present), param_state)`` for MaxText's model built from ``config`` with ``params``."""
     from onnxforge import jax2onnx_extensions
-    from onnxforge.families.maxtext import runtime
+    from onnxforge.families.maxtext import runtime, sparse_moe
 
     # MaxText's chunked-prefill mask slices rows [past : past + sequence] (a jnp slice with a
     # symbolic start, a gather jax2onnx cannot lower without this).
     jax2onnx_extensions.install()
     patch_for_cache()
+    sparse_moe.patch_sparse()  # Mixtral: each token runs only its top-k experts
     merge, param_state = runtime.model_function(config, params)
 
     def step(weights, input_ids, attention_mask, position_ids, past):

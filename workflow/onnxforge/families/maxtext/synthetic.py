@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxforge.errors import InputError
+from onnxforge.families import tiny_tokenizer
 from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
 
@@ -45,6 +46,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     model = getattr(transformers, arch.transformers_class)(config)
     randomize_torch_model(model, init_std)
     model.save_pretrained(out_dir)
+    tiny_tokenizer.write(Path(out_dir), config.vocab_size)  # a KV export's folder needs one
     if arch_name == "gemma":
         write_gemma_flax(model, Path(out_dir) / FLAX)
 
