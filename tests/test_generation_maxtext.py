@@ -49,3 +49,35 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
     assert "MatMul" in ops, manifest
     if model == "tiny-mixtral":
         assert "NonZero" in ops  # the experts run sparse
+
+
+@pytest.mark.dag
+@pytest.mark.maxtext
+def test_a_wrong_position_offset_fails_cache_consistency_for_maxtext(maxtext_kv_build, monkeypatch):
+    """The tiny Llama's export with decode steps one position late: gate 3 fails."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxforge import catalog, generation, parity
+    from registry import CONFIG
+
+    target = layout.Target("tiny-llama", "hf", KV)
+    settings = parity.ParitySettings(**catalog.parity_settings(CONFIG, target.model, "hf", KV))
+    report = json.loads((maxtext_kv_build / target.parity / layout.REPORT_JSON).read_text())
+    session = ort.InferenceSession(str(maxtext_kv_build / target.export / layout.ONNX_FILE))
+    runner = generation.KVRunner(session)
+    prompt = np.asarray([report["generation"]["decode_vs_reference"]["prompt"]], np.int64)
+    vocab = MAXTEXT.read_config(maxtext_kv_build / target.stage).vocab_size
+
+    def run():
+        onnx = generation.run_onnx(runner, prompt, settings, window=0, vocab=vocab)
+        return generation.cache_consistency(onnx, settings.gates)
+
+    record, failures = run()
+    assert record["passed"] and not failures
+    positions = generation._positions
+    monkeypatch.setattr(
+        generation, "_positions", lambda m, s: positions(m, s) + (1 if s == 1 else 0)
+    )
+    record, failures = run()
+    assert not record["passed"] and any("max_abs" in f for f in failures), failures
