@@ -23,9 +23,11 @@ from onnxforge.errors import InputError
 from onnxforge.families.base import (
     PERTURB_DEFAULT,
     Example,
+    LoadedDecoder,
     LoadedModel,
     Staged,
     read_config_json,
+    transformers_generate,
     transformers_logits,
     transformers_taps,
     write_stage_config,
@@ -160,6 +162,22 @@ class MaxTextFamily:
         apply, param_state = runtime.apply_function(config, params)
         return LoadedModel(apply, param_state, model.vocab_size)
 
+    def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
+        from onnxforge.families.maxtext import checkpoint, decoder, runtime
+
+        model = self.read_config(stage_dir)
+        config = runtime.make_config(model.model_name, model.overrides, np.dtype(dtype).name)
+        params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
+        step, param_state = decoder.step_function(config, params)
+        return LoadedDecoder(
+            step,
+            param_state,
+            model.vocab_size,
+            num_layers=int(config.num_decoder_layers),
+            kv_heads=int(config.num_kv_heads),
+            head_dim=int(config.head_dim),
+        )
+
     def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
         """MaxText's model with its layers' calls recorded (``taps``)."""
         from onnxforge.families.maxtext import checkpoint, runtime, taps
@@ -184,6 +202,10 @@ class MaxTextFamily:
         """transformers' own model class on the downloaded files, cut to the staged layers."""
         model_class, config = self._reference(checkpoint_dir, stage_dir)
         return transformers_logits(model_class, checkpoint_dir, config, inputs)
+
+    def reference_generate(self, checkpoint_dir: Path, stage_dir: Path, prompt, steps: int):
+        model_class, config = self._reference(checkpoint_dir, stage_dir)
+        return transformers_generate(model_class, checkpoint_dir, config, prompt, steps)
 
     def reference_taps(self, checkpoint_dir: Path, stage_dir: Path, token_ids) -> tuple:
         model_class, config = self._reference(checkpoint_dir, stage_dir)

@@ -260,15 +260,15 @@ def forward_function(
     return lambda token_ids: apply(param_state, token_ids)
 
 
-def apply_function(
+def model_function(
     config, params: dict[tuple[str, ...], np.ndarray]
-) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
-    """``(apply(param_state, token ids) -> logits, param_state)``: MaxText's model as a pure
-    function of its weights, which ``jax.jit`` takes as buffers rather than constants.
+) -> tuple[Callable[[Any], nnx.Module], Any]:
+    """``(merge(param_state) -> MaxText's model, param_state)``: the model as a function of
+    its weights, which ``jax.jit`` takes as buffers rather than constants.
 
-    The model is merged inside with ``copy=True`` (MaxText's decoder updates layer state while
-    it runs, which must happen at the trace's own level). RNG keys are closed over as raw
-    data: key arrays cannot become ONNX constants.
+    The model is merged with ``copy=True`` inside whatever calls ``merge`` (MaxText's decoder
+    updates layer state while it runs, which must happen at the trace's own level). RNG keys
+    are closed over as raw data: key arrays cannot become ONNX constants.
     """
     patch_for_export()
     graphdef, param_state, rest = nnx.split(abstract_model(config), nnx.Param, ...)
@@ -295,16 +295,27 @@ def apply_function(
     for _, variable in rest_flat:
         variable.set_value(concrete(variable.get_value()))
 
-    def apply(weights, token_ids: jax.Array) -> jax.Array:
+    def merge(weights) -> nnx.Module:
         state = nnx.State.from_flat_path(
             [
                 (path, v.replace(jax.random.wrap_key_data(v.get_value())) if path in keys else v)
                 for path, v in rest_flat
             ]
         )
-        model = nnx.merge(graphdef, weights, state, copy=True)
+        return nnx.merge(graphdef, weights, state, copy=True)
+
+    return merge, param_state
+
+
+def apply_function(
+    config, params: dict[tuple[str, ...], np.ndarray]
+) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+    """``(apply(param_state, token ids) -> logits, param_state)``: the full-sequence forward."""
+    merge, param_state = model_function(config, params)
+
+    def apply(weights, token_ids: jax.Array) -> jax.Array:
         positions = jax.lax.broadcasted_iota(jnp.int32, token_ids.shape, 1)
-        return model(
+        return merge(weights)(
             decoder_input_tokens=token_ids,
             decoder_positions=positions,
             enable_dropout=False,

@@ -1,0 +1,83 @@
+"""The maxtext family's KV-cache exports (variant f32-kv) through the real DAG: tiny Llama and
+tiny Mixtral (sparse MoE) pass the four generation gates against transformers, in one
+Snakemake call; and MaxText's decoder steps agree with its full-sequence forward in JAX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import snakemake
+from onnxforge import layout
+from onnxforge.families.maxtext import FAMILY as MAXTEXT
+from registry import python_for
+
+KV = "f32-kv"
+MODELS = ("tiny-llama", "tiny-mixtral")
+GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
+
+
+@pytest.fixture(scope="module")
+def maxtext_kv_build(tmp_path_factory) -> Path:
+    python_for(MAXTEXT)
+    workdir = tmp_path_factory.mktemp("maxtext-kv")
+    targets = [layout.Target(model, "hf", KV).release for model in MODELS]
+    run = snakemake(workdir, *targets, timeout=2400)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return workdir
+
+
+@pytest.mark.dag
+@pytest.mark.maxtext
+@pytest.mark.parametrize("model", MODELS)
+def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, model):
+    target = layout.Target(model, "hf", KV)
+    report = json.loads((maxtext_kv_build / target.parity / layout.REPORT_JSON).read_text())
+    assert report["status"] == "PASS", report["failures"]
+    section = report["generation"]
+    assert all(section[gate]["passed"] for gate in GATES)
+    decode = section["decode_vs_reference"]
+    assert decode["steps"] >= 32 and decode["onnx"] == decode["reference"]
+    manifest = json.loads((maxtext_kv_build / target.export / "manifest.json").read_text())
+    assert "genai_config.json" in {p.name for p in (maxtext_kv_build / target.release).iterdir()}
+    onnx_path = maxtext_kv_build / target.export / layout.ONNX_FILE
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    assert "MatMul" in ops, manifest
+    if model == "tiny-mixtral":
+        assert "NonZero" in ops  # the experts run sparse
+
+
+@pytest.mark.dag
+@pytest.mark.maxtext
+def test_a_wrong_position_offset_fails_cache_consistency_for_maxtext(maxtext_kv_build, monkeypatch):
+    """The tiny Llama's export with decode steps one position late: gate 3 fails."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxforge import catalog, generation, parity
+    from registry import CONFIG
+
+    target = layout.Target("tiny-llama", "hf", KV)
+    settings = parity.ParitySettings(**catalog.parity_settings(CONFIG, target.model, "hf", KV))
+    report = json.loads((maxtext_kv_build / target.parity / layout.REPORT_JSON).read_text())
+    session = ort.InferenceSession(str(maxtext_kv_build / target.export / layout.ONNX_FILE))
+    runner = generation.KVRunner(session)
+    prompt = np.asarray([report["generation"]["decode_vs_reference"]["prompt"]], np.int64)
+    vocab = MAXTEXT.read_config(maxtext_kv_build / target.stage).vocab_size
+
+    def run():
+        onnx = generation.run_onnx(runner, prompt, settings, window=0, vocab=vocab)
+        return generation.cache_consistency(onnx, settings.gates)
+
+    record, failures = run()
+    assert record["passed"] and not failures
+    positions = generation._positions
+    monkeypatch.setattr(
+        generation, "_positions", lambda m, s: positions(m, s) + (1 if s == 1 else 0)
+    )
+    record, failures = run()
+    assert not record["passed"] and any("max_abs" in f for f in failures), failures

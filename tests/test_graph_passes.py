@@ -1,0 +1,105 @@
+"""graph_passes.einsum_to_matmul: the Einsums jax2onnx writes become MatMul with the same
+numbers, at more than one size of the symbolic axes; what it cannot express stays Einsum."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from onnxforge.graph_passes import einsum_to_matmul
+
+# (equation, lhs shape, rhs shape, which operand is a weight) with symbolic batch ("B") and
+# sequence ("S") axes on the runtime operands.
+CASES = {
+    "projection": ("abc,cd->abd", ("B", "S", 8), (8, 6), "rhs"),
+    "projection to heads": ("bse,ehd->bshd", ("B", "S", 8), (8, 3, 4), "rhs"),
+    "heads to embedding": ("bshd,hde->bse", ("B", "S", 3, 4), (3, 4, 8), "rhs"),
+    "weight first (tied logits)": ("ve,bse->bsv", (10, 8), ("B", "S", 8), "lhs"),
+    "expert batch": ("bseh,ehm->bsem", ("B", "S", 4, 8), (4, 8, 5), "rhs"),
+    "attention scores": ("btkgd,bskd->bkgts", ("B", "S", 2, 3, 4), ("B", "S", 2, 4), None),
+    "attention values": ("bkgts,bskd->btkgd", ("B", 2, 3, "S", "S"), ("B", "S", 2, 4), None),
+    "to one value per row": ("bsd,d->bs", ("B", "S", 8), (8,), "rhs"),
+}
+
+
+def einsum_model(equation: str, lhs_shape, rhs_shape, weight: str | None, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    values = {}
+    for side, shape in (("lhs", lhs_shape), ("rhs", rhs_shape)):
+        if side == weight:
+            values[side] = ir.Value(
+                name=f"{side}_weight",
+                const_value=ir.tensor(rng.standard_normal(shape).astype(np.float32)),
+            )
+        else:
+            values[side] = ir.val(side, ir.DataType.FLOAT, list(shape))
+    node = ir.node("Einsum", [values["lhs"], values["rhs"]], {"equation": equation})
+    node.outputs[0].name = "out"
+    node.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph(
+        inputs=[v for side, v in values.items() if side != weight],
+        outputs=[node.outputs[0]],
+        nodes=[node],
+        initializers=[v for side, v in values.items() if side == weight],
+        opset_imports={"": 21},
+        name="einsum",
+    )
+    return ir.Model(graph, ir_version=10)
+
+
+def run(model: ir.Model, feeds: dict) -> np.ndarray:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, feeds)[0]
+
+
+def feeds_for(model: ir.Model, sizes: dict[str, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        v.name: rng.standard_normal(
+            [sizes[d.value] if isinstance(d, ir.SymbolicDim) else d for d in v.shape]
+        ).astype(np.float32)
+        for v in model.graph.inputs
+    }
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_einsum_becomes_matmul_with_the_same_numbers(case):
+    equation, lhs_shape, rhs_shape, weight = CASES[case]
+    before = einsum_model(equation, lhs_shape, rhs_shape, weight)
+    after = einsum_model(equation, lhs_shape, rhs_shape, weight)
+    assert einsum_to_matmul(after) == 1
+    ops = [node.op_type for node in after.graph]
+    assert "Einsum" not in ops and "MatMul" in ops, ops
+    if weight is not None:  # the weight is laid out once, at rewrite time
+        assert "Transpose" not in [n.op_type for n in after.graph if n.inputs[0].is_initializer()]
+    for seed, sizes in enumerate(({"B": 2, "S": 5}, {"B": 1, "S": 1}, {"B": 3, "S": 7})):
+        feeds = feeds_for(before, sizes, seed)
+        expected, got = run(before, feeds), run(after, feeds)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_projection_needs_no_runtime_transpose():
+    model = einsum_model("abc,cd->abd", ("B", "S", 8), (8, 6), "rhs")
+    einsum_to_matmul(model)
+    assert [node.op_type for node in model.graph] == ["MatMul"]
+
+
+@pytest.mark.parametrize(
+    "equation,lhs_shape,rhs_shape",
+    [
+        ("abc,cd->ad", ("B", "S", 8), (8, 6)),  # b summed within one operand
+        ("...c,cd->...d", ("B", "S", 8), (8, 6)),  # ellipsis
+        ("abb,bd->abd", ("B", 8, 8), (8, 6)),  # a diagonal
+    ],
+)
+def test_what_matmul_cannot_express_stays_einsum(equation, lhs_shape, rhs_shape):
+    model = einsum_model(equation, lhs_shape, rhs_shape, "rhs")
+    assert einsum_to_matmul(model) == 0
+    assert [node.op_type for node in model.graph] == ["Einsum"]

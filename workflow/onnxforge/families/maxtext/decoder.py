@@ -1,0 +1,147 @@
+"""MaxText as a KV-cache decoder: ``step(weights, input_ids, attention_mask, position_ids, past)
+-> (logits, present)``, the contract of ``families.base.LoadedDecoder``, from MaxText's model.
+
+MaxText generates with a chunked prefill: each chunk's attention sees the keys and values of
+the chunks before it (``previous_chunk``) and its own, its causal mask offset by the length of
+the previous chunks and padding masked by segment ids (``AttentionOp.generate_attention_mask``).
+One step here is one such chunk: prefill is a chunk with nothing before it, a decode step a
+chunk of one token. What MaxText keeps in its fixed-size ``KVCache`` variables
+(``KVCache.kv_cache_chunked_prefill``) is passed in instead (``past``) and the keys and values
+the chunk's attention used are passed out (``present``), through the per-layer ``kv_caches``
+channel its unscanned decoder threads through every layer. Embedding, norms, projections, RoPE
+at ``position_ids``, AttentionOp's mask and softmax, MLP or MoE and the logits are MaxText's
+code, run in its ``prefill`` mode (a Mixtral's experts through ``sparse_moe``: MaxText's
+routing, the exact dense math in JAX, top-k only in ONNX). Only the cache store is ours:
+``Attention.update_kv_caches`` appends this chunk's keys to the ones passed in, which is what
+MaxText's chunked-prefill cache returns from its buffer.
+
+Segment ids are the attention mask (1 a token, 0 padding): a token attends only to tokens, so
+a left-padded row gets the logits it gets alone. The cache axes are the contract's
+``[batch, kv_heads, length, head_dim]``; MaxText's attention takes ``[batch, length, kv_heads,
+head_dim]``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclass
+class LayerCache:
+    """One layer's cache for one step (MaxText's layout, [batch, length, kv_heads, head_dim]).
+
+    A pytree of its inputs: MaxText's decoder passes each layer's cache through
+    ``jax.checkpoint``; ``present`` is set on the copy inside and returned by the layer.
+    """
+
+    key: jax.Array
+    value: jax.Array
+    segments: jax.Array  # [batch, past + sequence]: the attention mask, as segment ids
+    previous_chunk: jax.Array  # [batch, past]: MaxText's chunked-prefill offset
+    present: tuple[jax.Array, jax.Array] | None = None
+
+    def tree_flatten(self):
+        return (self.key, self.value, self.segments, self.previous_chunk), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+
+_ACTIVE: contextvars.ContextVar[LayerCache | None] = contextvars.ContextVar(
+    "onnxforge_maxtext_layer_cache", default=None
+)
+_ORIGINAL: dict[str, Any] = {}
+
+
+def _attention_call(self, *args, kv_cache=None, **kwargs):
+    """``Attention.__call__``: with a ``LayerCache``, MaxText's chunked prefill over it."""
+    if not isinstance(kv_cache, LayerCache):
+        return _ORIGINAL["call"](self, *args, kv_cache=kv_cache, **kwargs)
+    # Not every decoder layer forwards previous_chunk (Gemma's does not): the cache carries it.
+    kwargs.update(model_mode="prefill", previous_chunk=kv_cache.previous_chunk)
+    token = _ACTIVE.set(kv_cache)
+    try:
+        out, _ = _ORIGINAL["call"](self, *args, kv_cache=None, **kwargs)
+    finally:
+        _ACTIVE.reset(token)
+    if kv_cache.present is None:
+        raise RuntimeError("MaxText's attention never asked for its KV cache")
+    return out, kv_cache.present
+
+
+def _update_kv_caches(self, key, value, decoder_segment_ids, model_mode, previous_chunk):
+    """What ``KVCache.kv_cache_chunked_prefill`` returns (the previous chunks' keys, values and
+    segment ids, then this chunk's), from the cache passed in rather than its buffer."""
+    cache = _ACTIVE.get()
+    if cache is None:
+        return _ORIGINAL["update"](
+            self, key, value, decoder_segment_ids, model_mode, previous_chunk
+        )
+    # lax, not jnp: jax2onnx's jnp.concatenate gives a symbolic concat axis the first operand's
+    # size (past_sequence, not past_sequence + sequence).
+    keys = jax.lax.concatenate([cache.key, key.astype(cache.key.dtype)], 1)
+    values = jax.lax.concatenate([cache.value, value.astype(cache.value.dtype)], 1)
+    cache.present = (keys, values)
+    return [(keys, values, cache.segments), None]
+
+
+def patch_for_cache() -> None:
+    from maxtext.layers import attentions
+
+    if not _ORIGINAL:
+        _ORIGINAL["call"] = attentions.Attention.__call__
+        _ORIGINAL["update"] = attentions.Attention.update_kv_caches
+        attentions.Attention.__call__ = _attention_call
+        attentions.Attention.update_kv_caches = _update_kv_caches
+
+
+def to_maxtext_layout(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, 1, 2)  # [b, kv_heads, length, d] <-> [b, length, kv_heads, d]
+
+
+def run_step(model, input_ids, attention_mask, position_ids, past):
+    """One chunk through MaxText's ``model`` (merged, called in ``prefill`` mode)."""
+    past_length = past[0][0].shape[2]
+    segments = attention_mask.astype(jnp.int32)
+    caches = [
+        LayerCache(to_maxtext_layout(k), to_maxtext_layout(v), segments, segments[:, :past_length])
+        for k, v in past
+    ]
+    logits = model(
+        decoder_input_tokens=input_ids.astype(jnp.int32),
+        decoder_positions=position_ids.astype(jnp.int32),
+        decoder_segment_ids=segments[:, past_length:],
+        enable_dropout=False,
+        model_mode="prefill",
+        kv_caches=caches,  # each entry is replaced by that layer's present
+    )
+    if any(isinstance(c, LayerCache) for c in caches):
+        raise RuntimeError("a MaxText layer did not pass its KV cache through")
+    present = tuple((to_maxtext_layout(k), to_maxtext_layout(v)) for k, v in caches)
+    return logits, present
+
+
+def step_function(config, params) -> tuple[Any, Any]:
+    """``(step(param_state, input_ids, attention_mask, position_ids, past) -> (logits,
+    present), param_state)`` for MaxText's model built from ``config`` with ``params``."""
+    from onnxforge import jax2onnx_extensions
+    from onnxforge.families.maxtext import runtime, sparse_moe
+
+    # MaxText's chunked-prefill mask slices rows [past : past + sequence] (a jnp slice with a
+    # symbolic start, a gather jax2onnx cannot lower without this).
+    jax2onnx_extensions.install()
+    patch_for_cache()
+    sparse_moe.patch_sparse()  # Mixtral: each token runs only its top-k experts
+    merge, param_state = runtime.model_function(config, params)
+
+    def step(weights, input_ids, attention_mask, position_ids, past):
+        return run_step(merge(weights), input_ids, attention_mask, position_ids, past)
+
+    return step, param_state
