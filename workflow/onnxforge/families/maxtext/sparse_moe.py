@@ -78,7 +78,8 @@ def _sparse_dense_matmul(
         )
     top_k_weights, top_k_indices = self.get_topk(gate_logits, pre_bias_logits, self.rngs)
     weights = self.reshape_and_update_weights(top_k_weights, top_k_indices)  # [b, s, experts]
-    chosen = jax.nn.one_hot(top_k_indices, self.num_experts, dtype=jnp.int32).sum(-2) > 0
+    # A float one-hot: ONNX Runtime's CPU OneHot has no int32-output kernel.
+    chosen = jax.nn.one_hot(top_k_indices, self.num_experts, dtype=self.dtype).sum(-2) > 0
     batch, length, emb = inputs.shape
     flat = (batch * length, emb)
     out = sparse_moe(
