@@ -107,7 +107,9 @@ def generator(length):
     params.set_search_options(max_length=length, do_sample=False)
     return og.Generator(model, params)
 result = {}
-g = generator(16); g.append_tokens(rng.integers(0, 256, 8).astype(np.int32))  # warm-up
+# warm-up; GenAI's sliding-window cache must hold the window (GPT-OSS: 128)
+g = generator(%(prompt)d + %(generated)d + 1)
+g.append_tokens(rng.integers(0, 256, 8).astype(np.int32))
 for n in %(prefills)s:
     g = generator(n + 1)
     ids = rng.integers(0, 256, n).astype(np.int32)
