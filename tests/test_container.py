@@ -134,7 +134,8 @@ def test_tiny_model_and_a_mounted_checkpoint_build_in_the_container_as_the_calle
         os.chown(results, uid, gid)
     run = podman(
         "run", "--rm", "-v", f"{results}:/work/results", "-v", f"{checkpoint}:/ckpt:ro", *flags,
-        image, "tiny-gpt-oss", "/ckpt", "--name", "mounted", env=env, timeout=1800,
+        image, "tiny-gpt-oss", "/ckpt", "--name", "mounted", "--variant", "f32", env=env,
+        timeout=1800,
     )  # fmt: skip
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-4000:]
@@ -142,7 +143,8 @@ def test_tiny_model_and_a_mounted_checkpoint_build_in_the_container_as_the_calle
         report = json.loads((results / report_path).read_text())
         assert report["status"] == "PASS"
         assert (results / report_path.parent.parent / "f32.passed.json").exists()
-    assert "/ckpt: model_type 'gpt_oss' -> family gpt_oss; results name mounted/local" in out
+    assert "/ckpt: model_type 'gpt_oss' -> family gpt_oss; also maxtext" in out
+    assert "results name mounted/local" in out
     assert "PASS       mounted/local/f32" in out
     assert "release: results/release/mounted/local/f32" in out
     assert (results / "release/mounted/local/f32/model.onnx").is_file()
