@@ -87,7 +87,15 @@ def test_onnxruntime_genai_generates_the_gated_tokens(kv_build, report):
 
     model = og.Model(str(kv_build / TARGET.release))
     tokenizer = og.Tokenizer(model)
-    assert list(tokenizer.encode("Hi!")) == [72, 105, 33]  # the checkpoint's byte tokenizer
+    # GenAI reads the checkpoint's tokenizer as transformers does (real text, not ids alone).
+    import transformers
+
+    from onnxforge import texts
+
+    reference = transformers.AutoTokenizer.from_pretrained(str(kv_build / TARGET.release))
+    for text in (texts.SHORT_PROMPT, texts.long_text()[:400]):
+        expected = reference(text, add_special_tokens=False)["input_ids"]
+        assert [int(i) for i in tokenizer.encode(text)] == expected
     decode = report["generation"]["decode_vs_reference"]
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(decode["prompt"]) + decode["steps"], do_sample=False)

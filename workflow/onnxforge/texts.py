@@ -82,9 +82,10 @@ def write_tiny_tokenizer(out_dir: Path, vocab_size: int) -> None:
     import transformers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
+    # Byte-level (GPT-2's form): what ONNX Runtime GenAI's tokenizer reads as well.
     tokenizer = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=min(vocab_size, 256),
         special_tokens=["<unk>", "<s>", "</s>"],
