@@ -221,11 +221,10 @@ class MaxTextFamily:
 
         weights = checkpoint.load(Path(stage_dir) / CHECKPOINT)
         flat = checkpoint.flatten(weights)
-        wanted = PERTURBED[part]
         layer_1 = [p for p in flat if p[:2] == ("decoder", "layers_1")]
-        found = [p for p in layer_1 if all(name in p for name in wanted)]
+        found = [p for p in layer_1 if PERTURBED[part](p, flat)]
         if not found:
-            raise InputError(f"{stage_dir}: layer 1 has no kernel {wanted} to perturb ({part})")
+            raise InputError(f"{stage_dir}: layer 1 has no {part} kernel to perturb")
         path = min(found)
         scaled = flat[path][0] if part == "expert" else flat[path]  # "expert": expert 0 alone
         scaled[...] = np.asarray(scaled) * 1.5
@@ -234,12 +233,18 @@ class MaxTextFamily:
         return "/".join(path)
 
 
-# Family.perturb's parts: what the kernel's path in layer 1 holds.
+# Family.perturb's parts, by the kernel's role in layer 1 rather than its module's name
+# (MaxText names them per architecture: MoeBlock_0, GptOssMlp, GptOssAttention, ...). A routed
+# MoE module is the one holding a router (``gate/kernel``) beside its experts.
+def _in_moe(path: tuple, flat: dict) -> bool:
+    return (*path[:-1], "gate", "kernel") in flat
+
+
 PERTURBED = {
-    "attention": ("self_attention", "out", "kernel"),
-    "mlp": ("wo",),
-    "expert": ("MoeBlock_0", "wi_0"),
-    "router": ("MoeBlock_0", "gate", "kernel"),
+    "attention": lambda p, flat: "attention" in p[-3].lower() and p[-2:] == ("out", "kernel"),
+    "mlp": lambda p, flat: "wo" in p,
+    "expert": lambda p, flat: p[-1] == "wi_0" and _in_moe(p, flat),
+    "router": lambda p, flat: p[-2:] == ("gate", "kernel"),
 }
 
 
