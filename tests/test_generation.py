@@ -50,7 +50,8 @@ def test_kv_target_passes_the_four_generation_gates(kv_build, report):
     assert decode["steps"] >= 32 and decode["agree"]
     assert decode["onnx"] == decode["reference"]
     assert decode["past_window"] and decode["length"] > decode["sliding_window"] > 0
-    assert section["left_padded_batch"]["lengths"] == [2, 5, 8]
+    lengths = section["left_padded_batch"]["lengths"]  # two shorter prompts and the decode's
+    assert len(set(lengths)) == 3 and lengths[-1] == len(decode["prompt"]) == max(lengths)
     assert "## Generation" in (kv_build / TARGET.parity / layout.REPORT_MD).read_text()
     released = {p.name for p in (kv_build / TARGET.release).iterdir()}
     assert {"genai_config.json", "tokenizer.json", layout.ONNX_FILE} <= released
