@@ -19,13 +19,14 @@ bias, no capacity) take this path; any other MoE keeps MaxText's dense one.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
+
+from onnxforge import sparse_moe_onnx
 
 PRIMITIVE = Primitive("maxtext_sparse_moe")
 
@@ -48,7 +49,7 @@ mlir.register_lowering(PRIMITIVE, mlir.lower_fun(_dense, multiple_results=False)
 def sparse_moe(x, weights, chosen, wi_0, wi_1, wo):
     """``[tokens, emb]`` -> ``[tokens, emb]``; ``chosen [tokens, experts]`` (bool): the
     router's top k, which the ONNX lowering routes by."""
-    _register_onnx_lowering()
+    sparse_moe_onnx.register(PRIMITIVE, _expert)
     return PRIMITIVE.bind(x, weights.astype(x.dtype), chosen, wi_0, wi_1, wo)
 
 
@@ -102,67 +103,10 @@ def patch_sparse() -> None:
         moe.RoutedMoE.dense_matmul = _sparse_dense_matmul
 
 
-_REGISTERED: list[Any] = []
-
-
-def _register_onnx_lowering() -> None:
-    if _REGISTERED:
-        return
-    from jax2onnx.plugins.plugin_system import PrimitiveLeafPlugin, register_primitive
-
-    class SparseMoePlugin(PrimitiveLeafPlugin):
-        _PRIM: ClassVar = PRIMITIVE
-
-        @staticmethod
-        def abstract_eval(x, *_):
-            return jax.core.ShapedArray(x.shape, x.dtype)
-
-        def lower(self, ctx, eqn) -> None:
-            _lower(ctx, eqn)
-
-    register_primitive(jaxpr_primitive=PRIMITIVE.name, since="onnxforge", component="moe")(
-        SparseMoePlugin
-    )
-    _REGISTERED.append(SparseMoePlugin)
-
-
-def _lower(ctx, eqn) -> None:
-    import onnx_ir as ir
-    from jax2onnx.plugins._ir_shapes import _ensure_value_metadata
-
-    x_var, weights_var, chosen_var, *kernel_vars = eqn.invars
-    (out_var,) = eqn.outvars
-    x, weights, chosen, wi_0, wi_1, wo = (
-        ctx.get_value_for_var(v, name_hint=ctx.fresh_name("moe_in"))
-        for v in (x_var, weights_var, chosen_var, *kernel_vars)
-    )
-    dtype = x.type.dtype
-    num_experts = int(kernel_vars[0].aval.shape[0])
-
-    def op(name, *inputs, element=None, **attrs):
-        value = getattr(ctx.builder, name)(*inputs, **attrs, _outputs=[ctx.fresh_name(name)])
-        value.type = ir.TensorType(element or dtype)
-        _ensure_value_metadata(ctx, value)
-        return value
-
-    def const(array, hint):
-        return ctx.builder.add_initializer_from_array(ctx.fresh_name(hint), np.asarray(array))
-
-    flat = const(np.asarray([-1], np.int64), "moe_flat")
-    column = const(np.asarray([-1, 1], np.int64), "moe_column")
-    out = op("Mul", x, const(np.asarray(0.0, ir.DataType(dtype).numpy()), "moe_zero"))
-    for e in range(num_experts):
-        index = const(np.asarray(e, np.int64), f"moe_expert{e}")
-        picked = op("Gather", chosen, index, axis=1, element=ir.DataType.BOOL)
-        rows = op("NonZero", picked, element=ir.DataType.INT64)
-        rows = op("Reshape", rows, flat, element=ir.DataType.INT64)
-        x_e = op("Gather", x, rows, axis=0)
-        gate = op("MatMul", x_e, op("Gather", wi_0, index, axis=0))
-        up = op("MatMul", x_e, op("Gather", wi_1, index, axis=0))
-        hidden = op("Mul", op("Mul", gate, op("Sigmoid", gate)), up)  # silu(gate) * up
-        y = op("MatMul", hidden, op("Gather", wo, index, axis=0))
-        weight = op("Gather", op("Gather", weights, index, axis=1), rows, axis=0)
-        y = op("Mul", y, op("Reshape", weight, column))
-        indices = op("Reshape", rows, column, element=ir.DataType.INT64)
-        out = op("ScatterND", out, indices, y, reduction="add")
-    ctx.bind_value_for_var(out_var, op("Identity", out))
+def _expert(b, x_e, kernels, params):
+    """One expert's SwiGLU (MaxText's silu(x wi_0) * (x wi_1), then wo) in ONNX ops."""
+    wi_0, wi_1, wo = kernels
+    gate = b.op("MatMul", x_e, wi_0)
+    up = b.op("MatMul", x_e, wi_1)
+    hidden = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
+    return b.op("MatMul", hidden, wo)
