@@ -318,6 +318,7 @@ def transformers_taps(
     finally:
         for hook in hooks:
             hook.remove()
-    for i, logits in zip(routers, out.router_logits or (), strict=True):
+    # (a dense model's output has no router_logits)
+    for i, logits in zip(routers, getattr(out, "router_logits", None) or (), strict=True):
         taps[diagnosis.tap(i, "router_logits")] = logits.detach().float().numpy()
     return out.logits.float().numpy(), taps

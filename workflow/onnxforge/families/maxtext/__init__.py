@@ -62,7 +62,7 @@ class MaxTextFamily:
             f"tiny-{arch.model_type}",
             f"synthetic://maxtext?arch={arch.model_type}&seed=0",
             {"model": arch.default_model},
-            moe="num_local_experts" in arch.tiny,
+            moe=arch.moe,
         )
         for arch in ARCHITECTURES.values()
     )
@@ -212,22 +212,28 @@ class MaxTextFamily:
         return transformers_taps(model_class, checkpoint_dir, config, token_ids)
 
     def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
-        """Scale one kernel of layer 1 (every shape still fits): the attention's output
+        """Scale half of one kernel of layer 1 (every shape still fits): the attention's output
         projection, the MLP's (or MoE's experts') output kernel ``wo``, expert 0's ``wi_0``,
         or the MoE's router (``gate``)."""
         import shutil
 
         from onnxforge.families.maxtext import checkpoint
 
+        model = self.read_config(stage_dir)
+        arch = architecture(model.hf_config, str(Path(stage_dir) / "config.json"), model.model_name)
+        layer, suffix = arch.maxtext_layer(1)  # Hugging Face's layer 1, as the diagnosis names it
         weights = checkpoint.load(Path(stage_dir) / CHECKPOINT)
         flat = checkpoint.flatten(weights)
-        layer_1 = [p for p in flat if p[:2] == ("decoder", "layers_1")]
+        layer_1 = [p for p in flat if p[:2] == ("decoder", layer) and p[2].endswith(suffix)]
         found = [p for p in layer_1 if PERTURBED[part](p, flat)]
         if not found:
             raise InputError(f"{stage_dir}: layer 1 has no {part} kernel to perturb")
         path = min(found)
         scaled = flat[path][0] if part == "expert" else flat[path]  # "expert": expert 0 alone
-        scaled[...] = np.asarray(scaled) * 1.5
+        # Half its output features only: a whole kernel scaled would vanish under the norm
+        # that follows it in Gemma 2 (post-attention and post-MLP RMSNorm).
+        half = scaled.shape[-1] // 2
+        scaled[..., :half] = np.asarray(scaled[..., :half]) * 1.5
         shutil.rmtree(Path(stage_dir) / CHECKPOINT)
         checkpoint.save(weights, Path(stage_dir) / CHECKPOINT)
         return "/".join(path)

@@ -29,10 +29,23 @@ class Architecture:
     # frequencies default_model reproduces (Llama 2's plain RoPE, not Llama 3's "llama3").
     hf_model_types: tuple[str, ...] = ()
     hf_rope_types: tuple[str, ...] = ("default",)
+    # The Hugging Face layers one MaxText layer holds, in order, by its modules' name suffix
+    # (Gemma 2: a local-attention layer, then a global one); "" where it holds one.
+    sublayers: tuple[str, ...] = ("",)
+
+    def maxtext_layer(self, hf_layer: int) -> tuple[str, str]:
+        """Where Hugging Face's layer ``hf_layer`` is: MaxText's layer module, module suffix."""
+        block, within = divmod(hf_layer, len(self.sublayers))
+        return f"layers_{block}", self.sublayers[within]
 
     @property
     def converts(self) -> tuple[str, ...]:
         return self.hf_model_types or (self.model_type,)
+
+    @property
+    def moe(self) -> bool:
+        """A mixture of experts (transformers names the expert count per model)."""
+        return any(self.tiny.get(key) for key in ("num_local_experts", "num_experts"))
 
     @property
     def series(self) -> str:
@@ -145,6 +158,7 @@ ARCHITECTURES = {
                 "attn_logit_softcapping": 50.0,
             },
             hf_model_types=("gemma2",),
+            sublayers=("_local", "_global"),
         ),
         # The gpt_oss family's own tiny checkpoint (synthetic.py delegates to its writer: the
         # same bytes as tiny-gpt-oss), through MaxText's GPT-OSS: a second implementation.

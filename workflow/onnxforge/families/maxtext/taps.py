@@ -6,7 +6,9 @@ MaxText's decoder runs each unscanned layer through a merged copy of it (``pure_
 code takes for a policy), whose inner trace would not let the taps out. Instead, while one
 forward is traced, the classes of the model's decoder layer, its attention and its MLP (or
 ``RoutedMoE``) have their ``__call__`` wrapped, and ``RoutedMoE.get_topk`` too: each records
-its output under the index of the layer being run (layers run in order, one call each). The
+its output under the index of the Hugging Face layer being run: each attention call starts
+one (layers run in order; a Gemma 2 MaxText layer holds two, local then global, and its
+output is the second's; the first's output has no tap of its own). The
 values are the trace's own, so the taps are outputs of the same jitted function or ONNX graph
 as the logits, and ``jax.checkpoint`` is the identity meanwhile (rematerialization changes
 when a value is computed for the backward pass, never the value). Nothing of the model is
@@ -24,23 +26,29 @@ import jax
 from onnxforge import diagnosis
 from onnxforge.families.maxtext import runtime
 
-ATTENTION = ("self_attention",)
-MLP = ("MoeBlock_0", "mlp")  # a MoE layer's block, or a dense layer's MLP
-
 
 def _first(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
 def tapped_classes(model) -> dict[str, type]:
-    """The classes whose calls give the taps: the decoder layer's, its attention's, its MLP's."""
+    """The classes whose calls give the taps: the decoder layer's, and the classes of its
+    attention and of its MLP (a dense ``MlpBlock`` or a ``RoutedMoE``), found by type since
+    MaxText names them per architecture (``mlp``, ``MoeBlock_0``, ``GptOssMlp``, ...)."""
+    from maxtext.layers import attentions, linears, moe
+
     layer = model.decoder.layers_0
     classes = {"layer": type(layer)}
-    for part, names in (("attention", ATTENTION), ("mlp", MLP)):
-        found = next((getattr(layer, n) for n in names if hasattr(layer, n)), None)
+    modules = [v for v in vars(layer).values() if not isinstance(v, type)]
+    for part, kinds in (
+        ("attention", (attentions.Attention,)),
+        ("mlp", (moe.RoutedMoE, linears.MlpBlock)),  # a MoE layer's MLP is its RoutedMoE
+    ):
+        found = next((type(m) for kind in kinds for m in modules if isinstance(m, kind)), None)
         if found is None:
-            raise RuntimeError(f"MaxText's {type(layer).__name__} has none of {names}")
-        classes[part] = type(found)
+            names = [k.__name__ for k in kinds]
+            raise RuntimeError(f"MaxText's {type(layer).__name__} holds none of {names}")
+        classes[part] = found
     return classes
 
 
@@ -68,12 +76,16 @@ def recording(classes: dict[str, type]) -> Iterator[dict[str, Any]]:
         if state["inside"]:
             taps.setdefault(diagnosis.tap(state["layer"], part), value)  # the layer's first call
 
+    def attention(args, out) -> None:
+        if state["inside"]:
+            state["layer"] += 1  # a Hugging Face layer starts with its attention
+            put("attention", _first(out))
+
     def layer_call(cls: type) -> None:
         original = cls.__dict__.get("__call__", cls.__call__)
         originals.append((cls, "__call__", cls.__dict__.get("__call__")))
 
         def wrapper(self, *args, **kwargs):
-            state["layer"] += 1
             state["inside"] = True
             try:
                 out = original(self, *args, **kwargs)
@@ -85,7 +97,7 @@ def recording(classes: dict[str, type]) -> Iterator[dict[str, Any]]:
         cls.__call__ = wrapper
 
     layer_call(classes["layer"])
-    wrap(classes["attention"], "__call__", lambda args, out: put("attention", _first(out)))
+    wrap(classes["attention"], "__call__", attention)
     wrap(classes["mlp"], "__call__", lambda args, out: put("mlp", _first(out)))
 
     def topk(args, out):
