@@ -76,8 +76,9 @@ def registry_build(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """The same, after each family perturbed one tensor of each example's stage (and, for MoE
-    examples, the attention and the router in copies of it, checkpoints perturb-<part>):
+    """The same, after each family perturbed one tensor of each example's stage (and, for each
+    family's first MoE example, the attention and the router in copies of it, checkpoints
+    perturb-<part>):
     every target must now fail its gate, and its report's diagnosis name the perturbed layer
     and part (one Snakemake call, --keep-going). Returns what was perturbed, by target name."""
     workdir = tmp_path_factory.mktemp("perturbed") / "work"
