@@ -3,8 +3,8 @@
 JAX has no data-dependent shapes, so it cannot gather "the tokens routed to expert e". The
 layer is therefore one JAX primitive, ``gpt_oss_sparse_moe``: in JAX it computes the dense
 form (every expert, weighted by the router's combine weights, zero off the top k: exact), and
-jax2onnx lowers it (the plugin below) to plain ONNX that ONNX Runtime's CPU and CUDA
-providers run, per expert ``e``:
+jax2onnx lowers it (``onnxforge.sparse_moe_onnx``, with ``_expert`` below) to plain ONNX
+that ONNX Runtime's CPU and CUDA providers run, per expert ``e``:
 
     rows = NonZero(chosen[:, e])                  tokens that picked e, [n_e]
     x_e = Gather(x, rows)                         [n_e, hidden]
@@ -74,8 +74,9 @@ def _expert(b, x_e, kernels, params):
     alpha, limit = params["alpha"], params["limit"]
     gate = b.op("Add", b.op("MatMul", x_e, gate_k), gate_b)
     up = b.op("Add", b.op("MatMul", x_e, up_k), up_b)
-    gate = b.op("Min", gate, b.const(limit, "moe_limit"))
-    up = b.op("Min", b.op("Max", up, b.const(-limit, "moe_neg_limit")), b.const(limit, "moe_limit"))
+    limit_c = b.const(limit, "moe_limit")
+    gate = b.op("Min", gate, limit_c)
+    up = b.op("Min", b.op("Max", up, b.const(-limit, "moe_neg_limit")), limit_c)
     glu = b.op("Mul", gate, b.op("Sigmoid", b.op("Mul", gate, b.const(alpha, "moe_alpha"))))
     hidden = b.op("Mul", glu, b.op("Add", up, b.const(1.0, "moe_one")))
     return b.op("Add", b.op("MatMul", hidden, down_k), down_b)

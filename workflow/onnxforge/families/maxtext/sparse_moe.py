@@ -6,8 +6,8 @@ inside ``shard_map`` with a dropless ``lax.cond``) does not export: jax2onnx low
 token. So ``RoutedMoE.dense_matmul`` is replaced, for KV exports, by MaxText's own routing
 (``get_topk``, ``reshape_and_update_weights``) followed by one JAX primitive,
 ``maxtext_sparse_moe``: in JAX it is exactly MaxText's dense computation (every expert,
-weighted by the combine weights, zero off the top k); jax2onnx lowers it to plain ONNX, per
-expert ``e`` (as ``families/gpt_oss/sparse_moe.py`` does for GPT-OSS):
+weighted by the combine weights, zero off the top k); jax2onnx lowers it to plain ONNX
+(``onnxforge.sparse_moe_onnx``, shared with GPT-OSS's), per expert ``e``:
 
     rows = NonZero(chosen[:, e]); x_e = Gather(x, rows)
     y_e = (silu(x_e @ wi_0[e]) * (x_e @ wi_1[e])) @ wo[e] * weight[rows, e]

@@ -39,7 +39,7 @@ def tapped_classes(model) -> dict[str, type]:
 
     layer = model.decoder.layers_0
     classes = {"layer": type(layer)}
-    modules = [v for v in vars(layer).values() if not isinstance(v, type)]
+    modules = list(vars(layer).values())
     for part, kinds in (
         ("attention", (attentions.Attention,)),
         ("mlp", (moe.RoutedMoE, linears.MlpBlock)),  # a MoE layer's MLP is its RoutedMoE
