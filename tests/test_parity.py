@@ -27,3 +27,18 @@ def test_onnx_side_agrees_with_jax_side(tiny_stage, tiny_export):
     assert onnx_side.decode == jax_side.decode
     for name, logits in onnx_side.logits.items():
         np.testing.assert_allclose(logits, jax_side.logits[name], atol=1e-4)
+
+
+def test_reference_decode_follows_jax_tokens_until_its_first_other_pick():
+    """The reference's greedy tokens from one teacher-forced pass over prompt + JAX's tokens:
+    equal while it picks JAX's token, cut after its first other pick (so the decode gate fails
+    on a reference that disagrees, and names the step)."""
+    prompt_length, vocab = 2, 5
+    jax_tokens = [3, 1, 4]
+    logits = np.zeros((1, prompt_length + len(jax_tokens), vocab), np.float32)
+    for step, token in enumerate(jax_tokens):  # position p's logits pick the token at p + 1
+        logits[0, prompt_length - 1 + step, token] = 1.0
+    assert parity.reference_decode(logits, prompt_length, jax_tokens) == jax_tokens
+    logits[0, prompt_length, :] = 0.0
+    logits[0, prompt_length, 2] = 1.0  # the reference picks 2 where JAX picked 1
+    assert parity.reference_decode(logits, prompt_length, jax_tokens) == [3, 2]
