@@ -11,6 +11,7 @@ include: "workflow/rules/stage.smk"
 include: "workflow/rules/export.smk"
 include: "workflow/rules/parity.smk"
 include: "workflow/rules/promote.smk"
+include: "workflow/rules/crosscheck.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/survey.smk"
 

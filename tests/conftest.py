@@ -8,16 +8,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import images
 import pytest
 import yaml
 
+from onnxforge import layout
 from onnxforge.export import export
 from onnxforge.families.gpt_oss import FAMILY
 from registry import (
+    CLEAN,
+    CLEAN_COPIES,
     CONFIG,
     EXAMPLES,
     F32,
     REPO,
+    crosschecks,
     examples_config,
     perturb,
     perturbed_checkpoints,
@@ -69,7 +74,8 @@ def registry_build(tmp_path_factory) -> Path:
     """Every registry example through download -> ... -> promote, in one Snakemake call."""
     workdir = tmp_path_factory.mktemp("registry")
     releases = [target(example).release for _, example in EXAMPLES]
-    run = snakemake(workdir, *releases, config=examples_config(), timeout=2400)
+    releases += [layout.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
+    run = snakemake(workdir, *releases, config=examples_config(), timeout=3600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     return workdir
 
@@ -84,6 +90,11 @@ def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, s
     workdir = tmp_path_factory.mktemp("perturbed") / "work"
     shutil.copytree(registry_build, workdir, symlinks=True)
     perturbed, releases = {}, []
+    for name in CLEAN_COPIES:  # built and verified already: copied, never perturbed
+        built, clean = layout.Target(name, "hf", F32), layout.Target(name, CLEAN, F32)
+        for step in ("download", "stage", "export", "parity"):
+            shutil.copytree(workdir / getattr(built, step), workdir / getattr(clean, step))
+    releases += [layout.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
     for family, example in EXAMPLES:
         built = target(example)
         for checkpoint, part in perturbed_checkpoints(example).items():
@@ -94,8 +105,23 @@ def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, s
             perturbed[t.name] = perturb(family, workdir / t.stage, part)
             releases.append(t.release)
     run = snakemake(
-        workdir, "--keep-going", *releases, config=examples_config(perturbed=True), timeout=2400
+        workdir, "--keep-going", *releases, config=examples_config(perturbed=True), timeout=3600
     )
     assert run.returncode != 0, "perturbed stages passed their gates"
     assert "parity gate failed" in run.stdout + run.stderr
     return workdir, perturbed
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
+    """The container tests run last, and their images start building now, in the background:
+    a build is mostly downloads and unpacking, which overlap the DAG tests' computing."""
+    containers = [item for item in items if item.get_closest_marker("container")]
+    if containers and not config.option.collectonly:
+        items[:] = [item for item in items if not item.get_closest_marker("container")]
+        items += containers
+        images.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    images.stop()

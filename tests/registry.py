@@ -60,22 +60,57 @@ def perturbed_checkpoints(example: Example) -> dict[str, str]:
     return {"hf": "expert", **{f"perturb-{part}": part for part in MOE_PARTS}}
 
 
+# In the perturbed build, the checkpoint another implementation also builds keeps an
+# unperturbed copy (checkpoint "clean"): the crosscheck then has exactly one odd one out.
+CLEAN = "clean"
+CLEAN_COPIES = {e.same_checkpoint_as for _, e in EXAMPLES if e.same_checkpoint_as}
+
+
 def examples_config(perturbed: bool = False) -> dict:
-    """A config overlay with one catalog model per example, each a default target; with
-    ``perturbed``, the MoE examples' extra checkpoints too (not default targets)."""
+    """A config overlay with one catalog model per example, each a default target, and their
+    crosschecks; with ``perturbed``, the MoE examples' extra checkpoints and the clean copies
+    too (not default targets), and the crosschecks of the clean copies."""
+
+    def checkpoints(example: Example) -> list[str]:
+        if not perturbed:
+            return ["hf"]
+        return [*perturbed_checkpoints(example), *([CLEAN] if example.name in CLEAN_COPIES else [])]
+
     models = {
         example.name: {
             "family": family.name,
             "options": example.options,
-            "checkpoints": {
-                name: {"source": example.source}
-                for name in (perturbed_checkpoints(example) if perturbed else ["hf"])
-            },
+            "checkpoints": {name: {"source": example.source} for name in checkpoints(example)},
         }
         for family, example in EXAMPLES
     }
     targets = [{"model": e.name, "checkpoint": "hf", "variant": F32} for _, e in EXAMPLES]
-    return {"models": models, "targets": targets}
+    clean = dict.fromkeys(CLEAN_COPIES, CLEAN) if perturbed else {}
+    return {"models": models, "targets": targets, "crosschecks": crosschecks(clean)}
+
+
+def crosschecks(checkpoint: dict[str, str] | None = None) -> dict:
+    """One crosscheck per checkpoint that several examples build (same_checkpoint_as), each
+    example's ``checkpoint.get(name, "hf")``."""
+    checkpoint = checkpoint or {}
+    groups: dict[str, list[str]] = {}
+    for _, example in EXAMPLES:
+        if example.same_checkpoint_as:
+            groups.setdefault(example.same_checkpoint_as, [example.same_checkpoint_as])
+            groups[example.same_checkpoint_as].append(example.name)
+    return {
+        crosscheck_name(first): {
+            "targets": [
+                {"model": name, "checkpoint": checkpoint.get(name, "hf"), "variant": F32}
+                for name in names
+            ]
+        }
+        for first, names in groups.items()
+    }
+
+
+def crosscheck_name(example_name: str) -> str:
+    return f"{example_name}-implementations"
 
 
 def python_for(family: Family) -> Path:

@@ -22,9 +22,18 @@ def test_shipped_config_is_valid():
         f"results/release/tiny-{name}/hf/f32"
         for name in (
             *("gpt-oss", "llama", "mistral", "mixtral", "gemma"),
-            *("llama3.1", "qwen3", "qwen3_moe", "gemma2", "gpt_oss"),
+            *(
+                "llama3.1",
+                "llama3.2",
+                "qwen3",
+                "qwen3_moe",
+                "gemma2",
+                "gemma3",
+                "deepseek_v2",
+                "gpt_oss",
+            ),
         )
-    ]
+    ] + ["results/crosscheck/tiny-gpt-oss-implementations.passed.json"]
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,12 @@ checkpoint (`IMAGE /ckpt`) as the caller and carries nothing of the host's; the 
 JAX's CUDA plugin and ONNX Runtime's CUDA provider with their libraries; the MaxText one runs
 a tiny MaxText model's steps to a passed gate.
 
-Builds ``onnxforge-<flavor>:<lock sha256[:12]>`` with containers/build.sh every time (once per
-module): the engine's layer cache makes that quick when only the workflow changed, and the image
-never runs stale code. Needs podman (``make system-deps``); without it these tests fail, they do
-not skip. No GPU is needed: the CUDA image's checks load its CUDA libraries without a device.
+Builds ``onnxforge-<flavor>:<lock sha256[:12]>`` with containers/build.sh every time, once per
+session: in the background from collection on, while the other tests run (tests/images.py;
+these tests run last). The engine's layer cache makes a rebuild quick when only the workflow
+changed, and the image never runs stale code. Needs podman (``make system-deps``); without it
+these tests fail, they do not skip. No GPU is needed: the CUDA image's checks load its CUDA
+libraries without a device.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import images
 import pytest
 import yaml
 
@@ -32,24 +35,11 @@ from onnxforge.catalog import (
 from onnxforge.families import FAMILIES
 
 pytestmark = pytest.mark.container
-BUILD = REPO / "containers" / "build.sh"
 REPORT = Path("tiny-gpt-oss/hf/parity/f32/report.json")
 MOUNTED_REPORT = Path("mounted/local/parity/f32/report.json")
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 ENVIRONMENTS = {"cpu": "jax", "cuda": "jax-cuda", "maxtext": "maxtext"}
 GPT_OSS, MAXTEXT = FAMILIES["gpt_oss"], FAMILIES["maxtext"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Rootful podman's default ulimits can exceed this host's hard limits (runc then fails with
-    # "error setting rlimit"); build.sh writes a containers.conf within them when needed.
-    conf = subprocess.run(
-        [str(BUILD), "podman-conf"], capture_output=True, text=True, check=True, env=env
-    ).stdout.strip()
-    if conf:
-        env["CONTAINERS_CONF"] = conf
-    return env
 
 
 def podman(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
@@ -62,7 +52,7 @@ def podman(*args: str, env: dict[str, str], timeout: int = 300) -> subprocess.Co
 def env() -> dict[str, str]:
     if shutil.which("podman") is None:
         pytest.fail("podman is not installed: run `make system-deps` (podman, runc, mmdebstrap)")
-    return _env()
+    return images.engine_env()
 
 
 def build(flavor: str, env: dict[str, str]) -> str:
@@ -70,10 +60,7 @@ def build(flavor: str, env: dict[str, str]) -> str:
     lock_sha = hashlib.sha256((REPO / f"envs/{ENVIRONMENTS[flavor]}.lock.txt").read_bytes())
     lock_sha = lock_sha.hexdigest()
     tag = f"localhost/onnxforge-{flavor}:{lock_sha[:12]}"
-    build = subprocess.run(
-        [str(BUILD), flavor, "--engine", "podman"],
-        capture_output=True, text=True, timeout=3600, env=env, check=False,
-    )  # fmt: skip
+    build = images.built(flavor, env)  # started in the background at collection (conftest)
     assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
     inspect = podman("image", "inspect", tag, env=env)
     assert inspect.returncode == 0, inspect.stderr

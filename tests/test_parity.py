@@ -1,5 +1,7 @@
 """Parity's sides run one at a time: each lets go of its weights before the next loads."""
 
+import dataclasses
+
 import jax
 import numpy as np
 
@@ -42,3 +44,24 @@ def test_reference_decode_follows_jax_tokens_until_its_first_other_pick():
     logits[0, prompt_length, :] = 0.0
     logits[0, prompt_length, 2] = 1.0  # the reference picks 2 where JAX picked 1
     assert parity.reference_decode(logits, prompt_length, jax_tokens) == [3, 2]
+
+
+def test_diagnosis_runs_on_a_passing_target_only_when_always(
+    tiny_checkpoint, tiny_stage, tiny_export
+):
+    """`parity.diagnosis.run: always`: a passing target's report holds the per-layer diagnosis
+    of every comparison, naming no layer; the default (on_failure) leaves it out."""
+    onnx = tiny_export / "model.onnx"
+    always = dataclasses.replace(SETTINGS, diagnosis={**SETTINGS.diagnosis, "run": "always"})
+    report, _ = parity.run_parity(FAMILY, tiny_checkpoint, tiny_stage, onnx, always, threads=1)
+    assert report["status"] == "PASS" and report["failures"] == []
+    comparisons = report["diagnosis"]["comparisons"]
+    assert set(comparisons) == {"onnx_vs_jax", "jax_vs_reference"}
+    layers = FAMILY.read_config(tiny_stage).num_hidden_layers
+    for found in comparisons.values():
+        assert found["first_divergence"] is None
+        assert found["sentence"] == "no divergence: every layer within tolerance"
+        assert [entry["layer"] for entry in found["layers"]] == list(range(layers))
+    assert SETTINGS.diagnosis["run"] == "on_failure"
+    report, _ = parity.run_parity(FAMILY, tiny_checkpoint, tiny_stage, onnx, SETTINGS, threads=1)
+    assert report["status"] == "PASS" and "diagnosis" not in report

@@ -11,7 +11,7 @@ import pytest
 
 from onnxforge import layout
 from onnxforge.families import FAMILIES
-from registry import CONFIG, EXAMPLES, example_params, python_for, target
+from registry import CLEAN, CONFIG, EXAMPLES, crosschecks, example_params, python_for, target
 
 pytestmark = pytest.mark.dag
 
@@ -28,6 +28,8 @@ def test_every_family_declares_examples_and_config_builds_them_by_default():
         assert entry["family"] == family.name
         assert entry["checkpoints"]["hf"]["source"] == example.source
         assert entry.get("options", {}) == example.options
+    # ... and crosschecks every checkpoint that several implementations build.
+    assert CONFIG["crosschecks"] == crosschecks()
 
 
 @pytest.mark.parametrize(("family", "example"), example_params())
@@ -59,3 +61,31 @@ def test_a_perturbed_stage_fails_the_gate_and_is_not_released(perturbed_build, f
     assert report["summary"]["onnx_vs_jax"]["max_abs"] < 1e-3  # ONNX follows the bad weights
     assert not (workdir / t.passed).exists()
     assert not (workdir / t.release).exists()
+
+
+@pytest.mark.parametrize("name", list(crosschecks()))
+def test_implementations_of_one_checkpoint_agree(registry_build, name):
+    report = json.loads((registry_build / crosscheck_report(name)).read_text())
+    assert report["status"] == "PASS", report["failures"]
+    assert report["agreement"].startswith("all 3 agree")  # two implementations + transformers
+    families = {i["family"] for i in report["implementations"]}
+    assert len(families) == len(report["implementations"]) == 2
+    assert report["weights"]  # the same safetensors, by sha256
+    assert (registry_build / layout.CROSSCHECK_PASSED.format(name=name)).exists()
+
+
+@pytest.mark.parametrize("name", list(crosschecks()))
+def test_a_crosscheck_names_the_perturbed_implementation_as_the_odd_one_out(perturbed_build, name):
+    workdir, _ = perturbed_build
+    report = json.loads((workdir / crosscheck_report(name)).read_text())
+    assert report["status"] == "FAIL"
+    clean, perturbed = report["implementations"]  # the twin's clean copy, a perturbed one
+    assert clean["target"].split("/")[1] == CLEAN
+    assert report["agreement"].startswith(
+        f"{perturbed['target']} ({perturbed['family']}) is the odd one out"
+    )
+    assert not (workdir / layout.CROSSCHECK_PASSED.format(name=name)).exists()
+
+
+def crosscheck_report(name: str) -> str:
+    return f"{layout.CROSSCHECK.format(name=name)}/{layout.REPORT_JSON}"

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from onnxforge import providers
+from onnxforge import layout, providers
 from onnxforge.errors import InputError
 from onnxforge.layout import Target
 
@@ -72,8 +72,8 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     from onnxforge.families import FAMILIES
 
     for name, model in config["models"].items():
-        if name == "release":
-            raise InputError(f"{source}: models.release: the name is reserved for results/release")
+        if name in ("release", layout.CROSSCHECK_DIR):
+            raise InputError(f"{source}: models.{name}: the name is reserved for results/{name}")
         if model["family"] not in FAMILIES:
             raise InputError(
                 f"{source}: models.{name}.family: unknown family {model['family']!r}; "
@@ -92,7 +92,38 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
             )
     for i, target in enumerate(config["targets"]):
         lookup_target(config, **target, where=f"{source}: targets[{i}]")
+    for name in config["crosschecks"]:
+        crosscheck_targets(config, name, where=f"{source}: crosschecks.{name}")
     return config
+
+
+def crosscheck_targets(
+    config: dict[str, Any], name: str, where: str = "crosscheck"
+) -> list[Target]:
+    """The targets crosscheck ``name`` compares: different models (implementations) of one
+    dtype, so that one gate applies to every pair."""
+    if name not in config["crosschecks"]:
+        raise InputError(
+            f"{where}: unknown crosscheck {name!r}; config has {sorted(config['crosschecks'])}"
+        )
+    entries = config["crosschecks"][name]["targets"]
+    targets = [
+        lookup_target(config, **t, where=f"{where}.targets[{i}]") for i, t in enumerate(entries)
+    ]
+    if len({t.model for t in targets}) != len(targets):
+        raise InputError(f"{where}: each target must be another model (implementation)")
+    dtypes = {variant_entry(config, t.variant)["dtype"] for t in targets}
+    if len(dtypes) != 1:
+        raise InputError(
+            f"{where}: the targets' variants have dtypes {sorted(dtypes)}; a crosscheck "
+            "compares one dtype (its gate applies to every pair)"
+        )
+    return targets
+
+
+def crosscheck_gates(config: dict[str, Any], name: str) -> dict[str, float]:
+    first = crosscheck_targets(config, name)[0]
+    return config["gates"][variant_entry(config, first.variant)["dtype"]]
 
 
 def lookup_target(
@@ -150,7 +181,10 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
 
 
 def default_targets(config: dict[str, Any]) -> list[str]:
-    return [lookup_target(config, **t).release for t in config["targets"]]
+    """Each target's release, and each crosscheck's verdict."""
+    releases = [lookup_target(config, **t).release for t in config["targets"]]
+    crosschecks = [layout.CROSSCHECK_PASSED.format(name=n) for n in config["crosschecks"]]
+    return releases + crosschecks
 
 
 def environments_for(config: dict[str, Any], targets: list[str]) -> list[str]:
@@ -160,8 +194,15 @@ def environments_for(config: dict[str, Any], targets: list[str]) -> list[str]:
 
     if not targets:
         models = {t["model"] for t in config["targets"]}
+        crosschecks = config.get("crosschecks", {})  # `make run` reads config.yaml unvalidated
+        models |= {t.model for n in crosschecks for t in crosscheck_targets(config, n)}
     else:
         models = {part for t in targets for part in Path(t).parts if part in config["models"]}
+        for path in targets:
+            parts = Path(path).parts
+            if parts[:2] == (layout.RESULTS, layout.CROSSCHECK_DIR) and len(parts) > 2:
+                name = parts[2].removesuffix(".passed.json")
+                models |= {t.model for t in crosscheck_targets(config, name)}
     environments = {"jax"} | {
         get_family(config["models"][model]["family"]).environment for model in models
     }

@@ -81,13 +81,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_parity(args: argparse.Namespace) -> None:
     from onnxforge import plots
-    from onnxforge.parity import ParitySettings, run_parity
+    from onnxforge.parity import ParitySettings, run_parity, write_logits
     from onnxforge.report import render_html, render_markdown
 
     settings = ParitySettings(**json.loads(args.settings))
     with outputs.atomic_directory(args.out) as tmp:
         started = time.perf_counter()
-        report = run_parity(
+        report, logits = run_parity(
             args.family,
             args.checkpoint,
             args.stage,
@@ -103,6 +103,7 @@ def cmd_parity(args: argparse.Namespace) -> None:
             },
         )
         outputs.write_json(tmp / layout.REPORT_JSON, report)
+        write_logits(tmp / layout.LOGITS_FILE, logits)
         (tmp / layout.REPORT_MD).write_text(render_markdown(report))
         (tmp / layout.REPORT_HTML).write_text(render_html(report, plots.images(report)))
         outputs.write_manifest(
@@ -124,15 +125,36 @@ def cmd_gate(args: argparse.Namespace) -> None:
             # An earlier release of this target no longer matches what now fails.
             outputs.remove_tree(args.release)
         reasons = "\n  ".join(report["failures"])
+        html = Path(args.report).with_name(layout.REPORT_HTML)
+        plots = f" (and {layout.REPORT_HTML}, with the plots)" if html.exists() else ""
         raise ParityGateFailed(
             f"parity gate failed for {report.get('target', args.report)}:\n  {reasons}\n"
-            f"Full report: {Path(args.report).with_name(layout.REPORT_MD)} "
-            f"(and {layout.REPORT_HTML}, with the plots)"
+            f"Full report: {Path(args.report).with_name(layout.REPORT_MD)}{plots}"
         )
     outputs.write_json(
-        args.out, {"status": "PASS", "report": str(args.report), "summary": report["summary"]}
+        args.out, {"status": "PASS", "report": str(args.report), "summary": report.get("summary")}
     )
     print(f"PASS {report.get('target', '')}: {args.report}")
+
+
+def cmd_crosscheck(args: argparse.Namespace) -> None:
+    from onnxforge import crosscheck
+
+    sides = [
+        crosscheck.Side(target, family, Path(parity), Path(download))
+        for target, family, parity, download in args.side
+    ]
+    with outputs.atomic_directory(args.out) as tmp:
+        report = crosscheck.run_crosscheck(args.name, sides, json.loads(args.gates))
+        outputs.write_json(tmp / layout.REPORT_JSON, report)
+        (tmp / layout.REPORT_MD).write_text(crosscheck.render_markdown(report))
+        outputs.write_manifest(
+            tmp,
+            "crosscheck",
+            {side.target: side.parity / layout.LOGITS_FILE for side in sides},
+            {"status": report["status"]},
+        )
+    print(f"{report['status']} {report['target']}: {report['agreement']}")
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
@@ -202,6 +224,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--release", type=Path, help="withdrawn when the gate fails")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_gate)
+
+    s = steps.add_parser("crosscheck", help="implementations of one checkpoint vs each other")
+    s.add_argument("--name", required=True)
+    s.add_argument(
+        "--side",
+        nargs=4,
+        action="append",
+        required=True,
+        metavar=("TARGET", "FAMILY", "PARITY_DIR", "DOWNLOAD_DIR"),
+    )
+    s.add_argument("--gates", required=True, help="the dtype's gates, as JSON")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_crosscheck)
+
     s = steps.add_parser("promote", help="publish a target that passed, with provenance")
     s.add_argument("--target", required=True)
     for step in ("download", "stage", "export", "parity"):

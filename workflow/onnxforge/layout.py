@@ -18,6 +18,10 @@ PASSED = ROOT + "/parity/{variant}.passed.json"
 LOGS = ROOT + "/logs"
 RELEASE = RESULTS + "/release/{model}/{checkpoint}/{variant}"
 SURVEY = RESULTS + "/maxtext-survey"  # .md and .json: MaxText's configs, tiny, tabulated
+# Independent implementations of one checkpoint against each other (config `crosschecks`).
+CROSSCHECK_DIR = "crosscheck"  # a reserved model name, like "release"
+CROSSCHECK = RESULTS + "/" + CROSSCHECK_DIR + "/{name}"
+CROSSCHECK_PASSED = CROSSCHECK + ".passed.json"
 
 # Files inside the step folders.
 ONNX_FILE = "model.onnx"
@@ -25,6 +29,7 @@ DATA_FILE = "model.onnx.data"  # the ONNX model's external data (every weight)
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"  # self-contained: tables and plots inline
+LOGITS_FILE = "logits.safetensors"  # parity's JAX and reference logits, for a crosscheck
 RELEASED = (ONNX_FILE, DATA_FILE, REPORT_MD, REPORT_JSON, REPORT_HTML)  # what a release copies
 INDEX_HTML = RESULTS + "/index.html"  # every target built (rule summary)
 INDEX_JSON = RESULTS + "/index.json"
@@ -35,7 +40,7 @@ def wildcards_of(path: str) -> dict[str, str]:
     parts = path.strip("/").split("/")
     if parts[:2] == [RESULTS, "release"] and len(parts) >= 5:
         return dict(zip(("model", "checkpoint", "variant"), parts[2:5], strict=True))
-    if parts[:1] != [RESULTS] or len(parts) < 4 or parts[1] == "release":
+    if parts[:1] != [RESULTS] or len(parts) < 4 or parts[1] in ("release", CROSSCHECK_DIR):
         return {}
     names = {"model": parts[1], "checkpoint": parts[2]}
     if parts[3] in ("export", "parity") and len(parts) >= 5:

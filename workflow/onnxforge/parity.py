@@ -195,6 +195,44 @@ def sliding_window(stage_dir: Path) -> int:
     return int(config.get("sliding_window") or 0)
 
 
+# A crosscheck compares these logits across implementations; at real vocabularies (GPT-OSS:
+# 201088) the long inputs would add hundreds of MB per target, so they are kept while the file
+# stays under this size. The seeded short batch always is.
+SAVED_LOGITS_BYTES = 256 << 20
+
+
+def saved_logits(
+    inputs: dict[str, np.ndarray],
+    jax_logits: dict[str, np.ndarray],
+    reference_logits: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """What the parity folder keeps for a crosscheck: per input its ids (``ids.NAME``), JAX's
+    and the reference's logits (``jax.NAME``, ``reference.NAME``), first inputs first."""
+    saved: dict[str, np.ndarray] = {}
+    size = 0
+    for name, ids in inputs.items():
+        size += jax_logits[name].nbytes + reference_logits[name].nbytes
+        if saved and size > SAVED_LOGITS_BYTES:
+            break
+        saved |= {
+            f"ids.{name}": np.ascontiguousarray(ids),
+            f"jax.{name}": np.ascontiguousarray(jax_logits[name], np.float32),
+            f"reference.{name}": np.ascontiguousarray(reference_logits[name], np.float32),
+        }
+    return saved
+
+
+def write_logits(path: Path, saved: dict[str, np.ndarray]) -> None:
+    """``saved_logits`` as safetensors (the same bytes for the same values), with the inputs'
+    order in its metadata (safetensors sorts its keys)."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    order = [key.split(".", 1)[1] for key in saved if key.startswith("ids.")]
+    save_file(saved, str(path), metadata={"inputs": json.dumps(order)})
+
+
 def run_parity(
     family: Family,
     download_dir: Path,
@@ -202,8 +240,9 @@ def run_parity(
     onnx_path: Path,
     settings: ParitySettings,
     threads: int | None = None,
-) -> dict[str, Any]:
-    """Every comparison's metrics and the gate verdict, as the report records them.
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every comparison's metrics and the gate verdict, as the report records them; and the
+    logits a crosscheck reads (``saved_logits``).
 
     JAX, ONNX Runtime and the reference run one after the other, each freed before the next
     loads: peak memory is one copy of the weights (plus the runtimes), not three.
@@ -299,7 +338,7 @@ def run_parity(
         for name, found in report["diagnosis"]["comparisons"].items():
             if name in failures_by_comparison(failures):
                 report["failures"].append(f"diagnosis ({name}): {found['sentence']}")
-    return report
+    return report, saved_logits(inputs, jax_logits, reference_logits)
 
 
 def failures_by_comparison(failures: list[str]) -> set[str]:

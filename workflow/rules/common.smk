@@ -7,6 +7,8 @@ from pathlib import Path
 from onnxforge import layout, progress, providers, runlock
 from onnxforge.catalog import (
     checkpoint_entry,
+    crosscheck_gates,
+    crosscheck_targets,
     default_targets,
     lookup_target,
     model_entry,
@@ -42,6 +44,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     checkpoint=r"[A-Za-z0-9][A-Za-z0-9._-]*",
     variant=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    name=r"[A-Za-z0-9][A-Za-z0-9_-]*",  # no dot: never NAME.passed.json
 
 
 IN_IMAGES = "apptainer" in str(workflow.deployment_settings.deployment_method).lower()
@@ -201,6 +204,12 @@ def target_name(wildcards):
 
 # What every step's rule passes to onnxforge_step, besides its own params.
 STEP_PARAMS = dict(image=provenance_image, python=python_for, make_target=make_target_for)
+# The same for the steps over several targets (summary, crosscheck): they run in `jax`.
+JAX_STEP_PARAMS = dict(
+    image=lambda w: image_for_environment("jax") if IN_IMAGES else provenance_image(w),
+    python=lambda w: python_for_environment("jax"),
+    make_target="env",
+)
 
 
 def summary_state(wildcards):
@@ -208,3 +217,16 @@ def summary_state(wildcards):
     found = sorted(Path(layout.RESULTS).glob("*/*/parity/*/report.json"))
     found += sorted(Path(layout.RESULTS, "release").glob("*/*/*/manifest.json"))
     return " ".join(f"{path}@{path.stat().st_mtime_ns}" for path in found)
+
+
+def crosscheck_sides(wildcards):
+    return crosscheck_targets(config, wildcards.name, where=f"crosschecks.{wildcards.name}")
+
+
+def crosscheck_side_arguments(wildcards):
+    """--side TARGET FAMILY PARITY DOWNLOAD per target, as a list (each quoted on its own)."""
+    arguments = []
+    for t in crosscheck_sides(wildcards):
+        family = model_entry(config, t.model)["family"]
+        arguments += ["--side", t.name, family, t.parity, t.download]
+    return arguments

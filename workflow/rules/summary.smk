@@ -24,11 +24,9 @@ rule summary:
         mem_mb=500,
         runtime=5,
     params:
+        **JAX_STEP_PARAMS,
         # Every report and release there is, with its time: a new or rebuilt one reruns this.
         built=summary_state,
-        image=lambda w: provenance_image(w) if IN_IMAGES else "local",
-        python=lambda w: python_for_environment("jax"),
-        make_target="env",
     message:
         "Index of every target built: {output.html}"
     shell:

@@ -85,6 +85,9 @@ class Example:
     source: str  # synthetic://<family>?...
     options: dict[str, Any] = field(default_factory=dict)  # the catalog model's options
     moe: bool = False  # a mixture of experts: the tests also perturb its router and experts
+    # Another family's example whose checkpoint, byte for byte, this one builds with another
+    # implementation: the two are crosschecked (config `crosschecks`, the tests' builds).
+    same_checkpoint_as: str = ""
 
 
 class Family(Protocol):
@@ -276,6 +279,9 @@ def transformers_generate(
     return tokens, logits
 
 
+ROUTER_LOGITS_HOOKED = "router logits of layer {}"
+
+
 def transformers_taps(
     model_class: str, checkpoint_dir: Path, config: Any, token_ids: Any, **options
 ) -> tuple[Any, dict[str, Any]]:
@@ -311,6 +317,8 @@ def transformers_taps(
         if router is not None:
             routers.append(i)
             hooks.append(router.register_forward_hook(record(diagnosis.tap(i, "experts"), 2)))
+            # (its logits too, for models whose output has no router_logits: DeepSeek V2)
+            hooks.append(router.register_forward_hook(record(ROUTER_LOGITS_HOOKED.format(i), 0)))
     ids = torch.from_numpy(np.asarray(token_ids, np.int64))
     try:
         with torch.no_grad():
@@ -318,7 +326,10 @@ def transformers_taps(
     finally:
         for hook in hooks:
             hook.remove()
-    # (a dense model's output has no router_logits)
-    for i, logits in zip(routers, getattr(out, "router_logits", None) or (), strict=True):
+    # (a dense model's output has no router_logits, nor DeepSeek V2's)
+    for i, logits in zip(routers, getattr(out, "router_logits", None) or (), strict=False):
         taps[diagnosis.tap(i, "router_logits")] = logits.detach().float().numpy()
+    for i in routers:
+        hooked = taps.pop(ROUTER_LOGITS_HOOKED.format(i))
+        taps.setdefault(diagnosis.tap(i, "router_logits"), hooked)
     return out.logits.float().numpy(), taps

@@ -56,15 +56,20 @@ class MaxTextModel:
 class MaxTextFamily:
     name = "maxtext"
     environment = "maxtext"  # envs/maxtext.lock.txt, image config.images.maxtext
-    # One tiny checkpoint per architecture: adding an architecture adds its tests.
+    # One tiny checkpoint per architecture and variant: adding one adds its tests.
     examples = tuple(
         Example(
-            f"tiny-{arch.model_type}",
-            f"synthetic://maxtext?arch={arch.model_type}&seed=0",
+            f"tiny-{name}",
+            f"synthetic://maxtext?arch={arch.model_type}{query}&seed=0",
             {"model": arch.default_model},
             moe=arch.moe,
+            same_checkpoint_as=arch.same_checkpoint_as,
         )
         for arch in ARCHITECTURES.values()
+        for name, query in [
+            (arch.model_type, ""),
+            *((variant, f"&variant={variant}") for variant in arch.variants),
+        ]
     )
     model_types = tuple(sorted({t for arch in ARCHITECTURES.values() for t in arch.hf_model_types}))
 
@@ -209,7 +214,12 @@ class MaxTextFamily:
 
     def reference_taps(self, checkpoint_dir: Path, stage_dir: Path, token_ids) -> tuple:
         model_class, config = self._reference(checkpoint_dir, stage_dir)
-        return transformers_taps(model_class, checkpoint_dir, config, token_ids)
+        logits, taps = transformers_taps(model_class, checkpoint_dir, config, token_ids)
+        model = self.read_config(stage_dir)
+        arch = architecture(model.hf_config, str(Path(stage_dir) / "config.json"), model.model_name)
+        for name in [n for n in taps if n.endswith(".router_logits")]:
+            taps[name] = ROUTER_SCORES[arch.router_scores](taps[name])  # as MaxText's gate has
+        return logits, taps
 
     def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
         """Scale half of one kernel of layer 1 (every shape still fits): the attention's output
@@ -221,9 +231,10 @@ class MaxTextFamily:
 
         model = self.read_config(stage_dir)
         arch = architecture(model.hf_config, str(Path(stage_dir) / "config.json"), model.model_name)
-        layer, suffix = arch.maxtext_layer(1)  # Hugging Face's layer 1, as the diagnosis names it
         weights = checkpoint.load(Path(stage_dir) / CHECKPOINT)
         flat = checkpoint.flatten(weights)
+        layers = architectures.decoder_layers({p[1] for p in flat if p[0] == "decoder"})
+        layer, suffix = arch.maxtext_layer(1, layers)  # HF's layer 1, as the diagnosis names it
         layer_1 = [p for p in flat if p[:2] == ("decoder", layer) and p[2].endswith(suffix)]
         found = [p for p in layer_1 if PERTURBED[part](p, flat)]
         if not found:
@@ -237,6 +248,18 @@ class MaxTextFamily:
         shutil.rmtree(Path(stage_dir) / CHECKPOINT)
         checkpoint.save(weights, Path(stage_dir) / CHECKPOINT)
         return "/".join(path)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+# Architecture.router_scores: the score function MaxText's gate applies before its router tap.
+ROUTER_SCORES = {
+    "": lambda logits: logits,
+    "softmax": _softmax,
+}
 
 
 # Family.perturb's parts, by the kernel's role in layer 1 rather than its module's name

@@ -6,6 +6,7 @@ environment too.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,16 @@ from onnxforge.errors import InputError
 from onnxforge.families.gpt_oss.synthetic import TINY as GPT_OSS_TINY
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.overrides import LLAMA3_ROPE_SCALING
+
+# The decoder's unscanned layers: ``layers_N``; DeepSeek's ``dense_layers_N`` then
+# ``moe_layers_N``.
+LAYER_NAME = re.compile(r"(?:(dense|moe)_)?layers_(\d+)")
+
+
+def decoder_layers(names) -> list[str]:
+    """The decoder's layer modules among ``names``, in the order they run."""
+    found = [(m, name) for name in names if (m := LAYER_NAME.fullmatch(name))]
+    return [name for m, name in sorted(found, key=lambda f: (f[0][1] == "moe", int(f[0][2])))]
 
 
 @dataclass(frozen=True)
@@ -32,11 +43,21 @@ class Architecture:
     # The Hugging Face layers one MaxText layer holds, in order, by its modules' name suffix
     # (Gemma 2: a local-attention layer, then a global one); "" where it holds one.
     sublayers: tuple[str, ...] = ("",)
+    # The other family's example whose tiny checkpoint this one's is (crosschecked with it).
+    same_checkpoint_as: str = ""
+    # Where MaxText's router applies its score function inside the gate (DeepSeek's
+    # routed_score_func), its router tap holds scores: the reference's logits are compared
+    # through the same function ("softmax").
+    router_scores: str = ""
+    # Named changes to ``tiny`` that make more tiny examples of this architecture (tiny-<name>):
+    # another release of it (Llama 3.2 as Llama 3.1 with RoPE factor 32).
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def maxtext_layer(self, hf_layer: int) -> tuple[str, str]:
-        """Where Hugging Face's layer ``hf_layer`` is: MaxText's layer module, module suffix."""
+    def maxtext_layer(self, hf_layer: int, layers: list[str]) -> tuple[str, str]:
+        """Where Hugging Face's layer ``hf_layer`` is: MaxText's layer module (of the decoder's
+        ``layers``, in order: ``decoder_layers``), module suffix."""
         block, within = divmod(hf_layer, len(self.sublayers))
-        return f"layers_{block}", self.sublayers[within]
+        return layers[block], self.sublayers[within]
 
     @property
     def converts(self) -> tuple[str, ...]:
@@ -45,7 +66,8 @@ class Architecture:
     @property
     def moe(self) -> bool:
         """A mixture of experts (transformers names the expert count per model)."""
-        return any(self.tiny.get(key) for key in ("num_local_experts", "num_experts"))
+        keys = ("num_local_experts", "num_experts", "n_routed_experts")
+        return any(self.tiny.get(key) for key in keys)
 
     @property
     def series(self) -> str:
@@ -63,6 +85,36 @@ _TINY = {
     "head_dim": 16,
     "max_position_embeddings": 2048,
     "tie_word_embeddings": False,
+}
+
+# DeepSeek-V2-Lite's shape at a tiny size: no query LoRA, one dense layer first, MLA, MoE with a
+# shared expert, and its YaRN (MaxText's deepseek2-16b.yml: the same numbers).
+_DEEPSEEK_TINY = {
+    **_TINY,
+    "num_key_value_heads": 4,
+    "head_dim": 8,  # = qk_rope_head_dim, as transformers has it
+    "moe_intermediate_size": 32,
+    "first_k_dense_replace": 1,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "q_lora_rank": None,
+    "kv_lora_rank": 32,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 16,
+    # DeepSeek-V2-Lite's YaRN (MaxText's deepseek2-16b.yml: the same numbers)
+    "max_position_embeddings": 163840,
+    "rope_parameters": {
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 40.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "mscale": 0.707,
+        "mscale_all_dim": 0.707,
+    },
 }
 
 ARCHITECTURES = {
@@ -116,6 +168,8 @@ ARCHITECTURES = {
             {**_TINY, "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE_SCALING},
             hf_model_types=("llama",),
             hf_rope_types=("llama3",),
+            # Llama 3.2 (1B, 3B): the same layers, RoPE factor 32 (runtime.py's patch)
+            variants={"llama3.2": {"rope_scaling": {**LLAMA3_ROPE_SCALING, "factor": 32.0}}},
         ),
         Architecture(
             "qwen3",
@@ -160,6 +214,45 @@ ARCHITECTURES = {
             hf_model_types=("gemma2",),
             sublayers=("_local", "_global"),
         ),
+        # The text-only layout (Gemma3ForCausalLM: google/gemma-3-1b-pt, fine-tunes), through
+        # MaxText's multimodal Gemma 3 mapping (convert.py, text_only).
+        Architecture(
+            "gemma3",
+            "Gemma3ForCausalLM",
+            "Gemma3TextConfig",
+            "gemma3-4b",
+            convert.with_to_maxtext("gemma3-4b", text_only=True),
+            {
+                **_TINY,
+                "num_hidden_layers": 6,  # five local layers, then a global one: both tested
+                "tie_word_embeddings": True,
+                "query_pre_attn_scalar": 16,  # = head_dim, as gemma-3-1b and -4b have it
+                "sliding_window": 8,  # shorter than parity's long input: the window is tested
+                "rope_parameters": {
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                    "full_attention": {
+                        "rope_type": "linear",
+                        "factor": 8.0,
+                        "rope_theta": 1000000.0,
+                    },
+                },
+            },
+            hf_model_types=("gemma3_text",),
+            hf_rope_types=("default", "linear"),
+        ),
+        # DeepSeek V2 (V2-Lite's shape: no query LoRA, one dense layer first), MLA + MoE with
+        # shared experts.
+        Architecture(
+            "deepseek_v2",
+            "DeepseekV2ForCausalLM",
+            "DeepseekV2Config",
+            "deepseek2-16b",
+            convert.with_to_maxtext("deepseek2-16b"),
+            _DEEPSEEK_TINY,
+            hf_model_types=("deepseek_v2",),
+            hf_rope_types=("yarn",),
+            router_scores="softmax",
+        ),
         # The gpt_oss family's own tiny checkpoint (synthetic.py delegates to its writer: the
         # same bytes as tiny-gpt-oss), through MaxText's GPT-OSS: a second implementation.
         Architecture(
@@ -173,6 +266,7 @@ ARCHITECTURES = {
             # --family maxtext picks this one.
             hf_model_types=("gpt_oss",),
             hf_rope_types=("yarn",),
+            same_checkpoint_as="tiny-gpt-oss",
         ),
     )
 }

@@ -133,20 +133,35 @@ def _numpy(tree: Any) -> Any:
     return np.asarray(tree)
 
 
-def with_to_maxtext(mapping: str) -> Converter:
+def with_to_maxtext(mapping: str, text_only: bool = False) -> Converter:
     """MaxText's general converter, ``checkpoint_conversion.to_maxtext`` (Mixtral, Llama 3.1,
     Gemma 2/3, Qwen, ...: its PARAM_MAPPING and hooks), with the mapping of its model
-    ``mapping`` (e.g. ``mixtral-8x7b``)."""
-    return functools.partial(convert_with_to_maxtext, mapping=mapping)
+    ``mapping`` (e.g. ``mixtral-8x7b``). ``text_only``: the mapping reads a multimodal
+    checkpoint (Gemma 3), and this architecture's checkpoints are its text half."""
+    return functools.partial(convert_with_to_maxtext, mapping=mapping, text_only=text_only)
+
+
+# A text-only checkpoint's tensors, under the names a multimodal one gives them
+# (Gemma3ForCausalLM's ``model.layers.0...`` is Gemma3ForConditionalGeneration's
+# ``model.language_model.layers.0...``).
+TEXT_PREFIX, MULTIMODAL_TEXT_PREFIX = "model.", "model.language_model."
 
 
 def convert_with_to_maxtext(
-    checkpoint_dir: Path, hf_config: dict[str, Any], mapping: str
+    checkpoint_dir: Path, hf_config: dict[str, Any], mapping: str, text_only: bool = False
 ) -> dict[str, Any]:
     """Its mapping reads the model's dimensions from a table of published Hugging Face configs
     (HF_MODEL_CONFIGS); we put the checkpoint's own config.json there for the run, so tiny and
     layer-truncated checkpoints convert with the same mapping. It saves unscanned float32
-    weights as a MaxText checkpoint, which we read back."""
+    weights as a MaxText checkpoint, which we read back.
+
+    ``text_only`` (Gemma 3): MaxText's mapping reads only the multimodal layout (config.json's
+    ``text_config`` and ``vision_config``, tensors under ``model.language_model.``), while
+    google/gemma-3-1b-pt and most fine-tunes are Gemma3ForCausalLM's text-only layout. We give
+    it the multimodal config with a vision tower of no layers and the text tensors under their
+    multimodal names; without ``use_multimodal`` MaxText builds no vision encoder, so it reads
+    no vision weight."""
+    import contextlib
     import tempfile
     from unittest import mock
 
@@ -158,7 +173,24 @@ def convert_with_to_maxtext(
     from onnxforge.families.maxtext.overrides import maxtext_overrides
 
     config = transformers.AutoConfig.for_model(**hf_config)
-    with tempfile.TemporaryDirectory(prefix="onnxforge-to-maxtext-") as scratch:
+    patches = contextlib.ExitStack()
+    if text_only:
+        vision = transformers.SiglipVisionConfig(num_hidden_layers=0)
+        config = transformers.Gemma3Config(text_config=config, vision_config=vision)
+        read = to_maxtext.load_hf_dict_from_safetensors
+
+        def read_as_multimodal(*args, **kwargs):
+            return {
+                MULTIMODAL_TEXT_PREFIX + key.removeprefix(TEXT_PREFIX)
+                if key.startswith(TEXT_PREFIX)
+                else key: value
+                for key, value in read(*args, **kwargs).items()
+            }
+
+        patches.enter_context(
+            mock.patch.object(to_maxtext, "load_hf_dict_from_safetensors", read_as_multimodal)
+        )
+    with tempfile.TemporaryDirectory(prefix="onnxforge-to-maxtext-") as scratch, patches:
         overrides = {**maxtext_overrides(hf_config), "base_output_directory": scratch}
         argv = runtime.config_argv(mapping, overrides)
         with mock.patch.dict(hf_model_configs.HF_MODEL_CONFIGS, {mapping: config}):

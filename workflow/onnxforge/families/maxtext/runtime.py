@@ -171,6 +171,47 @@ def _local_attention_with_sinks(
     return local_out, local_max, local_sum
 
 
+_ORIGINAL_INIT_ROTARY = None
+
+
+def _init_rotary_embedding_with_llama3_factor(self):
+    """MaxText's ``Attention.init_rotary_embedding``, giving its ``LLaMARotaryEmbedding`` the
+    checkpoint's Llama 3 RoPE factor: MaxText fixes it at Llama 3.1's 8 (Llama 3.2 has 32).
+    overrides.py passes config.json's factor as ``rope_linear_scaling_factor``, a setting
+    MaxText reads for its plain RoPE only; 1.0, its default, keeps MaxText's 8."""
+    from maxtext.layers.embeddings import LLaMARotaryEmbedding
+
+    embedding = _ORIGINAL_INIT_ROTARY(self)
+    factor = float(getattr(self.config, "rope_linear_scaling_factor", 1.0))
+    if isinstance(embedding, LLaMARotaryEmbedding) and factor != 1.0:
+        embedding.llama3_factor = factor
+    return embedding
+
+
+def _llama3_scaling_factor(self, freq):
+    """``LLaMARotaryEmbedding._apply_scaling_factor`` (layers/embeddings.py) with the factor
+    the patch above set (8, MaxText's, otherwise); its other constants are every Llama 3's
+    (overrides.py refuses others)."""
+    scale_factor = getattr(self, "llama3_factor", 8.0)
+    low_freq_factor, high_freq_factor, old_context_len = 1.0, 4.0, 8192.0
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * jnp.pi / freq
+
+    def bigger_or_equal_wavelen(freq):
+        def equal_wavelen(freq):
+            smooth = (old_context_len / wavelen - low_freq_factor) / (
+                high_freq_factor - low_freq_factor
+            )
+            return (1 - smooth) * freq / scale_factor + smooth * freq
+
+        bigger = wavelen > low_freq_wavelen
+        return jax.lax.cond(bigger, lambda f: f / scale_factor, equal_wavelen, freq)
+
+    lower = wavelen < high_freq_wavelen
+    return jax.lax.cond(lower, lambda f: f, bigger_or_equal_wavelen, freq)
+
+
 def _yarn_inverse_frequencies(self) -> jax.Array:
     """``YarnRotaryEmbedding.freqs_cis``'s corrected frequencies, before its outer product
     with positions and its ``exp(1j * ...)`` (the same float32 arithmetic)."""
@@ -235,6 +276,7 @@ def patch_for_export() -> None:
     """Workarounds for MaxText code that ONNX Runtime or jax2onnx cannot take (README: known
     issues); the JAX side of parity runs them too, so transformers checks them."""
     global _ORIGINAL_EXPERT_WEIGHTS, _ORIGINAL_ATTENTION_INIT, _ORIGINAL_LOCAL_ATTENTION
+    global _ORIGINAL_INIT_ROTARY
     from maxtext.layers import attention_op, attentions, embeddings, moe, nnx_decoders
 
     embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
@@ -246,6 +288,10 @@ def patch_for_export() -> None:
     if _ORIGINAL_ATTENTION_INIT is None:
         _ORIGINAL_ATTENTION_INIT = attentions.Attention.__init__
         attentions.Attention.__init__ = _attention_init_with_configured_window
+    if _ORIGINAL_INIT_ROTARY is None:
+        _ORIGINAL_INIT_ROTARY = attentions.Attention.init_rotary_embedding
+        attentions.Attention.init_rotary_embedding = _init_rotary_embedding_with_llama3_factor
+        embeddings.LLaMARotaryEmbedding._apply_scaling_factor = _llama3_scaling_factor
     if _ORIGINAL_EXPERT_WEIGHTS is None:
         _ORIGINAL_EXPERT_WEIGHTS = moe.RoutedMoE.reshape_and_update_weights
         moe.RoutedMoE.reshape_and_update_weights = _expert_weights_by_one_hot

@@ -3,6 +3,8 @@
 ``synthetic://maxtext?arch=mistral&seed=0``: transformers builds the model from a tiny config
 of that architecture and ``save_pretrained`` writes real safetensors and config.json. Every
 tensor is random and seeded (norms near one), so a mapping mistake changes the logits.
+``variant=llama3.2``: the architecture's tiny config with that variant's changes
+(``Architecture.variants``).
 
 For ``arch=gemma`` the same weights are also written in Google's Flax layout under ``flax/``,
 as the hub ships both layouts of one model (``flax=false``: the Hugging Face layout only, as
@@ -19,7 +21,7 @@ from onnxforge.errors import InputError
 from onnxforge.families.base import randomize_torch_model
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
 
-OPTIONS = {"arch", "init_std", "flax"}
+OPTIONS = {"arch", "variant", "init_std", "flax"}
 FLAX = "flax"  # gemma: the Flax/Orbax copy of the weights (gemma_flax.py)
 
 
@@ -39,15 +41,22 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
 
         gpt_oss_synthesize(out_dir, seed, settings)
         return
+    variant = str(settings.pop("variant", ""))
+    if variant and variant not in arch.variants:
+        raise InputError(
+            f"synthetic://maxtext: arch {arch_name} has no variant {variant!r}; "
+            f"known: {sorted(arch.variants)}"
+        )
+    tiny = {**arch.tiny, **arch.variants.get(variant, {})}
     init_std = float(settings.pop("init_std", 0.1))
     flax = str(settings.pop("flax", "true")).lower() != "false"  # gemma: also the Flax layout
-    unknown = set(settings) - set(arch.tiny)
+    unknown = set(settings) - set(tiny)
     if unknown:
         raise InputError(
             f"synthetic://maxtext: unknown parameter(s) {sorted(unknown)}; "
-            f"known: {sorted(arch.tiny)} and {sorted(OPTIONS)}"
+            f"known: {sorted(tiny)} and {sorted(OPTIONS)}"
         )
-    config = getattr(transformers, arch.config_class)(**{**arch.tiny, **settings})
+    config = getattr(transformers, arch.config_class)(**{**tiny, **settings})
     torch.manual_seed(seed)
     model = getattr(transformers, arch.transformers_class)(config)
     randomize_torch_model(model, init_std)

@@ -4,8 +4,8 @@ MaxText's decoder runs each unscanned layer through a merged copy of it (``pure_
 ``layers/nnx_decoders.py``), so the taps cannot hang on module instances, and under
 ``jax.checkpoint`` (its config system reads our ``remat_policy=none`` as None, which that
 code takes for a policy), whose inner trace would not let the taps out. Instead, while one
-forward is traced, the classes of the model's decoder layer, its attention and its MLP (or
-``RoutedMoE``) have their ``__call__`` wrapped, and ``RoutedMoE.get_topk`` too: each records
+forward is traced, the classes of the model's decoder layers (DeepSeek: a dense one and a MoE
+one), their attention and their MLP (or MoE) have their ``__call__`` wrapped, and ``RoutedMoE.get_topk`` too: each records
 its output under the index of the Hugging Face layer being run: each attention call starts
 one (layers run in order; a Gemma 2 MaxText layer holds two, local then global, and its
 output is the second's; the first's output has no tap of its own). The
@@ -25,40 +25,49 @@ import jax
 
 from onnxforge import diagnosis
 from onnxforge.families.maxtext import runtime
+from onnxforge.families.maxtext.architectures import decoder_layers
 
 
 def _first(out: Any) -> Any:
     return out[0] if isinstance(out, tuple) else out
 
 
-def tapped_classes(model) -> dict[str, type]:
-    """The classes whose calls give the taps: the decoder layer's, and the classes of its
-    attention and of its MLP (a dense ``MlpBlock`` or a ``RoutedMoE``), found by type since
-    MaxText names them per architecture (``mlp``, ``MoeBlock_0``, ``GptOssMlp``, ...)."""
+def tapped_classes(model) -> dict[str, set[type]]:
+    """The classes whose calls give the taps: the decoder layers' (DeepSeek has a dense and a
+    MoE one), and the classes of their attention and of their MLP (a dense ``MlpBlock``, a
+    ``RoutedMoE``, or DeepSeek's ``RoutedAndSharedMoE``), found by type since MaxText names
+    them per architecture (``mlp``, ``MoeBlock_0``, ``GptOssMlp``, ...)."""
     from maxtext.layers import attentions, linears, moe
 
-    layer = model.decoder.layers_0
-    classes = {"layer": type(layer)}
-    modules = list(vars(layer).values())
-    for part, kinds in (
-        ("attention", (attentions.Attention,)),
-        ("mlp", (moe.RoutedMoE, linears.MlpBlock)),  # a MoE layer's MLP is its RoutedMoE
-    ):
-        found = next((type(m) for kind in kinds for m in modules if isinstance(m, kind)), None)
-        if found is None:
-            names = [k.__name__ for k in kinds]
-            raise RuntimeError(f"MaxText's {type(layer).__name__} holds none of {names}")
-        classes[part] = found
+    classes: dict[str, set[type]] = {"layer": set(), "attention": set(), "mlp": set()}
+    # a MoE layer's MLP is its (routed and shared) MoE, whatever dense MLP that holds
+    kinds = {
+        "attention": (attentions.Attention,),
+        "mlp": (moe.RoutedAndSharedMoE, moe.RoutedMoE, linears.MlpBlock),
+    }
+    decoder = vars(model.decoder)
+    for name in decoder_layers(decoder):
+        layer = decoder[name]
+        classes["layer"].add(type(layer))
+        modules = list(vars(layer).values())
+        for part, types in kinds.items():
+            found = next((type(m) for kind in types for m in modules if isinstance(m, kind)), None)
+            if found is None:
+                names = [k.__name__ for k in types]
+                raise RuntimeError(f"MaxText's {type(layer).__name__} holds none of {names}")
+            classes[part].add(found)
+    if not classes["layer"]:
+        raise RuntimeError(f"MaxText's decoder has no unscanned layers: {sorted(decoder)}")
     return classes
 
 
 @contextlib.contextmanager
-def recording(classes: dict[str, type]) -> Iterator[dict[str, Any]]:
+def recording(classes: dict[str, set[type]]) -> Iterator[dict[str, Any]]:
     """Wrap the classes' calls (and ``RoutedMoE.get_topk``) for one forward; yields the taps."""
     from maxtext.layers import moe
 
     taps: dict[str, Any] = {}
-    state = {"layer": -1, "inside": False}
+    state = {"layer": -1, "inside": False, "mlp_depth": 0}
     originals = []
 
     def wrap(cls: type, method: str, record) -> None:
@@ -96,12 +105,35 @@ def recording(classes: dict[str, type]) -> Iterator[dict[str, Any]]:
 
         cls.__call__ = wrapper
 
-    layer_call(classes["layer"])
-    wrap(classes["attention"], "__call__", attention)
-    wrap(classes["mlp"], "__call__", lambda args, out: put("mlp", _first(out)))
+    def mlp_call(cls: type) -> None:
+        # Only the outermost MLP call is the layer's MLP: DeepSeek's MoE calls its shared
+        # experts, an MlpBlock, inside.
+        original = cls.__dict__.get("__call__", cls.__call__)
+        originals.append((cls, "__call__", cls.__dict__.get("__call__")))
+
+        def wrapper(self, *args, **kwargs):
+            state["mlp_depth"] += 1
+            try:
+                out = original(self, *args, **kwargs)
+            finally:
+                state["mlp_depth"] -= 1
+            if state["mlp_depth"] == 0:
+                put("mlp", _first(out))
+            return out
+
+        cls.__call__ = wrapper
+
+    for cls in classes["layer"]:
+        layer_call(cls)
+    for cls in classes["attention"]:
+        wrap(cls, "__call__", attention)
+    for cls in classes["mlp"]:
+        mlp_call(cls)
 
     def topk(args, out):
-        put("router_logits", args[0])  # get_topk(gate_logits, pre_bias_logits, ...)
+        # get_topk(gate_logits, pre_bias_logits, ...): DeepSeek V3 adds its routing bias to
+        # the scores it selects by, which transformers' router logits have not
+        put("router_logits", args[0] if args[1] is None else args[1])
         put("experts", out[1])
 
     wrap(moe.RoutedMoE, "get_topk", topk)
