@@ -30,6 +30,7 @@ def test_shipped_config_is_valid():
                 "gemma2",
                 "gemma3",
                 "deepseek_v2",
+                "deepseek_v3",
                 "gpt_oss",
             ),
         )

@@ -201,3 +201,20 @@ def test_deepseek_v2_takes_mla_moe_and_yarn_from_the_config():
         reasons[-1]
         == "norm_topk_prob True: MaxText's deepseek2-16b routes with norm_topk_prob False"
     )
+
+
+def test_deepseek_v3_takes_its_groups_and_query_lora_and_refuses_other_routing():
+    config = tiny("deepseek_v3")
+    overrides = maxtext_overrides(config)
+    assert overrides["n_routing_groups"] == 2 and overrides["topk_routing_group"] == 1
+    assert overrides["q_lora_rank"] == 16 and overrides["routed_scaling_factor"] == 2.5
+    assert overrides["num_experts"] == 8 and overrides["mscale"] == 1.0
+    assert "n_routing_groups" not in maxtext_overrides(tiny("deepseek_v2"))
+    assert architecture(config, "config.json", "deepseek3-671b").model_type == "deepseek_v3"
+    refused = tiny("deepseek_v3", topk_method="greedy", scoring_func="softmax")
+    refused["norm_topk_prob"] = False
+    reasons = unsupported(refused, "deepseek3-671b")
+    assert [r.split(" ")[0] for r in reasons] == ["topk_method", "scoring_func", "norm_topk_prob"]
+    assert reasons[0] == (
+        "topk_method 'greedy': MaxText's deepseek3-671b routes with topk_method 'noaux_tc'"
+    )

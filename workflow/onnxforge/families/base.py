@@ -193,13 +193,18 @@ def write_stage_config(
 
 def randomize_torch_model(model: Any, init_std: float) -> None:
     """Every tensor random, norms near one, the rest near zero: a mapping mistake anywhere then
-    changes the logits, which an init of ones and zeros would hide. Seed torch first."""
+    changes the logits, which an init of ones and zeros would hide. Seed torch first.
+
+    The float buffers the checkpoint saves too (DeepSeek V3's routing correction bias, zero
+    at init); not the ones it does not save (RoPE frequencies)."""
     import torch
 
+    saved = model.state_dict().keys()
+    buffers = [(n, b) for n, b in model.named_buffers() if n in saved and b.is_floating_point()]
     with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape) * init_std
-            param.copy_(1.0 + noise if is_norm_scale(name.split(".")) else noise)
+        for name, tensor in sorted([*model.named_parameters(), *buffers]):
+            noise = torch.randn(tensor.shape) * init_std
+            tensor.copy_(1.0 + noise if is_norm_scale(name.split(".")) else noise)
 
 
 def is_norm_scale(path: list[str] | tuple[str, ...]) -> bool:

@@ -259,6 +259,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 ROUTER_SCORES = {
     "": lambda logits: logits,
     "softmax": _softmax,
+    "sigmoid": lambda logits: 1.0 / (1.0 + np.exp(-logits)),
 }
 
 

@@ -117,6 +117,25 @@ _DEEPSEEK_TINY = {
     },
 }
 
+# DeepSeek V3's routing at a tiny size: query LoRA, sigmoid scores plus the correction bias
+# (noaux_tc), the best of 2 expert groups searched, renormalized top-2 scaled by 2.5; and its
+# YaRN (MaxText's deepseek3-671b.yml: mscale 1).
+_DEEPSEEK_V3_TINY = {
+    **_DEEPSEEK_TINY,
+    "q_lora_rank": 16,
+    "n_routed_experts": 8,
+    "n_group": 2,
+    "topk_group": 1,
+    "topk_method": "noaux_tc",
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "rope_parameters": {
+        **_DEEPSEEK_TINY["rope_parameters"],
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+}
+
 ARCHITECTURES = {
     a.model_type: a
     for a in (
@@ -252,6 +271,19 @@ ARCHITECTURES = {
             hf_model_types=("deepseek_v2",),
             hf_rope_types=("yarn",),
             router_scores="softmax",
+        ),
+        # DeepSeek V3: V2's layers with query LoRA and group-limited sigmoid routing with a
+        # correction bias (convert.py stages the bias MaxText's mapping misnames).
+        Architecture(
+            "deepseek_v3",
+            "DeepseekV3ForCausalLM",
+            "DeepseekV3Config",
+            "deepseek3-671b",
+            convert.with_to_maxtext("deepseek3-671b"),
+            _DEEPSEEK_V3_TINY,
+            hf_model_types=("deepseek_v3",),
+            hf_rope_types=("yarn",),
+            router_scores="sigmoid",
         ),
         # The gpt_oss family's own tiny checkpoint (synthetic.py delegates to its writer: the
         # same bytes as tiny-gpt-oss), through MaxText's GPT-OSS: a second implementation.

@@ -147,20 +147,30 @@ def with_to_maxtext(mapping: str, text_only: bool = False) -> Converter:
 TEXT_PREFIX, MULTIMODAL_TEXT_PREFIX = "model.", "model.language_model."
 
 
+# The variable collections a stage holds, all under ``params``: nnx.Param's, and DeepSeek V3's
+# routing bias (MaxText's MoEBiasVar). MaxText's own restore reads the bias there too
+# (checkpointing._alias_legacy_collections), and its mapping names it so.
+VARIABLE_COLLECTIONS = ("params", "MoEBiasVar")
+
+
 def convert_with_to_maxtext(
     checkpoint_dir: Path, hf_config: dict[str, Any], mapping: str, text_only: bool = False
 ) -> dict[str, Any]:
     """Its mapping reads the model's dimensions from a table of published Hugging Face configs
     (HF_MODEL_CONFIGS); we put the checkpoint's own config.json there for the run, so tiny and
-    layer-truncated checkpoints convert with the same mapping. It saves unscanned float32
-    weights as a MaxText checkpoint, which we read back.
+    layer-truncated checkpoints convert with the same mapping.
+
+    It runs with its lazy loader (tensor by tensor from the safetensors), but its own saver
+    cannot save the lazy values (Orbax's v1 registry has no handler for them): we take the
+    tree it would save and give it back as ``checkpoint.Deferred`` leaves, float32, which
+    ``checkpoint.save`` reads one at a time.
 
     ``text_only`` (Gemma 3): MaxText's mapping reads only the multimodal layout (config.json's
     ``text_config`` and ``vision_config``, tensors under ``model.language_model.``), while
     google/gemma-3-1b-pt and most fine-tunes are Gemma3ForCausalLM's text-only layout. We give
-    it the multimodal config with a vision tower of no layers and the text tensors under their
-    multimodal names; without ``use_multimodal`` MaxText builds no vision encoder, so it reads
-    no vision weight."""
+    it the multimodal config with a vision tower of no layers and read its multimodal names
+    from the text tensors; without ``use_multimodal`` MaxText builds no vision encoder, so it
+    reads no vision weight."""
     import contextlib
     import tempfile
     from unittest import mock
@@ -177,30 +187,75 @@ def convert_with_to_maxtext(
     if text_only:
         vision = transformers.SiglipVisionConfig(num_hidden_layers=0)
         config = transformers.Gemma3Config(text_config=config, vision_config=vision)
-        read = to_maxtext.load_hf_dict_from_safetensors
+        read = to_maxtext.LazyHFLoader.get_tensor
 
-        def read_as_multimodal(*args, **kwargs):
-            return {
-                MULTIMODAL_TEXT_PREFIX + key.removeprefix(TEXT_PREFIX)
-                if key.startswith(TEXT_PREFIX)
-                else key: value
-                for key, value in read(*args, **kwargs).items()
-            }
+        def read_text_tensor(loader, key: str):
+            if key.startswith(MULTIMODAL_TEXT_PREFIX):
+                key = TEXT_PREFIX + key.removeprefix(MULTIMODAL_TEXT_PREFIX)
+            return read(loader, key)
 
         patches.enter_context(
-            mock.patch.object(to_maxtext, "load_hf_dict_from_safetensors", read_as_multimodal)
+            mock.patch.object(to_maxtext.LazyHFLoader, "get_tensor", read_text_tensor)
         )
+    model_info = to_maxtext.get_maxtext_model_info
+
+    def model_info_with_bias_as_params(maxtext_config):
+        # MaxText 0.2.5's DeepSeek V3 mapping names the routing bias params-...-gate-bias;
+        # its model holds it as MoEBiasVar-...: the mapping's name is the one staged.
+        abstract, treedef = model_info(maxtext_config)
+        return {_as_params(key): value for key, value in abstract.items()}, treedef
+
+    saved = {}
+
+    def keep(_directory, weights, *args, **kwargs):
+        saved["weights"] = weights
+
     with tempfile.TemporaryDirectory(prefix="onnxforge-to-maxtext-") as scratch, patches:
         overrides = {**maxtext_overrides(hf_config), "base_output_directory": scratch}
         argv = runtime.config_argv(mapping, overrides)
-        with mock.patch.dict(hf_model_configs.HF_MODEL_CONFIGS, {mapping: config}):
+        with (
+            mock.patch.dict(hf_model_configs.HF_MODEL_CONFIGS, {mapping: config}),
+            mock.patch.object(to_maxtext, "get_maxtext_model_info", model_info_with_bias_as_params),
+            mock.patch.object(to_maxtext, "save_weights_to_checkpoint", keep),
+        ):
             to_maxtext.main(
                 argv,
-                # Its lazy loader streams tensor by tensor, but its lazy arrays save only
-                # through a sharded (multi-device) save; eager reads the whole checkpoint.
-                lazy_load_tensors=False,
+                lazy_load_tensors=True,
                 hf_model_path=str(Path(checkpoint_dir).resolve()),
                 save_dtype="float32",
                 simulated_cpu_devices_count=1,
             )
-        return load(Path(scratch))
+    return _staged_tree(saved["weights"])
+
+
+def _as_params(key: str) -> str:
+    for collection in VARIABLE_COLLECTIONS[1:]:
+        if key.startswith(collection + "-"):
+            return "params-" + key.removeprefix(collection + "-")
+    return key
+
+
+def _staged_tree(weights: dict[str, Any]) -> dict[str, Any]:
+    """The parameter tree ``to_maxtext`` would save, its collections merged under ``params``
+    and its lazy values as ``checkpoint.Deferred`` leaves."""
+    from onnxforge.families.maxtext.checkpoint import deferred
+
+    def leaves(tree: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(tree, dict):
+            return {key: leaves(value, (*path, key)) for key, value in tree.items()}
+        if isinstance(tree, np.ndarray):
+            return tree
+        return deferred(lambda: np.asarray(tree), tree.shape, tree.dtype, "/".join(path))
+
+    merged: dict[str, Any] = {}
+    for collection in VARIABLE_COLLECTIONS:
+        _merge(merged, leaves(weights.get(collection, {}), ()))
+    return merged
+
+
+def _merge(into: dict[str, Any], tree: dict[str, Any]) -> None:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            _merge(into.setdefault(key, {}), value)
+        else:
+            into[key] = value

@@ -17,11 +17,12 @@ LLAMA3_ROPE_SCALING = {
 }
 
 
-# DeepSeek's routing as MaxText's deepseek layers do it, by model_type (config.json's names).
-# (DeepSeek V3 is not staged: MaxText 0.2.5's to_maxtext maps its routing bias under a name its
-# NNX model does not have, MoEBiasVar-...-gate-bias.)
+# DeepSeek's routing as MaxText's deepseek layers do it, by model_type (config.json's names):
+# V2 softmax, greedy, unnormalized; V3 sigmoid plus the correction bias within the best groups,
+# renormalized (layers/moe.py deepseek_routing, deepseek_scale_weights).
 DEEPSEEK = {
     "deepseek_v2": {"topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": False},
+    "deepseek_v3": {"topk_method": "noaux_tc", "scoring_func": "sigmoid", "norm_topk_prob": True},
 }
 
 
@@ -139,6 +140,11 @@ def maxtext_overrides(hf_config: dict[str, Any]) -> dict[str, Any]:
             v_head_dim=hf_config["v_head_dim"],
             rope_type=rope_type(hf_config),
         )
+        if model_type == "deepseek_v3":  # the groups its routing searches
+            overrides.update(
+                n_routing_groups=hf_config.get("n_group") or -1,
+                topk_routing_group=hf_config.get("topk_group") or -1,
+            )
         if rope_type(hf_config) == "yarn":
             parameters = rope_parameters(hf_config)
             overrides.update(
@@ -244,7 +250,6 @@ def unsupported(hf_config: dict[str, Any], model_name: str) -> list[str]:
                 "starting with sliding"
             )
     if model_type in DEEPSEEK:
-        # What MaxText's deepseek routing does (moe.py): V2 softmax, greedy, unnormalized.
         routing = DEEPSEEK[model_type]
         for key, expected in routing.items():
             if hf_config.get(key, expected) != expected:

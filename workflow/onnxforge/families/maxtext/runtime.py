@@ -79,9 +79,20 @@ def abstract_model(config) -> nnx.Module:
     )
 
 
+def weights_filter():
+    """The model's variables a stage holds (``convert.VARIABLE_COLLECTIONS``): its
+    parameters (``nnx.Param``), and DeepSeek V3's routing bias (``MoEBiasVar``)."""
+    from maxtext.layers.moe import MoEBiasVar
+
+    from onnxforge.families.maxtext.convert import VARIABLE_COLLECTIONS
+
+    classes = {"params": nnx.Param, "MoEBiasVar": MoEBiasVar}
+    return nnx.Any(*(classes[name] for name in VARIABLE_COLLECTIONS))
+
+
 def param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Every parameter's path and shape, as the model built from ``config`` expects it."""
-    params = nnx.state(abstract_model(config), nnx.Param)
+    params = nnx.state(abstract_model(config), weights_filter())
     return {tuple(map(str, path)): tuple(v.shape) for path, v in params.flat_state()}
 
 
@@ -317,7 +328,7 @@ def model_function(
     are closed over as raw data: key arrays cannot become ONNX constants.
     """
     patch_for_export()
-    graphdef, param_state, rest = nnx.split(abstract_model(config), nnx.Param, ...)
+    graphdef, param_state, rest = nnx.split(abstract_model(config), weights_filter(), ...)
     dtype = jnp.dtype(config.weight_dtype)
     missing = []
     for path, variable in param_state.flat_state():

@@ -5,14 +5,14 @@ MaxText's decoder runs each unscanned layer through a merged copy of it (``pure_
 ``jax.checkpoint`` (its config system reads our ``remat_policy=none`` as None, which that
 code takes for a policy), whose inner trace would not let the taps out. Instead, while one
 forward is traced, the classes of the model's decoder layers (DeepSeek: a dense one and a MoE
-one), their attention and their MLP (or MoE) have their ``__call__`` wrapped, and ``RoutedMoE.get_topk`` too: each records
-its output under the index of the Hugging Face layer being run: each attention call starts
-one (layers run in order; a Gemma 2 MaxText layer holds two, local then global, and its
-output is the second's; the first's output has no tap of its own). The
-values are the trace's own, so the taps are outputs of the same jitted function or ONNX graph
-as the logits, and ``jax.checkpoint`` is the identity meanwhile (rematerialization changes
-when a value is computed for the backward pass, never the value). Nothing of the model is
-re-implemented; everything is put back on exit.
+one), their attention and their MLP (or MoE) have their ``__call__`` wrapped, and
+``RoutedMoE.get_topk`` too: each records its output under the index of the Hugging Face layer
+being run: each attention call starts one (layers run in order; a Gemma 2 MaxText layer holds
+two, local then global, and its output is the second's; the first's output has no tap of its
+own). The values are the trace's own, so the taps are outputs of the same jitted function or
+ONNX graph as the logits, and ``jax.checkpoint`` is the identity meanwhile (rematerialization
+changes when a value is computed for the backward pass, never the value). Nothing of the
+model is re-implemented; everything is put back on exit.
 """
 
 from __future__ import annotations
