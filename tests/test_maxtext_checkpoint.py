@@ -27,6 +27,7 @@ values = {
     for i in range(4)
 }
 values[("token_embedder", "embedding")] = rng.normal(size=(32, 64)).astype(np.float32)
+values[("decoder", "norm", "scale")] = rng.normal(size=(64,)).astype(np.float16)  # kept float16
 in_memory = ("token_embedder", "embedding")  # a converter's eager array: saved as it is
 held, loads = [], []
 

@@ -134,13 +134,13 @@ def load_each(directory: Path):
 
     items = _items(directory)
     checkpointer = ocp.PyTreeCheckpointer()
-    shapes = flatten(checkpointer.metadata(str(items)).item_metadata.tree["params"]["params"])
-    for path in sorted(shapes):
+    stored = flatten(checkpointer.metadata(str(items)).item_metadata.tree["params"]["params"])
+    for path in sorted(stored):
         item: dict[str, Any] = {}
         node = item.setdefault("params", {}).setdefault("params", {})
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = np.empty((), np.float32)  # a placeholder: the stored dtype is read
+        node[path[-1]] = stored[path]  # its metadata: restored as numpy, in the stored dtype
         restore_args = ocp.checkpoint_utils.construct_restore_args(item)
         args = ocp.args.PyTreeRestore(item, restore_args=restore_args, partial_restore=True)
         restored = checkpointer.restore(str(items), args=args)["params"]["params"]
