@@ -22,6 +22,11 @@ from onnxforge.errors import InputError
 
 SCANNED = "layers"
 
+# The variable collections a stage holds, all under ``params``: nnx.Param's, and DeepSeek V3's
+# routing bias (MaxText's MoEBiasVar). MaxText's own restore reads the bias there too
+# (checkpointing._alias_legacy_collections), and its mapping names it so.
+VARIABLE_COLLECTIONS = ("params", "MoEBiasVar")
+
 
 class Deferred(np.ndarray):
     """A parameter not read yet: a zero-stride view that carries its shape and dtype (all

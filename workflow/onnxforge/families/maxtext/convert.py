@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.errors import InputError
-from onnxforge.families.maxtext.checkpoint import load, unroll
+from onnxforge.families.maxtext.checkpoint import VARIABLE_COLLECTIONS, load, unroll
 
 Converter = Callable[[Path, dict[str, Any]], dict[str, Any]]
 
@@ -145,12 +145,6 @@ def with_to_maxtext(mapping: str, text_only: bool = False) -> Converter:
 # (Gemma3ForCausalLM's ``model.layers.0...`` is Gemma3ForConditionalGeneration's
 # ``model.language_model.layers.0...``).
 TEXT_PREFIX, MULTIMODAL_TEXT_PREFIX = "model.", "model.language_model."
-
-
-# The variable collections a stage holds, all under ``params``: nnx.Param's, and DeepSeek V3's
-# routing bias (MaxText's MoEBiasVar). MaxText's own restore reads the bias there too
-# (checkpointing._alias_legacy_collections), and its mapping names it so.
-VARIABLE_COLLECTIONS = ("params", "MoEBiasVar")
 
 
 def convert_with_to_maxtext(

@@ -80,11 +80,11 @@ def abstract_model(config) -> nnx.Module:
 
 
 def weights_filter():
-    """The model's variables a stage holds (``convert.VARIABLE_COLLECTIONS``): its
+    """The model's variables a stage holds (``checkpoint.VARIABLE_COLLECTIONS``): its
     parameters (``nnx.Param``), and DeepSeek V3's routing bias (``MoEBiasVar``)."""
     from maxtext.layers.moe import MoEBiasVar
 
-    from onnxforge.families.maxtext.convert import VARIABLE_COLLECTIONS
+    from onnxforge.families.maxtext.checkpoint import VARIABLE_COLLECTIONS
 
     classes = {"params": nnx.Param, "MoEBiasVar": MoEBiasVar}
     return nnx.Any(*(classes[name] for name in VARIABLE_COLLECTIONS))
