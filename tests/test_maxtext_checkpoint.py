@@ -82,3 +82,34 @@ def test_save_streams_deferred_parameters_one_at_a_time_and_reads_them_back():
         timeout=300,
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+class _Lazy:
+    """What to_maxtext's lazy tree holds: a shape, a dtype and values on request."""
+
+    def __init__(self, values):
+        self.values, self.shape, self.dtype = values, values.shape, values.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values
+
+
+def test_the_staged_tree_holds_the_routing_bias_under_params_and_refuses_other_collections():
+    import numpy as np
+
+    from onnxforge.errors import InputError
+    from onnxforge.families.maxtext import checkpoint, convert
+
+    bias, kernel = np.arange(4.0, dtype=np.float32), np.ones((2, 3), np.float32)
+    tree = convert._staged_tree(
+        {
+            "params": {"decoder": {"gate": {"kernel": _Lazy(kernel)}}},
+            "MoEBiasVar": {"decoder": {"gate": {"bias": _Lazy(bias)}}},
+        }
+    )
+    gate = tree["decoder"]["gate"]
+    assert isinstance(gate["bias"], checkpoint.Deferred) and gate["bias"].shape == (4,)
+    np.testing.assert_array_equal(checkpoint.materialize(gate["bias"]), bias)
+    np.testing.assert_array_equal(checkpoint.materialize(gate["kernel"]), kernel)
+    with pytest.raises(InputError, match=r"collections \['Tid2EidVar'\]"):
+        convert._staged_tree({"params": {}, "Tid2EidVar": {"table": _Lazy(bias)}})

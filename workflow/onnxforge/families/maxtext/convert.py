@@ -1,7 +1,8 @@
 """Hugging Face checkpoints -> MaxText parameters, through MaxText's own converters.
 
 Each converter is a callable ``(checkpoint_dir, hf_config) -> unscanned parameter tree``
-(float32 numpy arrays); ``architectures.py`` names the one each architecture uses.
+(float32 numpy arrays, or ``checkpoint.Deferred`` ones that ``checkpoint.save`` reads one at
+a time); ``architectures.py`` names the one each architecture uses.
 
 MaxText's ``llama_or_mistral_ckpt`` maps Llama, Mistral and Mixtral safetensors (its
 ``_hf_to_maxtext_mapping``, RoPE permutation, query scaling, expert stacking) into its scanned
@@ -241,6 +242,12 @@ def _staged_tree(weights: dict[str, Any]) -> dict[str, Any]:
             return tree
         return deferred(lambda: np.asarray(tree), tree.shape, tree.dtype, "/".join(path))
 
+    unknown = sorted(weights.keys() - set(VARIABLE_COLLECTIONS))
+    if unknown:  # a model variable a stage would silently leave at its initial value
+        raise InputError(
+            f"MaxText's converter gave variable collections {unknown}, which a stage does not "
+            f"hold (it holds {list(VARIABLE_COLLECTIONS)}); this architecture is not supported"
+        )
     merged: dict[str, Any] = {}
     for collection in VARIABLE_COLLECTIONS:
         _merge(merged, leaves(weights.get(collection, {}), ()))
