@@ -1,5 +1,6 @@
-"""graph_passes.einsum_to_matmul: the Einsums jax2onnx writes become MatMul with the same
-numbers, at more than one size of the symbolic axes; what it cannot express stays Einsum."""
+"""graph_passes.einsum_to_matmul: the Einsums jax2onnx writes become MatMul (or Mul, where
+elementwise) with the same numbers, at more than one size of the symbolic axes; what it cannot
+express stays Einsum."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ CASES = {
     "expert batch": ("bseh,ehm->bsem", ("B", "S", 4, 8), (4, 8, 5), "rhs"),
     "attention scores": ("btkgd,bskd->bkgts", ("B", "S", 2, 3, 4), ("B", "S", 2, 4), None),
     "attention values": ("bkgts,bskd->btkgd", ("B", 2, 3, "S", "S"), ("B", "S", 2, 4), None),
+    # dot_general's order (jnp.einsum transposes after it): tokens before the query group
+    "attention scores, tokens first": (
+        "btkgd,bskd->bktgs",
+        ("B", "S", 2, 3, 4),
+        ("B", "S", 2, 4),
+        None,
+    ),
+    "expert batch, two free axes": ("ebsh,ehm->ebsm", (4, "B", "S", 8), (4, 8, 5), "rhs"),
     "to one value per row": ("bsd,d->bs", ("B", "S", 8), (8,), "rhs"),
 }
 
@@ -85,10 +94,39 @@ def test_einsum_becomes_matmul_with_the_same_numbers(case):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_projection_needs_no_runtime_transpose():
+def test_a_projection_needs_no_runtime_transpose_and_its_weight_is_2d():
     model = einsum_model("abc,cd->abd", ("B", "S", 8), (8, 6), "rhs")
     einsum_to_matmul(model)
     assert [node.op_type for node in model.graph] == ["MatMul"]
+    # ONNX Runtime pre-packs only a 2-D MatMul weight
+    (weight,) = model.graph.initializers.values()
+    assert weight.const_value.shape == (8, 6)
+
+
+def test_attention_scores_multiply_over_the_tokens_not_the_query_group():
+    """``btkgd,bskd->bktgs``: the MatMul's rows are the tokens (symbolic), its loop the group."""
+    model = einsum_model("btkgd,bskd->bktgs", ("B", "S", 2, 3, 4), ("B", "S", 2, 4), None)
+    einsum_to_matmul(model)
+    (matmul,) = [node for node in model.graph if node.op_type == "MatMul"]
+    transpose = matmul.inputs[0].producer()
+    assert list(transpose.attributes.get_ints("perm")) == [0, 2, 3, 1, 4]  # b k g t d
+
+
+@pytest.mark.parametrize(
+    "equation,lhs_shape,rhs_shape,weight",
+    [
+        ("...k,...k->...k", ("B", "S", 8), (1, 1, 8), "rhs"),  # jax2onnx's norm scale
+        ("bsk,bsk->bsk", ("B", "S", 8), ("B", "S", 8), None),
+    ],
+)
+def test_an_elementwise_einsum_becomes_mul(equation, lhs_shape, rhs_shape, weight):
+    before = einsum_model(equation, lhs_shape, rhs_shape, weight)
+    after = einsum_model(equation, lhs_shape, rhs_shape, weight)
+    assert einsum_to_matmul(after) == 1
+    assert [node.op_type for node in after.graph] == ["Mul"]
+    for seed, sizes in enumerate(({"B": 2, "S": 5}, {"B": 1, "S": 1})):
+        feeds = feeds_for(before, sizes, seed)
+        np.testing.assert_array_equal(run(after, feeds), run(before, feeds))
 
 
 @pytest.mark.parametrize(

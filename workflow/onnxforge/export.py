@@ -23,9 +23,10 @@ def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES, outp
     import jax
     from jax2onnx import to_onnx
 
-    from onnxforge import jax2onnx_overrides
+    from onnxforge import jax2onnx_extensions, jax2onnx_overrides
 
     jax2onnx_overrides.install()
+    jax2onnx_extensions.install()
     return to_onnx(
         forward,
         [jax.ShapeDtypeStruct(tuple(input_shape), signature.INPUT_DTYPE)],
@@ -58,7 +59,11 @@ def trace_decoder(decoder, name: str, opset: int):
     import jax.numpy as jnp
     from jax2onnx import to_onnx
 
+    from onnxforge import jax2onnx_extensions, jax2onnx_overrides
     from onnxforge.signature import BATCH, PAST, SEQUENCE, TOTAL
+
+    jax2onnx_overrides.install()
+    jax2onnx_extensions.install()
 
     leaf = jax.tree_util.tree_leaves(decoder.params)[0]
     cache = jax.ShapeDtypeStruct((BATCH, decoder.kv_heads, PAST, decoder.head_dim), leaf.dtype)

@@ -66,6 +66,24 @@ def classify(a: str, b: str, output: str) -> Contraction | None:
     )
 
 
+def rows_last(a_free: tuple[str, ...], lhs: ir.Value, labels: str) -> tuple[str, ...]:
+    """The M side's free axes with the longest last: MatMul multiplies over the last one (its
+    rows) and loops over the others. Attention's ``btkgd,bskd->bktgs`` in the output's order
+    would loop over the tokens with 2 rows each (the query group); with the tokens last it is
+    one ``[tokens, d] x [d, keys]`` product per head. A symbolic size counts as the longest."""
+    if len(a_free) < 2 or lhs.shape is None or len(lhs.shape) != len(labels):
+        return a_free
+
+    def length(label: str) -> float:
+        size = lhs.shape[labels.index(label)]
+        return size if isinstance(size, int) else math.inf
+
+    longest = max(a_free, key=length)  # the first of equals: no move where nothing gains
+    if length(longest) <= length(a_free[-1]):
+        return a_free
+    return tuple(label for label in a_free if label != longest) + (longest,)
+
+
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The value as an array if it is a weight: an initializer, or a Transpose, Reshape,
     Cast or Identity of one (the forms jax2onnx leaves in front of a weight)."""
@@ -167,7 +185,8 @@ def _rewrite(graph: ir.Graph, node: ir.Node, weights: dict, serial: itertools.co
         first, second, lhs, rhs = second, first, rhs, lhs
         roles = classify(first, second, output)
     dtype = lhs.type.dtype
-    batch, a_free, b_free, contract = roles.batch, roles.a_free, roles.b_free, roles.contract
+    batch, b_free, contract = roles.batch, roles.b_free, roles.contract
+    a_free = rows_last(roles.a_free, lhs, first)
     b_order = "".join(batch + contract + b_free)
 
     if rhs_const is not None:
@@ -198,7 +217,10 @@ def _rewrite(graph: ir.Graph, node: ir.Node, weights: dict, serial: itertools.co
         if key not in weights:
             array = np.transpose(rhs_const, [second.index(label) for label in b_order])
             batch_shape = list(array.shape[: len(batch)])
-            array = array.reshape(batch_shape + [1] * max(len(a_free) - 1, 0) + [k, n])
+            # A 2-D weight broadcasts over any leading axes, and only a 2-D one is pre-packed
+            # by ONNX Runtime's MatMul; batch axes need a 1 per extra free axis of a.
+            ones = [1] * (len(a_free) - 1) if batch and a_free else []
+            array = array.reshape(batch_shape + ones + [k, n])
             weights[key] = build.const(np.ascontiguousarray(array), "weight")
         b = weights[key]
     else:
@@ -216,12 +238,38 @@ def _rewrite(graph: ir.Graph, node: ir.Node, weights: dict, serial: itertools.co
     return True
 
 
+def is_elementwise(equation: str) -> bool:
+    """``"...k,...k->...k"``: both operands and the output carry the same labels, so the
+    Einsum is a broadcasting ``Mul`` (an ellipsis broadcasts the way ONNX's Mul does)."""
+    terms = equation.replace(" ", "").replace("->", ",").split(",")
+    return len(terms) == 3 and len(set(terms)) == 1 and terms[0].count(".") in (0, 3)
+
+
+def _rewrite_elementwise(graph: ir.Graph, node: ir.Node) -> bool:
+    if node.op_type != "Einsum" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return False
+    if not is_elementwise(node.attributes.get_string("equation", "")):
+        return False
+    mul = ir.node("Mul", list(node.inputs), name=f"{node.name}_Mul")
+    mul.outputs[0].name, mul.outputs[0].type = f"{node.name}_mul", node.outputs[0].type
+    mul.outputs[0].shape = node.outputs[0].shape
+    ir.convenience.replace_nodes_and_values(
+        graph, node, [node], [mul], [node.outputs[0]], [mul.outputs[0]]
+    )
+    return True
+
+
 def einsum_to_matmul(model: ir.Model) -> int:
-    """Rewrite the model's two-operand Einsums (main graph) as MatMul, in place; drops the
+    """Rewrite the model's two-operand Einsums (main graph) as MatMul, or as Mul where they are
+    elementwise (jax2onnx writes a norm's scale as ``...k,...k->...k``), in place; drops the
     weights and nodes nothing uses any more. Returns how many it rewrote."""
     weights: dict = {}  # a weight several Einsums share is laid out once
     serial = itertools.count()
-    rewritten = sum(_rewrite(model.graph, node, weights, serial) for node in list(model.graph))
+    rewritten = 0
+    for node in list(model.graph):
+        rewritten += _rewrite_elementwise(model.graph, node) or _rewrite(
+            model.graph, node, weights, serial
+        )
     if rewritten:
         RemoveUnusedNodesPass()(model)
     return rewritten

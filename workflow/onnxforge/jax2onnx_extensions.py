@@ -5,6 +5,11 @@
   ``gather`` of one start index with slice size ``s``; jax2onnx's gather needs constant slice
   sizes. It becomes ONNX ``Slice(x, start, start + s)``. Every other gather keeps jax2onnx's
   lowering.
+- ``broadcast_in_dim`` that only adds axes of size 1 (``x[:, None]``, a norm's scale brought to
+  the activations' rank): ``Unsqueeze`` with constant axes. jax2onnx builds the target shape
+  at runtime for any symbolic dimension (``Shape``, ``Gather``s, ``Concat``, ``Reshape``,
+  ``Expand``: six nodes, 37 of them in a 4-layer Llama decode step); JAX's shapes say exactly
+  when nothing is broadcast. Every other broadcast keeps jax2onnx's lowering.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 _INSTALLED: dict[str, Any] = {}
 
 
-def _is_symbolic_slice(eqn: Any) -> bool:
+def _is_symbolic_slice(ctx: Any, eqn: Any) -> bool:
     """A gather that takes one contiguous block, with a size that is not a constant."""
     from jax import lax
 
@@ -69,18 +74,63 @@ def _lower_symbolic_slice(ctx: Any, eqn: Any) -> None:
     ctx.bind_value_for_var(out_var, result)
 
 
+def _is_rank_expansion(ctx: Any, eqn: Any) -> bool:
+    """A broadcast_in_dim whose new axes are all of size 1 and whose operand axes keep their
+    sizes (JAX's symbolic sizes compare exactly): the values are the operand's, reshaped.
+    Not inside a loop body, where jax2onnx's broadcast carries loop-extent hints."""
+    if getattr(ctx, "_loop_extent_hints_enabled", False):
+        return False
+    operand = eqn.invars[0].aval
+    shape, kept = tuple(eqn.params["shape"]), tuple(eqn.params["broadcast_dimensions"])
+    if eqn.outvars[0].aval.dtype != operand.dtype or len(kept) != len(operand.shape):
+        return False
+    same = all(shape[axis] == size for axis, size in zip(kept, operand.shape, strict=True))
+    ones = all(shape[axis] == 1 for axis in range(len(shape)) if axis not in kept)
+    return same and ones and list(kept) == sorted(kept)
+
+
+def _lower_rank_expansion(ctx: Any, eqn: Any) -> None:
+    from jax2onnx.plugins._ir_shapes import _ensure_value_metadata, _stamp_type_and_shape
+    from jax2onnx.plugins.jax.lax._index_utils import _const_i64
+
+    x_var, out_var = eqn.invars[0], eqn.outvars[0]
+    kept = tuple(eqn.params["broadcast_dimensions"])
+    new_axes = [axis for axis in range(len(eqn.params["shape"])) if axis not in kept]
+    x = ctx.get_value_for_var(x_var, name_hint=ctx.fresh_name("unsq_in"))
+    out_spec = ctx.get_value_for_var(out_var, name_hint=ctx.fresh_name("unsq_out"))
+    name = getattr(out_spec, "name", None) or ctx.fresh_name("unsq_out")
+    if new_axes:
+        axes = _const_i64(ctx, np.asarray(new_axes, np.int64), ctx.fresh_name("unsq_axes"))
+        result = ctx.builder.Unsqueeze(x, axes, _outputs=[name])
+    else:
+        result = ctx.builder.Identity(x, _outputs=[name])
+    if x.type is not None:
+        result.type = x.type
+    _stamp_type_and_shape(result, tuple(out_var.aval.shape))
+    _ensure_value_metadata(ctx, result)
+    ctx.bind_value_for_var(out_var, result)
+
+
+def _in_front(plugin, lowerings) -> None:
+    """``plugin.lower`` tries each ``(applies(ctx, eqn), lower)`` first, then jax2onnx's."""
+    original = plugin.lower
+
+    def lower(self, ctx, eqn):
+        for applies, ours in lowerings:
+            if applies(ctx, eqn):
+                return ours(ctx, eqn)
+        return original(self, ctx, eqn)
+
+    plugin.lower = lower
+    _INSTALLED[plugin.__name__] = original
+
+
 def install() -> None:
     """Put the lowerings above in front of jax2onnx's (idempotent)."""
     if _INSTALLED:
         return
+    from jax2onnx.plugins.jax.lax.broadcast_in_dim import BroadcastInDimPlugin
     from jax2onnx.plugins.jax.lax.gather import GatherPlugin  # registers jax2onnx's gather
 
-    original = GatherPlugin.lower
-
-    def lower(self, ctx, eqn):
-        if _is_symbolic_slice(eqn):
-            return _lower_symbolic_slice(ctx, eqn)
-        return original(self, ctx, eqn)
-
-    GatherPlugin.lower = lower
-    _INSTALLED["gather"] = original
+    _in_front(GatherPlugin, [(_is_symbolic_slice, _lower_symbolic_slice)])
+    _in_front(BroadcastInDimPlugin, [(_is_rank_expansion, _lower_rank_expansion)])

@@ -1,0 +1,52 @@
+"""Our lowerings in front of jax2onnx's (``jax2onnx_extensions``): the graphs they write, and
+ONNX Runtime's numbers against JAX's at more than one size of the symbolic axes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+from onnxforge import jax2onnx_extensions
+
+
+def _export(fn, shape):
+    from jax2onnx import to_onnx
+
+    jax2onnx_extensions.install()
+    return to_onnx(fn, [jax.ShapeDtypeStruct(shape, jnp.float32)], opset=23, return_mode="ir")
+
+
+def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString())
+    return session.run(None, {model.graph.inputs[0].name: x})[0]
+
+
+def _scaled_rows(x):  # a norm's scale and a per-row value, each broadcast by adding axes of 1
+    scale = jnp.arange(1.0, 5.0)
+    return x * scale[None, None, :] + x.sum(-1)[:, :, None]
+
+
+def _broadcast_rows(x):  # a real broadcast: [B, S, 1] -> [B, S, 4]
+    return jnp.broadcast_to(x[:, :, :1], x.shape) + 1.0
+
+
+def test_adding_axes_of_one_is_an_unsqueeze_with_no_shape_arithmetic():
+    model = _export(_scaled_rows, ("B", "S", 4))
+    ops = [node.op_type for node in model.graph]
+    assert "Unsqueeze" in ops
+    assert not {"Shape", "Expand", "Concat"} & set(ops), ops
+    for batch, length in ((2, 5), (1, 1)):
+        x = np.random.default_rng(batch).standard_normal((batch, length, 4)).astype(np.float32)
+        np.testing.assert_allclose(_run(model, x), np.asarray(_scaled_rows(x)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [_broadcast_rows])
+def test_a_real_broadcast_keeps_jax2onnx_lowering(fn):
+    model = _export(fn, ("B", "S", 4))
+    assert "Expand" in [node.op_type for node in model.graph]
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x), np.asarray(fn(x)), rtol=1e-6)
