@@ -17,16 +17,18 @@ from onnxforge.families.gpt_oss import FAMILY
 from registry import CONFIG
 
 KV = "f32-kv"
-TARGET = layout.Target(FAMILY.examples[0].name, "hf", KV)
+TARGET = layout.Target(FAMILY.examples[0].name, "hf", KV)  # experts: ONNX Runtime's MoE op
+PLAIN = layout.Target(FAMILY.examples[0].name, "hf", "f32-kv-plain")  # experts in plain ONNX
 SETTINGS = parity.ParitySettings(**catalog.parity_settings(CONFIG, TARGET.model, "hf", KV))
 GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
 
 
 @pytest.fixture(scope="module")
 def kv_build(tmp_path_factory) -> Path:
-    """tiny-gpt-oss's KV target through download -> ... -> promote, in one Snakemake call."""
+    """tiny-gpt-oss's KV targets (both MoE lowerings) through download -> ... -> promote, in
+    one Snakemake call."""
     workdir = tmp_path_factory.mktemp("kv")
-    run = snakemake(workdir, TARGET.release, timeout=1200)
+    run = snakemake(workdir, TARGET.release, PLAIN.release, timeout=1500)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     return workdir
 
@@ -55,6 +57,25 @@ def test_kv_target_passes_the_four_generation_gates(kv_build, report):
     assert "## Generation" in (kv_build / TARGET.parity / layout.REPORT_MD).read_text()
     released = {p.name for p in (kv_build / TARGET.release).iterdir()}
     assert {"genai_config.json", "tokenizer.json", layout.ONNX_FILE} <= released
+
+
+def graph_ops(kv_build: Path, target: layout.Target) -> set[str]:
+    import onnx
+
+    path = kv_build / target.export / layout.ONNX_FILE
+    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+@pytest.mark.dag
+def test_both_moe_lowerings_pass_the_four_generation_gates(kv_build, report):
+    """f32-kv runs its experts in ONNX Runtime's fused MoE op; f32-kv-plain, the fallback any
+    runtime runs, per expert in plain ONNX: each passes every gate on its own."""
+    plain = json.loads((kv_build / PLAIN.parity / layout.REPORT_JSON).read_text())
+    for target, record in ((TARGET, report), (PLAIN, plain)):
+        assert record["status"] == "PASS", (target, record["failures"])
+        assert all(record["generation"][gate]["passed"] for gate in GATES), target
+    assert "MoE" in graph_ops(kv_build, TARGET) and "NonZero" not in graph_ops(kv_build, TARGET)
+    assert "NonZero" in graph_ops(kv_build, PLAIN) and "MoE" not in graph_ops(kv_build, PLAIN)
 
 
 @pytest.mark.dag
@@ -112,15 +133,18 @@ def test_onnxruntime_genai_generates_the_gated_tokens(kv_build, report):
     assert len(tokens) == decode["steps"] or tokens[-1] == eos["model"]["eos_token_id"]
 
 
-def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path):
+@pytest.mark.parametrize("lowering", ["plain", "ort"])
+def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, lowering):
     """The sparse_moe primitive in ONNX Runtime vs the dense layer in JAX, on more tokens
-    than experts; the graph routes per expert (NonZero) and has no dense expert Einsum."""
+    than experts; the plain graph routes per expert (NonZero), the ort one is one fused MoE
+    node, and neither has a dense expert Einsum."""
     import jax
     import jax.numpy as jnp
     import onnx
     from flax import nnx
     from jax2onnx import to_onnx
 
+    from onnxforge import sparse_moe_onnx
     from onnxforge.families.gpt_oss.config import GptOssConfig
     from onnxforge.families.gpt_oss.model import MixtureOfExperts
 
@@ -143,12 +167,16 @@ def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path):
     np.testing.assert_allclose(np.asarray(sparse(jnp.asarray(x))), expected, atol=1e-5)
 
     spec = [jax.ShapeDtypeStruct(("batch", "sequence", cfg.hidden_size), jnp.float32)]
-    model = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="proto")
+    with sparse_moe_onnx.lowering(lowering):
+        model = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="proto")
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
-    assert ops.count("NonZero") == cfg.num_local_experts
-    assert ops.count("MatMul") == 3 * cfg.num_local_experts  # gate, up, down: one per expert
+    if lowering == "plain":
+        assert ops.count("NonZero") == cfg.num_local_experts
+        assert ops.count("MatMul") == 3 * cfg.num_local_experts  # gate, up, down: per expert
+    else:
+        assert ops.count("MoE") == 1 and "NonZero" not in ops
     rank3 = {t.name for t in model.graph.initializer if len(t.dims) == 3}  # expert kernels
     assert not [n for n in model.graph.node if n.op_type == "Einsum" and set(n.input) & rank3]
     got = ort.InferenceSession(str(path)).run(None, {model.graph.input[0].name: x})[0]

@@ -14,8 +14,8 @@ from onnxforge import layout
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
 from registry import python_for
 
-KV = "f32-kv"
-MODELS = ("tiny-llama", "tiny-mixtral")
+KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # experts: ONNX Runtime's MoE op; plain ONNX
+BUILDS = (("tiny-llama", KV), ("tiny-mixtral", KV), ("tiny-mixtral", KV_PLAIN))
 GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
 
 
@@ -23,7 +23,7 @@ GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "le
 def maxtext_kv_build(tmp_path_factory) -> Path:
     python_for(MAXTEXT)
     workdir = tmp_path_factory.mktemp("maxtext-kv")
-    targets = [layout.Target(model, "hf", KV).release for model in MODELS]
+    targets = [layout.Target(model, "hf", variant).release for model, variant in BUILDS]
     run = snakemake(workdir, *targets, timeout=2400)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     return workdir
@@ -31,9 +31,9 @@ def maxtext_kv_build(tmp_path_factory) -> Path:
 
 @pytest.mark.dag
 @pytest.mark.maxtext
-@pytest.mark.parametrize("model", MODELS)
-def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, model):
-    target = layout.Target(model, "hf", KV)
+@pytest.mark.parametrize("model,variant", BUILDS)
+def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, model, variant):
+    target = layout.Target(model, "hf", variant)
     report = json.loads((maxtext_kv_build / target.parity / layout.REPORT_JSON).read_text())
     assert report["status"] == "PASS", report["failures"]
     section = report["generation"]
@@ -47,8 +47,11 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
 
     ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     assert "MatMul" in ops, manifest
-    if model == "tiny-mixtral":
-        assert "NonZero" in ops  # the experts run sparse
+    if model == "tiny-mixtral" and variant == KV_PLAIN:
+        assert "NonZero" in ops and "MoE" not in ops  # the experts run sparse, in plain ONNX
+    elif model == "tiny-mixtral":
+        assert "MoE" in ops and "NonZero" not in ops  # ONNX Runtime's fused MoE
+        assert manifest["export"]["contrib_ops"] == ["MoE"], manifest
 
 
 @pytest.mark.dag

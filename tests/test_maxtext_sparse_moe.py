@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 
 
-def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path):
+@pytest.mark.parametrize("lowering", ["plain", "ort"])
+def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, lowering):
     import jax
     import jax.numpy as jnp
     import onnx
     from jax2onnx import to_onnx
 
+    from onnxforge import sparse_moe_onnx
     from onnxforge.families.maxtext.sparse_moe import _dense, sparse_moe
 
     experts, k, emb, mlp = 6, 2, 16, 8
@@ -26,21 +29,25 @@ def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path):
         top, indices = jax.lax.top_k(logits, k)
         one_hot = jax.nn.one_hot(indices, experts, dtype=x.dtype)
         weights = jnp.einsum("tk,tke->te", jax.nn.softmax(top, -1), one_hot)
-        return sparse_moe(x, weights, one_hot.sum(1) > 0, wi_0, wi_1, wo), weights
+        return sparse_moe(x, weights, one_hot.sum(1) > 0, wi_0, wi_1, wo, k=k), weights
 
     x = rng.normal(0, 1, (21, emb)).astype(np.float32)  # more tokens than experts
     got_jax, weights = layer(jnp.asarray(x))
-    expected = np.asarray(_dense(jnp.asarray(x), weights, None, wi_0, wi_1, wo))
+    expected = np.asarray(_dense(jnp.asarray(x), weights, None, wi_0, wi_1, wo, k=k))
     np.testing.assert_allclose(np.asarray(got_jax), expected, atol=1e-5)
     assert (np.asarray(weights) > 0).sum(1).tolist() == [k] * len(x)  # k experts per token
 
     spec = [jax.ShapeDtypeStruct(("tokens", emb), jnp.float32)]
-    model = to_onnx(lambda h: layer(h)[0], spec, opset=23, return_mode="proto")
+    with sparse_moe_onnx.lowering(lowering):
+        model = to_onnx(lambda h: layer(h)[0], spec, opset=23, return_mode="proto")
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
-    assert ops.count("NonZero") == experts
-    assert ops.count("MatMul") == 3 * experts  # wi_0, wi_1, wo: one product per expert
+    if lowering == "plain":
+        assert ops.count("NonZero") == experts
+        assert ops.count("MatMul") == 3 * experts  # wi_0, wi_1, wo: one product per expert
+    else:  # one fused node, no per-expert block
+        assert ops.count("MoE") == 1 and "NonZero" not in ops and "ScatterND" not in ops
     experts_kernels = {t.name for t in model.graph.initializer if len(t.dims) == 3}
     assert not [
         n for n in model.graph.node if n.op_type == "Einsum" and set(n.input) & experts_kernels
@@ -49,5 +56,5 @@ def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path):
     for tokens in (x, x[:1], x[:5]):
         got = session.run(None, {model.graph.input[0].name: tokens})[0]
         routed = layer(jnp.asarray(tokens))[1]
-        dense = _dense(jnp.asarray(tokens), routed, None, wi_0, wi_1, wo)
+        dense = _dense(jnp.asarray(tokens), routed, None, wi_0, wi_1, wo, k=k)
         np.testing.assert_allclose(got, np.asarray(dense), atol=1e-5)

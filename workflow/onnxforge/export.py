@@ -15,6 +15,8 @@ from onnxforge import graph_passes, progress, signature
 from onnxforge.families.base import Family
 from onnxforge.layout import DATA_FILE, ONNX_FILE
 
+CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (its fused MoE)
+
 
 def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES, output_names=None):
     """``forward`` (token ids -> logits) as an onnx_ir model with the signature's names;
@@ -125,21 +127,23 @@ def export(
     dtype: str,
     opset: int,
     decoder: str = "full",
+    moe: str = "plain",
     checkpoint_dir: Path | None = None,
 ) -> dict:
     """``decoder``: ``full`` or ``kv``; a ``kv`` export also writes ``genai_config.json`` and
-    the checkpoint's tokenizer files (from ``checkpoint_dir``) beside the model."""
+    the checkpoint's tokenizer files (from ``checkpoint_dir``) beside the model. ``moe``: how a
+    kv decoder's sparse experts are lowered (``sparse_moe_onnx.LOWERINGS``)."""
     import jax.numpy as jnp
     import onnx
 
     if decoder == "kv":
-        from onnxforge import genai
+        from onnxforge import genai, sparse_moe_onnx
 
         if checkpoint_dir is None:
             raise ValueError("a kv export needs the checkpoint folder (its tokenizer)")
         with progress.phase("load"):
             model = family.load_decoder(stage_dir, jnp.dtype(dtype))
-        with progress.phase("trace and convert (jax2onnx)"):
+        with progress.phase("trace and convert (jax2onnx)"), sparse_moe_onnx.lowering(moe):
             model_ir = trace_decoder(model, family.name, opset)
         genai_files = genai.write_folder(model, stage_dir, checkpoint_dir, out_dir)
     else:
@@ -149,6 +153,8 @@ def export(
             model_ir = trace(model.bound(), family.name, opset)
         genai_files = []
     del model  # JAX's copy of the weights; the IR model holds its own from here
+    if any(node.domain == CONTRIB_DOMAIN for node in model_ir.graph):  # moe: ort
+        model_ir.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
     rewritten = graph_passes.einsum_to_matmul(model_ir)  # MatMul: what ONNX Runtime runs fast
     weights = sum(v.const_value.nbytes for v in model_ir.graph.initializers.values())
     with progress.phase(f"save ({progress.size(weights)} of weights)", watch=out_dir):
@@ -157,6 +163,7 @@ def export(
         "initializers": len(model_ir.graph.initializers),
         "nodes": len(model_ir.graph),
         "einsums_as_matmul": rewritten,
+        "contrib_ops": sorted({n.op_type for n in model_ir.graph if n.domain == CONTRIB_DOMAIN}),
     }
     del model_ir
     with progress.phase("check (onnx.checker)"):
@@ -165,6 +172,7 @@ def export(
         "opset": opset,
         "dtype": dtype,
         "decoder": decoder,
+        "moe": moe,
         **counts,
         "genai_files": genai_files,
         "bytes": {f: (out_dir / f).stat().st_size for f in (ONNX_FILE, DATA_FILE)},

@@ -1,9 +1,20 @@
 """The ONNX side of a sparse MoE primitive: each expert runs on the tokens routed to it.
 
-Per expert: Gather its column of the ``chosen`` mask, NonZero -> the rows, Gather those
-tokens, the expert's own math (the family's ``expert`` function), scale by the routing
-weights, ScatterND-add back. Plain ONNX (no Loop, If or contrib op) that ONNX Runtime's CPU
-and CUDA providers run; FLOPs grow with the routed tokens, not the number of experts.
+Two lowerings, chosen per export (a variant's ``moe``, through ``lowering``):
+
+- ``plain``: per expert, Gather its column of the ``chosen`` mask, NonZero -> the rows, Gather
+  those tokens, the expert's own math (the family's ``expert`` function), scale by the routing
+  weights, ScatterND-add back. Plain ONNX (no Loop, If or contrib op) that ONNX Runtime's CPU
+  and CUDA providers run, and any other runtime; FLOPs grow with the routed tokens, not the
+  number of experts. Each expert is a block of nodes, run (empty) even when no token picked it:
+  in a decode step of 32 experts x 4 layers, hundreds of near-empty kernels.
+- ``ort``: ONNX Runtime's fused ``com.microsoft.MoE`` (what GenAI's builder writes), one node
+  per layer. It routes by ``router_probs`` (softmax, then its top k); given ``log(weights)``
+  (minus infinity off the top k) its softmax gives back ``weights / sum(weights)`` and its top k
+  the same experts, so the output times ``sum(weights)`` is the primitive's exactly (a
+  DeepSeek-style scaled routing too). The expert kernels are laid out as the op wants by ONNX
+  ops on the weights, which ONNX Runtime folds once when it loads the model. Only SwiGLU experts
+  (the family's ``fused`` description) take it.
 
 A primitive's inputs are ``x [tokens, d]``, ``weights [tokens, experts]``, ``chosen
 [tokens, experts]`` (bool) and then the expert kernels, each ``[experts, ...]``.
@@ -11,12 +22,42 @@ A primitive's inputs are ``x [tokens, d]``, ``weights [tokens, experts]``, ``cho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 _REGISTERED: dict[str, Any] = {}
+LOWERINGS = ("plain", "ort")
+_LOWERING: contextvars.ContextVar[str] = contextvars.ContextVar("moe_lowering", default="plain")
+
+
+@contextlib.contextmanager
+def lowering(kind: str) -> Iterator[None]:
+    """Trace (export) with MoE primitives lowered as ``kind`` (``LOWERINGS``)."""
+    if kind not in LOWERINGS:
+        raise ValueError(f"unknown MoE lowering {kind!r}; expected one of {LOWERINGS}")
+    token = _LOWERING.set(kind)
+    try:
+        yield
+    finally:
+        _LOWERING.reset(token)
+
+
+@dataclass
+class FusedExperts:
+    """SwiGLU experts as ``com.microsoft.MoE`` takes them: ``fc1 [experts, 2 * inner, d]`` with
+    gate and up interleaved (``swiglu_fusion=1``), ``fc2 [experts, d, inner]``, optional biases;
+    the activation is ``min(gate, limit) * sigmoid(alpha * gate) * (clip(up, limit) + beta)``."""
+
+    fc1: Any
+    fc2: Any
+    fc1_bias: Any = None
+    fc2_bias: Any = None
+    attributes: dict[str, Any] = field(default_factory=dict)  # activation_alpha, beta, limit
 
 
 class Builder:
@@ -44,10 +85,29 @@ class Builder:
 
 # expert(builder, x_e [rows, d], this expert's kernels, the primitive's params) -> y [rows, d]
 Expert = Callable[[Builder, Any, list[Any], dict[str, Any]], Any]
+# fused(builder, the kernels, the primitive's params) -> the op's expert weights
+Fused = Callable[[Builder, list[Any], dict[str, Any]], FusedExperts]
 
 
-def register(primitive, expert: Expert) -> None:
-    """Register ``primitive``'s jax2onnx lowering once (jax2onnx loads only when exporting)."""
+def interleave(b: Builder, gate, up):
+    """``[experts, d, inner]`` twice -> ``[experts, 2 * inner, d]``: gate and up alternating
+    along the output axis, the contraction axis last (the MoE op's ``fc1``)."""
+    axis = b.const([-1], "moe_last_axis", np.int64)
+    pairs = b.op("Concat", b.op("Unsqueeze", gate, axis), b.op("Unsqueeze", up, axis), axis=-1)
+    return b.op("Transpose", b.op("Reshape", pairs, b.const([0, 0, -1], "moe_pairs", np.int64)),
+                perm=[0, 2, 1])
+
+
+def interleave_bias(b: Builder, gate, up):
+    """``[experts, inner]`` twice -> ``[experts, 2 * inner]``, alternating (``fc1``'s bias)."""
+    axis = b.const([-1], "moe_last_axis", np.int64)
+    pairs = b.op("Concat", b.op("Unsqueeze", gate, axis), b.op("Unsqueeze", up, axis), axis=-1)
+    return b.op("Reshape", pairs, b.const([0, -1], "moe_bias_pairs", np.int64))
+
+
+def register(primitive, expert: Expert, fused: Fused | None = None) -> None:
+    """Register ``primitive``'s jax2onnx lowering once (jax2onnx loads only when exporting);
+    ``fused``: how its experts map onto ``com.microsoft.MoE`` (the ``ort`` lowering)."""
     if primitive.name in _REGISTERED:
         return
     import jax
@@ -61,7 +121,13 @@ def register(primitive, expert: Expert) -> None:
             return jax.core.ShapedArray(x.shape, x.dtype)
 
         def lower(self, ctx, eqn) -> None:
-            lower_routed_experts(ctx, eqn, expert)
+            kind = _LOWERING.get()
+            if kind == "ort":
+                if fused is None:
+                    raise ValueError(f"{primitive.name} has no com.microsoft.MoE form; use moe: plain")
+                lower_moe_op(ctx, eqn, fused)
+            else:
+                lower_routed_experts(ctx, eqn, expert)
 
     register_primitive(jaxpr_primitive=primitive.name, since="onnxforge", component="moe")(
         SparseMoePlugin
@@ -92,3 +158,23 @@ def lower_routed_experts(ctx, eqn, expert: Expert) -> None:
         indices = b.op("Reshape", rows, column, element=int64)
         out = b.op("ScatterND", out, indices, y, reduction="add")
     ctx.bind_value_for_var(out_var, b.op("Identity", out))
+
+
+def lower_moe_op(ctx, eqn, fused: Fused) -> None:
+    """``com.microsoft.MoE`` over the primitive's routing (the module's docstring); the
+    primitive's ``k`` param is its number of experts per token."""
+    x_var, weights_var, _, *kernel_vars = eqn.invars
+    (out_var,) = eqn.outvars
+    x, weights, *kernels = (
+        ctx.get_value_for_var(v, name_hint=ctx.fresh_name("moe_in"))
+        for v in (x_var, weights_var, *kernel_vars)
+    )
+    b = Builder(ctx, x.type.dtype)
+    experts = fused(b, kernels, eqn.params)
+    router = b.op("Log", weights)  # minus infinity off the top k
+    attributes = {"k": int(eqn.params["k"]), "activation_type": "swiglu", "swiglu_fusion": 1}
+    attributes.update(normalize_routing_weights=0, **experts.attributes)
+    inputs = [x, router, experts.fc1, experts.fc1_bias, experts.fc2, experts.fc2_bias]
+    mixed = b.op("MoE", *inputs, _domain="com.microsoft", **attributes)
+    total = b.op("ReduceSum", weights, b.const([1], "moe_experts_axis", np.int64), keepdims=1)
+    ctx.bind_value_for_var(out_var, b.op("Mul", mixed, total))

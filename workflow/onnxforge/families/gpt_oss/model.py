@@ -222,6 +222,7 @@ class MixtureOfExperts(nnx.Module):
             self.down_bias[...],
             self.alpha,
             self.limit,
+            k=top_experts.shape[-1],
         )
         return out.reshape(x.shape)
 

@@ -34,10 +34,10 @@ def swiglu(gate: jax.Array, up: jax.Array, alpha: float, limit: float) -> jax.Ar
     return gate * jax.nn.sigmoid(gate * alpha) * (up + 1)
 
 
-def _dense(x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, *, alpha, limit):
+def _dense(x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, *, alpha, limit, k):
     """The JAX meaning: x ``[tokens, hidden]``, combine weights ``[tokens, experts]`` (zero
     off the top k), every expert computed and weighted (as the model's dense layer)."""
-    del chosen  # the weights are zero wherever it is False
+    del chosen, k  # the weights are zero wherever it is False
     gate = jnp.einsum("th,ehi->tei", x, gate_k) + gate_b
     up = jnp.einsum("th,ehi->tei", x, up_k) + up_b
     hidden = swiglu(gate, up, alpha, limit) * weights[..., None]
@@ -49,10 +49,12 @@ PRIMITIVE.def_abstract_eval(lambda x, *_, **__: jax.core.ShapedArray(x.shape, x.
 mlir.register_lowering(PRIMITIVE, mlir.lower_fun(_dense, multiple_results=False))
 
 
-def sparse_moe(x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, alpha, limit):
+def sparse_moe(
+    x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, alpha, limit, *, k: int
+):
     """``[tokens, hidden]`` -> ``[tokens, hidden]``; ``chosen [tokens, experts]`` (bool): the
-    router's top k, which the ONNX lowering routes by."""
-    sparse_moe_onnx.register(PRIMITIVE, _expert)
+    router's top ``k``, which the ONNX lowering routes by."""
+    sparse_moe_onnx.register(PRIMITIVE, _expert, _fused)
     return PRIMITIVE.bind(
         x,
         weights.astype(x.dtype),
@@ -65,6 +67,7 @@ def sparse_moe(x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, a
         down_b,
         alpha=float(alpha),
         limit=float(limit),
+        k=int(k),
     )
 
 
@@ -80,3 +83,20 @@ def _expert(b, x_e, kernels, params):
     glu = b.op("Mul", gate, b.op("Sigmoid", b.op("Mul", gate, b.const(alpha, "moe_alpha"))))
     hidden = b.op("Mul", glu, b.op("Add", up, b.const(1.0, "moe_one")))
     return b.op("Add", b.op("MatMul", hidden, down_k), down_b)
+
+
+def _fused(b, kernels, params) -> sparse_moe_onnx.FusedExperts:
+    """The experts as ``com.microsoft.MoE`` takes them: its SwiGLU with GPT-OSS's alpha, limit
+    and ``up + 1`` (beta)."""
+    gate_k, gate_b, up_k, up_b, down_k, down_b = kernels
+    return sparse_moe_onnx.FusedExperts(
+        fc1=sparse_moe_onnx.interleave(b, gate_k, up_k),
+        fc1_bias=sparse_moe_onnx.interleave_bias(b, gate_b, up_b),
+        fc2=b.op("Transpose", down_k, perm=[0, 2, 1]),
+        fc2_bias=down_b,
+        attributes={
+            "activation_alpha": params["alpha"],
+            "activation_beta": 1.0,
+            "swiglu_limit": params["limit"],
+        },
+    )

@@ -31,9 +31,9 @@ from onnxforge import sparse_moe_onnx
 PRIMITIVE = Primitive("maxtext_sparse_moe")
 
 
-def _dense(x, weights, chosen, wi_0, wi_1, wo):
+def _dense(x, weights, chosen, wi_0, wi_1, wo, *, k):
     """MaxText's dense_matmul for SwiGLU experts: x [tokens, emb], weights [tokens, experts]."""
-    del chosen  # the weights are zero wherever it is False
+    del chosen, k  # the weights are zero wherever it is False
     highest = jax.lax.Precision.HIGHEST
     gate = jnp.einsum("tm,emh->teh", x, wi_0, precision=highest)
     up = jnp.einsum("tm,emh->teh", x, wi_1, precision=highest)
@@ -42,15 +42,15 @@ def _dense(x, weights, chosen, wi_0, wi_1, wo):
 
 
 PRIMITIVE.def_impl(_dense)
-PRIMITIVE.def_abstract_eval(lambda x, *_: jax.core.ShapedArray(x.shape, x.dtype))
+PRIMITIVE.def_abstract_eval(lambda x, *_, **__: jax.core.ShapedArray(x.shape, x.dtype))
 mlir.register_lowering(PRIMITIVE, mlir.lower_fun(_dense, multiple_results=False))
 
 
-def sparse_moe(x, weights, chosen, wi_0, wi_1, wo):
+def sparse_moe(x, weights, chosen, wi_0, wi_1, wo, *, k: int):
     """``[tokens, emb]`` -> ``[tokens, emb]``; ``chosen [tokens, experts]`` (bool): the
-    router's top k, which the ONNX lowering routes by."""
-    sparse_moe_onnx.register(PRIMITIVE, _expert)
-    return PRIMITIVE.bind(x, weights.astype(x.dtype), chosen, wi_0, wi_1, wo)
+    router's top ``k``, which the ONNX lowering routes by."""
+    sparse_moe_onnx.register(PRIMITIVE, _expert, _fused)
+    return PRIMITIVE.bind(x, weights.astype(x.dtype), chosen, wi_0, wi_1, wo, k=int(k))
 
 
 def supports(moe) -> bool:
@@ -90,6 +90,7 @@ def _sparse_dense_matmul(
         w0_kernel.astype(self.dtype),
         w1_kernel.astype(self.dtype),
         wo_kernel.astype(self.dtype),
+        k=top_k_indices.shape[-1],
     )
     return out.reshape(batch, length, emb).astype(self.dtype), None, None
 
@@ -110,3 +111,14 @@ def _expert(b, x_e, kernels, params):
     up = b.op("MatMul", x_e, wi_1)
     hidden = b.op("Mul", b.op("Mul", gate, b.op("Sigmoid", gate)), up)
     return b.op("MatMul", hidden, wo)
+
+
+def _fused(b, kernels, params) -> sparse_moe_onnx.FusedExperts:
+    """The experts as ``com.microsoft.MoE`` takes them: its SwiGLU with alpha 1 and beta 0 is
+    ``silu(gate) * up``, unclamped."""
+    wi_0, wi_1, wo = kernels
+    return sparse_moe_onnx.FusedExperts(
+        fc1=sparse_moe_onnx.interleave(b, wi_0, wi_1),
+        fc2=b.op("Transpose", wo, perm=[0, 2, 1]),
+        attributes={"activation_alpha": 1.0, "activation_beta": 0.0},
+    )
