@@ -25,7 +25,7 @@ GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "le
 
 @pytest.fixture(scope="module")
 def kv_build(tmp_path_factory) -> Path:
-    """tiny-gpt-oss's KV targets (both MoE lowerings) through download -> ... -> promote, in
+    """tiny-gpt-oss's KV targets (both operator sets) through download -> ... -> promote, in
     one Snakemake call."""
     workdir = tmp_path_factory.mktemp("kv")
     run = snakemake(workdir, TARGET.release, PLAIN.release, timeout=1500)
@@ -67,15 +67,17 @@ def graph_ops(kv_build: Path, target: layout.Target) -> set[str]:
 
 
 @pytest.mark.dag
-def test_both_moe_lowerings_pass_the_four_generation_gates(kv_build, report):
-    """f32-kv runs its experts in ONNX Runtime's fused MoE op; f32-kv-plain, the fallback any
-    runtime runs, per expert in plain ONNX: each passes every gate on its own."""
+def test_both_operator_sets_pass_the_four_generation_gates(kv_build, report):
+    """f32-kv runs its attention and experts in ONNX Runtime's fused GroupQueryAttention and
+    MoE; f32-kv-plain, the fallback any runtime runs, in standard ONNX (the experts per expert):
+    each passes every gate on its own."""
     plain = json.loads((kv_build / PLAIN.parity / layout.REPORT_JSON).read_text())
     for target, record in ((TARGET, report), (PLAIN, plain)):
         assert record["status"] == "PASS", (target, record["failures"])
         assert all(record["generation"][gate]["passed"] for gate in GATES), target
-    assert "MoE" in graph_ops(kv_build, TARGET) and "NonZero" not in graph_ops(kv_build, TARGET)
-    assert "NonZero" in graph_ops(kv_build, PLAIN) and "MoE" not in graph_ops(kv_build, PLAIN)
+    fused, plain_ops = graph_ops(kv_build, TARGET), graph_ops(kv_build, PLAIN)
+    assert {"GroupQueryAttention", "MoE"} <= fused and "NonZero" not in fused
+    assert "NonZero" in plain_ops and not {"GroupQueryAttention", "MoE"} & plain_ops
 
 
 @pytest.mark.dag
@@ -133,8 +135,8 @@ def test_onnxruntime_genai_generates_the_gated_tokens(kv_build, report):
     assert len(tokens) == decode["steps"] or tokens[-1] == eos["model"]["eos_token_id"]
 
 
-@pytest.mark.parametrize("lowering", ["plain", "ort"])
-def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, lowering):
+@pytest.mark.parametrize("ops", ["plain", "ort"])
+def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, ops):
     """The sparse_moe primitive in ONNX Runtime vs the dense layer in JAX, on more tokens
     than experts; the plain graph routes per expert (NonZero), the ort one is one fused MoE
     node, and neither has a dense expert Einsum."""
@@ -144,7 +146,7 @@ def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, lowering):
     from flax import nnx
     from jax2onnx import to_onnx
 
-    from onnxforge import sparse_moe_onnx
+    from onnxforge import lowering
     from onnxforge.families.gpt_oss.config import GptOssConfig
     from onnxforge.families.gpt_oss.model import MixtureOfExperts
 
@@ -167,12 +169,12 @@ def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, lowering):
     np.testing.assert_allclose(np.asarray(sparse(jnp.asarray(x))), expected, atol=1e-5)
 
     spec = [jax.ShapeDtypeStruct(("batch", "sequence", cfg.hidden_size), jnp.float32)]
-    with sparse_moe_onnx.lowering(lowering):
+    with lowering.ops(ops):
         model = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="proto")
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
-    if lowering == "plain":
+    if ops == "plain":
         assert ops.count("NonZero") == cfg.num_local_experts
         assert ops.count("MatMul") == 3 * cfg.num_local_experts  # gate, up, down: per expert
     else:

@@ -14,8 +14,10 @@ from onnxforge import layout
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
 from registry import python_for
 
-KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # experts: ONNX Runtime's MoE op; plain ONNX
-BUILDS = (("tiny-llama", KV), ("tiny-mixtral", KV), ("tiny-mixtral", KV_PLAIN))
+KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
+BUILDS = tuple(
+    (model, variant) for model in ("tiny-llama", "tiny-mixtral") for variant in (KV, KV_PLAIN)
+)
 GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
 
 
@@ -47,11 +49,14 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
 
     ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     assert "MatMul" in ops, manifest
-    if model == "tiny-mixtral" and variant == KV_PLAIN:
-        assert "NonZero" in ops and "MoE" not in ops  # the experts run sparse, in plain ONNX
-    elif model == "tiny-mixtral":
-        assert "MoE" in ops and "NonZero" not in ops  # ONNX Runtime's fused MoE
-        assert manifest["export"]["contrib_ops"] == ["MoE"], manifest
+    fused = {"GroupQueryAttention", "MoE"} if model == "tiny-mixtral" else {"GroupQueryAttention"}
+    if variant == KV_PLAIN:
+        assert not fused & ops and manifest["export"]["contrib_ops"] == [], manifest
+        if model == "tiny-mixtral":
+            assert "NonZero" in ops  # the experts run sparse, in plain ONNX
+    else:  # ONNX Runtime's fused operators
+        assert manifest["export"]["contrib_ops"] == sorted(fused), manifest
+        assert "NonZero" not in ops
 
 
 @pytest.mark.dag

@@ -141,3 +141,44 @@ def test_what_matmul_cannot_express_stays_einsum(equation, lhs_shape, rhs_shape)
     model = einsum_model(equation, lhs_shape, rhs_shape, "rhs")
     assert einsum_to_matmul(model) == 0
     assert [node.op_type for node in model.graph] == ["Einsum"]
+
+
+def sibling_model() -> ir.Model:
+    """q, k and v of one input, and an unrelated MatMul of another."""
+    rng = np.random.default_rng(0)
+    x = ir.val("x", ir.DataType.FLOAT, ["B", "S", 8])
+    other = ir.val("other", ir.DataType.FLOAT, ["B", 8])
+    nodes, weights = [], []
+    for name, source, width in (("q", x, 8), ("k", x, 4), ("v", x, 4), ("o", other, 3)):
+        weight = ir.Value(
+            name=f"{name}_weight",
+            const_value=ir.tensor(rng.standard_normal((8, width)).astype(np.float32)),
+        )
+        node = ir.node("MatMul", [source, weight], name=name)
+        node.outputs[0].name, node.outputs[0].type = name, ir.TensorType(ir.DataType.FLOAT)
+        nodes.append(node)
+        weights.append(weight)
+    outputs = [node.outputs[0] for node in nodes]
+    graph = ir.Graph([x, other], outputs, nodes=nodes, initializers=weights,
+                     opset_imports={"": 21}, name="siblings")  # fmt: skip
+    return ir.Model(graph, ir_version=10)
+
+
+def test_sibling_matmuls_become_one_matmul_and_a_split_with_the_same_numbers():
+    from onnxforge.graph_passes import fuse_sibling_matmuls
+
+    after = sibling_model()
+    assert fuse_sibling_matmuls(after) == 2
+    ops = [node.op_type for node in after.graph]
+    assert ops.count("MatMul") == 2 and ops.count("Split") == 1
+    assert "q_weight" not in after.graph.initializers  # one copy of the weights
+    rng = np.random.default_rng(1)
+    feeds = {
+        "x": rng.standard_normal((2, 5, 8)).astype(np.float32),
+        "other": rng.standard_normal((2, 8)).astype(np.float32),
+    }
+    before = ir.to_proto(sibling_model()).SerializeToString()
+    expected = ort.InferenceSession(before).run(None, feeds)
+    got = ort.InferenceSession(ir.to_proto(after).SerializeToString()).run(None, feeds)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(g, e)

@@ -8,14 +8,14 @@ import onnxruntime as ort
 import pytest
 
 
-@pytest.mark.parametrize("lowering", ["plain", "ort"])
-def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, lowering):
+@pytest.mark.parametrize("ops", ["plain", "ort"])
+def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, ops):
     import jax
     import jax.numpy as jnp
     import onnx
     from jax2onnx import to_onnx
 
-    from onnxforge import sparse_moe_onnx
+    from onnxforge import lowering
     from onnxforge.families.maxtext.sparse_moe import _dense, sparse_moe
 
     experts, k, emb, mlp = 6, 2, 16, 8
@@ -38,12 +38,12 @@ def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, lowering):
     assert (np.asarray(weights) > 0).sum(1).tolist() == [k] * len(x)  # k experts per token
 
     spec = [jax.ShapeDtypeStruct(("tokens", emb), jnp.float32)]
-    with sparse_moe_onnx.lowering(lowering):
+    with lowering.ops(ops):
         model = to_onnx(lambda h: layer(h)[0], spec, opset=23, return_mode="proto")
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
-    if lowering == "plain":
+    if ops == "plain":
         assert ops.count("NonZero") == experts
         assert ops.count("MatMul") == 3 * experts  # wi_0, wi_1, wo: one product per expert
     else:  # one fused node, no per-expert block

@@ -65,7 +65,7 @@ def cmd_export(args: argparse.Namespace) -> None:
             dtype=args.dtype,
             opset=args.opset,
             decoder=args.decoder,
-            moe=args.moe,
+            ops=args.ops,
             checkpoint_dir=args.checkpoint,
         )
         inputs = {"stage": args.stage}
@@ -207,7 +207,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", required=True)
     s.add_argument("--opset", type=int, required=True)
     s.add_argument("--decoder", choices=("full", "kv"), default="full")
-    s.add_argument("--moe", choices=("plain", "ort"), default="plain", help="kv: sparse experts")
+    s.add_argument("--ops", choices=("plain", "ort"), default="plain", help="onnxforge.lowering")
     s.add_argument("--checkpoint", type=Path, help="kv: the checkpoint (its tokenizer files)")
     s.set_defaults(run=cmd_export)
 

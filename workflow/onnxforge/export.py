@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from onnxforge import graph_passes, progress, signature
+from onnxforge import graph_passes, lowering, progress, signature
 from onnxforge.families.base import Family
 from onnxforge.layout import DATA_FILE, ONNX_FILE
-
-CONTRIB_DOMAIN = "com.microsoft"  # ONNX Runtime's own operators (its fused MoE)
 
 
 def trace(forward, name: str, opset: int, input_shape=signature.INPUT_AXES, output_names=None):
@@ -127,23 +125,23 @@ def export(
     dtype: str,
     opset: int,
     decoder: str = "full",
-    moe: str = "plain",
+    ops: str = "plain",
     checkpoint_dir: Path | None = None,
 ) -> dict:
     """``decoder``: ``full`` or ``kv``; a ``kv`` export also writes ``genai_config.json`` and
-    the checkpoint's tokenizer files (from ``checkpoint_dir``) beside the model. ``moe``: how a
-    kv decoder's sparse experts are lowered (``sparse_moe_onnx.LOWERINGS``)."""
+    the checkpoint's tokenizer files (from ``checkpoint_dir``) beside the model. ``ops``: which
+    operators a kv decoder's primitives are lowered to (``lowering.KINDS``)."""
     import jax.numpy as jnp
     import onnx
 
     if decoder == "kv":
-        from onnxforge import genai, sparse_moe_onnx
+        from onnxforge import genai
 
         if checkpoint_dir is None:
             raise ValueError("a kv export needs the checkpoint folder (its tokenizer)")
         with progress.phase("load"):
             model = family.load_decoder(stage_dir, jnp.dtype(dtype))
-        with progress.phase("trace and convert (jax2onnx)"), sparse_moe_onnx.lowering(moe):
+        with progress.phase("trace and convert (jax2onnx)"), lowering.ops(ops):
             model_ir = trace_decoder(model, family.name, opset)
         genai_files = genai.write_folder(model, stage_dir, checkpoint_dir, out_dir)
     else:
@@ -153,9 +151,10 @@ def export(
             model_ir = trace(model.bound(), family.name, opset)
         genai_files = []
     del model  # JAX's copy of the weights; the IR model holds its own from here
-    if any(node.domain == CONTRIB_DOMAIN for node in model_ir.graph):  # moe: ort
-        model_ir.opset_imports.setdefault(CONTRIB_DOMAIN, 1)
+    if any(node.domain == lowering.CONTRIB_DOMAIN for node in model_ir.graph):  # ops: ort
+        model_ir.opset_imports.setdefault(lowering.CONTRIB_DOMAIN, 1)
     rewritten = graph_passes.einsum_to_matmul(model_ir)  # MatMul: what ONNX Runtime runs fast
+    fused = graph_passes.fuse_sibling_matmuls(model_ir)  # q/k/v, gate/up: one MatMul each
     weights = sum(v.const_value.nbytes for v in model_ir.graph.initializers.values())
     with progress.phase(f"save ({progress.size(weights)} of weights)", watch=out_dir):
         save(model_ir, out_dir)
@@ -163,7 +162,10 @@ def export(
         "initializers": len(model_ir.graph.initializers),
         "nodes": len(model_ir.graph),
         "einsums_as_matmul": rewritten,
-        "contrib_ops": sorted({n.op_type for n in model_ir.graph if n.domain == CONTRIB_DOMAIN}),
+        "matmuls_fused": fused,
+        "contrib_ops": sorted(
+            {n.op_type for n in model_ir.graph if n.domain == lowering.CONTRIB_DOMAIN}
+        ),
     }
     del model_ir
     with progress.phase("check (onnx.checker)"):
@@ -172,7 +174,7 @@ def export(
         "opset": opset,
         "dtype": dtype,
         "decoder": decoder,
-        "moe": moe,
+        "ops": ops,
         **counts,
         "genai_files": genai_files,
         "bytes": {f: (out_dir / f).stat().st_size for f in (ONNX_FILE, DATA_FILE)},

@@ -9,7 +9,11 @@ two-operand Einsum into the same contraction as ``MatMul``: a weight is transpos
 flattened once, here, into a ``[K, N]`` initializer; a runtime operand gets the ``Transpose``
 and ``Reshape`` (free, no copy) that bring it to ``[..., M, K]``. Same numbers; an Einsum it
 cannot express (ellipses, repeated or summed-away labels, dynamic sizes it would have to
-flatten) stays as it is.
+flatten) stays as it is. An elementwise Einsum (jax2onnx writes a norm's scale as
+``...k,...k->...k``) becomes ``Mul``.
+
+``fuse_sibling_matmuls`` then merges the MatMuls that read one input with constant weights
+(q, k and v; gate and up) into one MatMul and a Split, as GenAI's builder lays them out.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ def rows_last(a_free: tuple[str, ...], lhs: ir.Value, labels: str) -> tuple[str,
     longest = max(a_free, key=length)  # the first of equals: no move where nothing gains
     if length(longest) <= length(a_free[-1]):
         return a_free
-    return tuple(label for label in a_free if label != longest) + (longest,)
+    return (*(label for label in a_free if label != longest), longest)
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
@@ -273,3 +277,74 @@ def einsum_to_matmul(model: ir.Model) -> int:
     if rewritten:
         RemoveUnusedNodesPass()(model)
     return rewritten
+
+
+def _weight(node: ir.Node) -> np.ndarray | None:
+    """A MatMul's constant 2-D ``[K, N]`` weight (an initializer), else None."""
+    if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
+        return None
+    weight = node.inputs[1]
+    if weight is None or weight.const_value is None or not weight.is_initializer():
+        return None
+    return weight.const_value.numpy() if len(weight.const_value.shape) == 2 else None
+
+
+def fuse_sibling_matmuls(model: ir.Model) -> int:
+    """MatMuls of one input by constant ``[K, N_i]`` weights (attention's q, k and v; an MLP's
+    gate and up) become one MatMul by the weights side by side, then a ``Split`` into the
+    same outputs: one pass over the input and one kernel instead of several (GenAI's builder
+    writes them fused too). In place; returns how many MatMuls were merged away."""
+    graph, merged, serial = model.graph, 0, itertools.count()
+    order = {node: index for index, node in enumerate(graph)}
+    inputs = {node.inputs[0] for node in graph if node.op_type == "MatMul" and node.inputs}
+    for value in sorted((v for v in inputs if v is not None), key=lambda v: v.name or ""):
+        siblings = sorted(
+            (user for user, index in value.uses() if index == 0 and _weight(user) is not None),
+            key=order.__getitem__,
+        )
+        by_dtype: dict = {}
+        for node in siblings:
+            weight = _weight(node)
+            by_dtype.setdefault((weight.dtype, weight.shape[0]), []).append((node, weight))
+        for group in by_dtype.values():
+            if len(group) < 2:
+                continue
+            nodes = [node for node, _ in group]
+            name = f"{nodes[0].name}_fused_{next(serial)}"
+            joined = ir.Value(
+                name=f"{name}_weight",
+                const_value=ir.tensor(
+                    np.ascontiguousarray(np.concatenate([w for _, w in group], 1))
+                ),
+            )
+            graph.register_initializer(joined)
+            matmul = ir.node("MatMul", [value, joined], name=name)
+            matmul.outputs[0].name, matmul.outputs[0].type = f"{name}_out", nodes[0].outputs[0].type
+            sizes = ir.Value(
+                name=f"{name}_sizes",
+                const_value=ir.tensor(np.asarray([w.shape[1] for _, w in group], np.int64)),
+            )
+            graph.register_initializer(sizes)
+            split = ir.node(
+                "Split",
+                [matmul.outputs[0], sizes],
+                {"axis": -1},
+                name=f"{name}_split",
+                num_outputs=len(group),
+            )
+            for old, new in zip((n.outputs[0] for n in nodes), split.outputs, strict=True):
+                new.name, new.type, new.shape = f"{old.name}_part", old.type, old.shape
+            weights = [node.inputs[1] for node in nodes]
+            ir.convenience.replace_nodes_and_values(
+                graph,
+                nodes[0],
+                nodes,
+                [matmul, split],
+                [n.outputs[0] for n in nodes],
+                list(split.outputs),
+            )
+            for weight in weights:  # drop the separate weights now: one copy at a time
+                if not weight.uses() and graph.initializers.get(weight.name) is weight:
+                    graph.initializers.pop(weight.name)
+            merged += len(group) - 1
+    return merged

@@ -1,6 +1,6 @@
 """The ONNX side of a sparse MoE primitive: each expert runs on the tokens routed to it.
 
-Two lowerings, chosen per export (a variant's ``moe``, through ``lowering``):
+Two lowerings, chosen per export (a variant's ``ops``, ``onnxforge.lowering``):
 
 - ``plain``: per expert, Gather its column of the ``chosen`` mask, NonZero -> the rows, Gather
   those tokens, the expert's own math (the family's ``expert`` function), scale by the routing
@@ -22,29 +22,15 @@ A primitive's inputs are ``x [tokens, d]``, ``weights [tokens, experts]``, ``cho
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from onnxforge import lowering
+
 _REGISTERED: dict[str, Any] = {}
-LOWERINGS = ("plain", "ort")
-_LOWERING: contextvars.ContextVar[str] = contextvars.ContextVar("moe_lowering", default="plain")
-
-
-@contextlib.contextmanager
-def lowering(kind: str) -> Iterator[None]:
-    """Trace (export) with MoE primitives lowered as ``kind`` (``LOWERINGS``)."""
-    if kind not in LOWERINGS:
-        raise ValueError(f"unknown MoE lowering {kind!r}; expected one of {LOWERINGS}")
-    token = _LOWERING.set(kind)
-    try:
-        yield
-    finally:
-        _LOWERING.reset(token)
 
 
 @dataclass
@@ -94,8 +80,11 @@ def interleave(b: Builder, gate, up):
     along the output axis, the contraction axis last (the MoE op's ``fc1``)."""
     axis = b.const([-1], "moe_last_axis", np.int64)
     pairs = b.op("Concat", b.op("Unsqueeze", gate, axis), b.op("Unsqueeze", up, axis), axis=-1)
-    return b.op("Transpose", b.op("Reshape", pairs, b.const([0, 0, -1], "moe_pairs", np.int64)),
-                perm=[0, 2, 1])
+    return b.op(
+        "Transpose",
+        b.op("Reshape", pairs, b.const([0, 0, -1], "moe_pairs", np.int64)),
+        perm=[0, 2, 1],
+    )
 
 
 def interleave_bias(b: Builder, gate, up):
@@ -121,10 +110,7 @@ def register(primitive, expert: Expert, fused: Fused | None = None) -> None:
             return jax.core.ShapedArray(x.shape, x.dtype)
 
         def lower(self, ctx, eqn) -> None:
-            kind = _LOWERING.get()
-            if kind == "ort":
-                if fused is None:
-                    raise ValueError(f"{primitive.name} has no com.microsoft.MoE form; use moe: plain")
+            if lowering.fused() and fused is not None:
                 lower_moe_op(ctx, eqn, fused)
             else:
                 lower_routed_experts(ctx, eqn, expert)
@@ -175,6 +161,6 @@ def lower_moe_op(ctx, eqn, fused: Fused) -> None:
     attributes = {"k": int(eqn.params["k"]), "activation_type": "swiglu", "swiglu_fusion": 1}
     attributes.update(normalize_routing_weights=0, **experts.attributes)
     inputs = [x, router, experts.fc1, experts.fc1_bias, experts.fc2, experts.fc2_bias]
-    mixed = b.op("MoE", *inputs, _domain="com.microsoft", **attributes)
+    mixed = b.op("MoE", *inputs, _domain=lowering.CONTRIB_DOMAIN, **attributes)
     total = b.op("ReduceSum", weights, b.const([1], "moe_experts_axis", np.int64), keepdims=1)
     ctx.bind_value_for_var(out_var, b.op("Mul", mixed, total))

@@ -22,14 +22,14 @@ rule export:
         dtype=lambda w: variant_of(w)["dtype"],
         opset=lambda w: variant_of(w)["opset"],
         decoder=lambda w: variant_of(w)["decoder"],
-        moe=lambda w: variant_of(w)["moe"],
+        ops=lambda w: variant_of(w)["ops"],
         flags=export_arguments,
     message:
         "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     shell:
         onnxforge_step(
             "export --family {params.family:q} --stage {input.stage:q} --dtype {params.dtype:q}"
-            " --opset {params.opset:q} --decoder {params.decoder:q} --moe {params.moe:q}"
+            " --opset {params.opset:q} --decoder {params.decoder:q} --ops {params.ops:q}"
             " {params.flags:q}"
             " --threads {threads} --out {output:q}"
         )

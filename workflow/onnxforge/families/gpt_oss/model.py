@@ -104,8 +104,33 @@ class Attention(nnx.Module):
         ``j > past + i - window``; indices count padding too, as transformers' masks do, so a
         left-padded row sees what it sees alone. The whole cache is kept: the window is a mask.
         """
+        from onnxforge.attention_onnx import step_attention
+
         batch, seq = x.shape[0], x.shape[1]
         q, k, v = self._project(x, cos, sin)
+        q = q.reshape(batch, seq, self.num_heads, self.head_dim)
+        out, key, value = step_attention(
+            self._step_attention,
+            q,
+            k,
+            v,
+            past_key,
+            past_value,
+            attention_mask,
+            scale=self.head_dim**-0.5,
+            window=self.window,
+            sinks=self.sinks[...],
+        )
+        out = out.reshape(batch, seq, self.num_heads * self.head_dim)
+        return out @ self.o_kernel[...] + self.o_bias[...], (key, value)
+
+    def _step_attention(self, q, k, v, past_key, past_value, attention_mask):
+        """The attention of ``step`` (``attention_onnx.step_attention``'s ``dense``): queries
+        ``[batch, seq, heads, head_dim]``, this step's keys and values ``[batch, seq, kv_heads,
+        head_dim]`` after ``past_key/value``; returns the output and the grown cache."""
+        batch, seq = q.shape[0], q.shape[1]
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(batch, seq, self.num_kv_heads, groups, self.head_dim)
         # lax.concatenate: jax2onnx 0.17 mis-sizes jnp.concatenate along a symbolic axis.
         key = jax.lax.concatenate([past_key, k.transpose(0, 2, 1, 3).astype(past_key.dtype)], 2)
         value = jax.lax.concatenate(
@@ -123,8 +148,7 @@ class Attention(nnx.Module):
         scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = self._with_sinks(scores).astype(value.dtype)
         out = jnp.einsum("bkgqs,bksd->bqkgd", probs, value)
-        out = out.reshape(batch, seq, self.num_heads * self.head_dim)
-        return out @ self.o_kernel[...] + self.o_bias[...], (key, value)
+        return out.reshape(batch, seq, self.num_heads, self.head_dim), key, value
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
         batch, seq = x.shape[0], x.shape[1]

@@ -45,6 +45,7 @@ class LayerCache:
     segments: jax.Array  # [batch, past + sequence]: the attention mask, as segment ids
     previous_chunk: jax.Array  # [batch, past]: MaxText's chunked-prefill offset
     present: tuple[jax.Array, jax.Array] | None = None
+    fresh: tuple[jax.Array, jax.Array] | None = None  # this chunk's keys and values
 
     def tree_flatten(self):
         return (self.key, self.value, self.segments, self.previous_chunk), None
@@ -88,18 +89,81 @@ def _update_kv_caches(self, key, value, decoder_segment_ids, model_mode, previou
     # size (past_sequence, not past_sequence + sequence).
     keys = jax.lax.concatenate([cache.key, key.astype(cache.key.dtype)], 1)
     values = jax.lax.concatenate([cache.value, value.astype(cache.value.dtype)], 1)
-    cache.present = (keys, values)
+    cache.present, cache.fresh = (keys, values), (key, value)
     return [(keys, values, cache.segments), None]
 
 
+def fused_attention_supported(op, sinks, bidirectional_mask) -> bool:
+    """Whether MaxText's ``AttentionOp`` computes what GroupQueryAttention does: causal dot
+    attention, unscaled (MaxText scales the query kernel), global or sliding, no soft cap,
+    sinks, chunks, MLA or quantized cache. Anything else keeps MaxText's own attention."""
+    from maxtext.common.common_types import AttentionType
+
+    return (
+        op.attention_type in (AttentionType.GLOBAL, AttentionType.LOCAL_SLIDING)
+        and not op.attn_logits_soft_cap
+        and sinks is None
+        and bidirectional_mask is None
+        and not op.kv_quant
+        and not getattr(op.config, "moba", False)
+        and not getattr(op, "is_absorbed_mqa", False)
+    )
+
+
+def _attention_op_call(self, query, key, value, *args, **kwargs):
+    """``AttentionOp.__call__``: in an ``ops: ort`` export, inside a KV step, MaxText's
+    attention over the cache as one GroupQueryAttention (``attention_onnx``)."""
+    from maxtext.common.common_types import AttentionType
+
+    from onnxforge import attention_onnx, lowering
+
+    cache = _ACTIVE.get()
+    sinks = kwargs.get("sinks", args[6] if len(args) > 6 else None)
+    bidirectional = kwargs.get("bidirectional_mask", args[5] if len(args) > 5 else None)
+    if (
+        cache is None
+        or cache.fresh is None
+        or not lowering.fused()
+        or not fused_attention_supported(self, sinks, bidirectional)
+    ):
+        return _ORIGINAL["op"](self, query, key, value, *args, **kwargs)
+    original = _ORIGINAL["op"]
+
+    def dense(q, k, v, past_key, past_value, mask):  # MaxText's own attention (JAX's meaning)
+        keys = jax.lax.concatenate([to_maxtext_layout(past_key), k], 1)
+        values = jax.lax.concatenate([to_maxtext_layout(past_value), v], 1)
+        rest = list(args)
+        rest[3] = [(keys, values, mask), None]  # cached_values
+        out = original(self, q, k, v, *rest, **kwargs)
+        return out, to_maxtext_layout(keys), to_maxtext_layout(values)
+
+    window = self.sliding_window_size if self.attention_type == AttentionType.LOCAL_SLIDING else 0
+    fresh_key, fresh_value = cache.fresh
+    out, present_key, present_value = attention_onnx.step_attention(
+        dense,
+        query,
+        fresh_key.astype(cache.key.dtype),
+        fresh_value.astype(cache.value.dtype),
+        to_maxtext_layout(cache.key),
+        to_maxtext_layout(cache.value),
+        cache.segments,
+        scale=1.0,
+        window=window or 0,
+    )
+    cache.present = (to_maxtext_layout(present_key), to_maxtext_layout(present_value))
+    return out
+
+
 def patch_for_cache() -> None:
-    from maxtext.layers import attentions
+    from maxtext.layers import attention_op, attentions
 
     if not _ORIGINAL:
         _ORIGINAL["call"] = attentions.Attention.__call__
         _ORIGINAL["update"] = attentions.Attention.update_kv_caches
+        _ORIGINAL["op"] = attention_op.AttentionOp.__call__
         attentions.Attention.__call__ = _attention_call
         attentions.Attention.update_kv_caches = _update_kv_caches
+        attention_op.AttentionOp.__call__ = _attention_op_call
 
 
 def to_maxtext_layout(x: jax.Array) -> jax.Array:

@@ -1,0 +1,38 @@
+"""Which ONNX operators an export may use (a variant's ``ops``), read by the lowerings of our
+JAX primitives while jax2onnx traces.
+
+- ``plain``: standard ONNX only, which every runtime and provider runs.
+- ``ort``: ONNX Runtime's fused ``com.microsoft`` operators where a primitive has one: ``MoE``
+  for sparse experts (``sparse_moe_onnx``), ``GroupQueryAttention`` for a KV step's attention
+  (``attention_onnx``). What GenAI's model builder writes; ONNX Runtime's CPU and CUDA
+  providers (and so GenAI and Optimum's ORT classes) run them.
+
+Both are exported and gated the same way (variants ``f32-kv`` and ``f32-kv-plain``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+KINDS = ("plain", "ort")
+CONTRIB_DOMAIN = "com.microsoft"
+_OPS: contextvars.ContextVar[str] = contextvars.ContextVar("onnxforge_ops", default="plain")
+
+
+@contextlib.contextmanager
+def ops(kind: str) -> Iterator[None]:
+    """Trace (export) with our primitives lowered to ``kind``'s operators."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown ops {kind!r}; expected one of {KINDS}")
+    token = _OPS.set(kind)
+    try:
+        yield
+    finally:
+        _OPS.reset(token)
+
+
+def fused() -> bool:
+    """Whether the trace in progress may use ONNX Runtime's fused operators."""
+    return _OPS.get() == "ort"
