@@ -135,8 +135,8 @@ def test_onnxruntime_genai_generates_the_gated_tokens(kv_build, report):
     assert len(tokens) == decode["steps"] or tokens[-1] == eos["model"]["eos_token_id"]
 
 
-@pytest.mark.parametrize("ops", ["plain", "ort"])
-def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, ops):
+@pytest.mark.parametrize("operators", ["plain", "ort"])
+def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, operators):
     """The sparse_moe primitive in ONNX Runtime vs the dense layer in JAX, on more tokens
     than experts; the plain graph routes per expert (NonZero), the ort one is one fused MoE
     node, and neither has a dense expert Einsum."""
@@ -169,12 +169,12 @@ def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, ops):
     np.testing.assert_allclose(np.asarray(sparse(jnp.asarray(x))), expected, atol=1e-5)
 
     spec = [jax.ShapeDtypeStruct(("batch", "sequence", cfg.hidden_size), jnp.float32)]
-    with lowering.ops(ops):
+    with lowering.ops(operators):
         model = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="proto")
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
-    if ops == "plain":
+    if operators == "plain":
         assert ops.count("NonZero") == cfg.num_local_experts
         assert ops.count("MatMul") == 3 * cfg.num_local_experts  # gate, up, down: per expert
     else:

@@ -50,3 +50,23 @@ def test_a_real_broadcast_keeps_jax2onnx_lowering(fn):
     assert "Expand" in [node.op_type for node in model.graph]
     x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
     np.testing.assert_allclose(_run(model, x), np.asarray(fn(x)), rtol=1e-6)
+
+
+def _heads_and_back(x):  # [B, S, 8] -> [B, S, 2, 4] -> [B * S, 8] (two symbolic sizes merged)
+    heads = x.reshape(x.shape[0], x.shape[1], 2, 4) * 2.0
+    return heads.reshape(x.shape[0], x.shape[1], 8) + heads.reshape(-1, 8).sum()
+
+
+def test_a_reshape_that_keeps_its_symbolic_axes_has_a_constant_target():
+    from onnxforge.jax2onnx_extensions import reshape_target
+
+    assert reshape_target(("B", "S", 8), ("B", "S", 2, 4)) == [0, 0, 2, 4]
+    assert reshape_target(("B", "S", 8), ("BS", 8)) == [-1, 8]
+    assert reshape_target(("B", "S"), ("S", "B")) is None  # two sizes it cannot copy
+    model = _export(_heads_and_back, ("B", "S", 8))
+    reshapes = [node for node in model.graph if node.op_type == "Reshape"]
+    assert len(reshapes) == 3 and all(node.inputs[1].const_value is not None for node in reshapes)
+    assert "Shape" not in [node.op_type for node in model.graph]
+    for batch, length in ((2, 5), (1, 1)):
+        x = np.random.default_rng(batch).standard_normal((batch, length, 8)).astype(np.float32)
+        np.testing.assert_allclose(_run(model, x), np.asarray(_heads_and_back(x)), rtol=1e-5)

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 
 
-@pytest.mark.parametrize("ops", ["plain", "ort"])
-def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, ops):
+@pytest.mark.parametrize("operators", ["plain", "ort"])
+def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, operators):
     import jax
     import jax.numpy as jnp
     import onnx
@@ -38,12 +38,12 @@ def test_sparse_moe_in_onnx_matches_the_dense_experts(tmp_path, ops):
     assert (np.asarray(weights) > 0).sum(1).tolist() == [k] * len(x)  # k experts per token
 
     spec = [jax.ShapeDtypeStruct(("tokens", emb), jnp.float32)]
-    with lowering.ops(ops):
+    with lowering.ops(operators):
         model = to_onnx(lambda h: layer(h)[0], spec, opset=23, return_mode="proto")
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
-    if ops == "plain":
+    if operators == "plain":
         assert ops.count("NonZero") == experts
         assert ops.count("MatMul") == 3 * experts  # wi_0, wi_1, wo: one product per expert
     else:  # one fused node, no per-expert block

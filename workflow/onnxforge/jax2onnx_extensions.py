@@ -10,6 +10,10 @@
   at runtime for any symbolic dimension (``Shape``, ``Gather``s, ``Concat``, ``Reshape``,
   ``Expand``: six nodes, 37 of them in a 4-layer Llama decode step); JAX's shapes say exactly
   when nothing is broadcast. Every other broadcast keeps jax2onnx's lowering.
+- ``reshape`` to a shape with symbolic sizes: jax2onnx builds the target at runtime (``Shape``,
+  ``Gather``/``Squeeze``/``Unsqueeze`` per axis, ``Concat``: about eight nodes, six per layer
+  of a GPT-OSS step). Where each symbolic size of the result is the operand's at the same axis
+  (``0``: copy it) but at most one (``-1``), the target is a constant.
 """
 
 from __future__ import annotations
@@ -111,6 +115,52 @@ def _lower_rank_expansion(ctx: Any, eqn: Any) -> None:
     ctx.bind_value_for_var(out_var, result)
 
 
+def reshape_target(operand: tuple, result: tuple) -> list[int] | None:
+    """ONNX Reshape's constant target for ``operand`` -> ``result`` shapes (JAX's, symbolic
+    sizes compared exactly), or None where a runtime shape is needed."""
+    target, unknown = [], 0
+    for axis, size in enumerate(result):
+        if isinstance(size, (int, np.integer)):
+            if size == 0:
+                return None  # 0 would mean "copy"
+            target.append(int(size))
+        elif axis < len(operand) and operand[axis] == size:
+            target.append(0)
+        else:
+            target.append(-1)
+            unknown += 1
+    return target if unknown <= 1 else None
+
+
+def _is_constant_reshape(ctx: Any, eqn: Any) -> bool:
+    params = eqn.params
+    if len(eqn.invars) != 1 or params.get("dimensions") is not None:
+        return False
+    if params.get("order", "C") != "C":
+        return False
+    operand, result = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
+    symbolic = any(not isinstance(size, (int, np.integer)) for size in result)
+    return symbolic and reshape_target(tuple(operand), tuple(result)) is not None
+
+
+def _lower_constant_reshape(ctx: Any, eqn: Any) -> None:
+    from jax2onnx.plugins._ir_shapes import _ensure_value_metadata, _stamp_type_and_shape
+    from jax2onnx.plugins.jax.lax._index_utils import _const_i64
+
+    x_var, out_var = eqn.invars[0], eqn.outvars[0]
+    target = reshape_target(tuple(x_var.aval.shape), tuple(out_var.aval.shape))
+    x = ctx.get_value_for_var(x_var, name_hint=ctx.fresh_name("reshape_in"))
+    out_spec = ctx.get_value_for_var(out_var, name_hint=ctx.fresh_name("reshape_out"))
+    name = getattr(out_spec, "name", None) or ctx.fresh_name("reshape_out")
+    shape = _const_i64(ctx, np.asarray(target, np.int64), ctx.fresh_name("reshape_target"))
+    result = ctx.builder.Reshape(x, shape, _outputs=[name])
+    if x.type is not None:
+        result.type = x.type
+    _stamp_type_and_shape(result, tuple(out_var.aval.shape))
+    _ensure_value_metadata(ctx, result)
+    ctx.bind_value_for_var(out_var, result)
+
+
 def _in_front(plugin, lowerings) -> None:
     """``plugin.lower`` tries each ``(applies(ctx, eqn), lower)`` first, then jax2onnx's."""
     original = plugin.lower
@@ -131,6 +181,10 @@ def install() -> None:
         return
     from jax2onnx.plugins.jax.lax.broadcast_in_dim import BroadcastInDimPlugin
     from jax2onnx.plugins.jax.lax.gather import GatherPlugin  # registers jax2onnx's gather
+    from jax2onnx.plugins.jax.lax.reshape import ReshapePlugin
+    from jax2onnx.plugins.jax.numpy.reshape import JnpReshapePlugin
 
     _in_front(GatherPlugin, [(_is_symbolic_slice, _lower_symbolic_slice)])
     _in_front(BroadcastInDimPlugin, [(_is_rank_expansion, _lower_rank_expansion)])
+    for plugin in (ReshapePlugin, JnpReshapePlugin):
+        _in_front(plugin, [(_is_constant_reshape, _lower_constant_reshape)])
