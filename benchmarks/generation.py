@@ -10,7 +10,9 @@ a fresh process, so that all see the same load); ratios are against GenAI's buil
 
 Our export and optimum's run in a plain ONNX Runtime loop (the same I/O contract); GenAI's
 builder export runs in ``onnxruntime_genai`` (its graph takes GenAI's fixed-size cache), and so
-does ours a second time (its folder has genai_config.json), for a like-for-like row.
+does ours a second time (its folder has genai_config.json), for a like-for-like row. Ours is
+measured twice: ``f32-kv`` (ONNX Runtime's fused GroupQueryAttention and MoE) and
+``f32-kv-plain`` (standard ONNX only).
 
     benchmarks/generation_envs.sh /work/bench-envs      # throwaway anchor environments
     .venv/bin/python benchmarks/generation.py --envs /work/bench-envs [--json F]
@@ -44,6 +46,8 @@ SHAPES = {
     },
 }
 PREFILLS, PROMPT, GENERATED = (128, 512), 128, 64
+# Ours: ONNX Runtime's fused attention and MoE (the default KV export), and standard ONNX only.
+VARIANTS = ("f32-kv", "f32-kv-plain")
 
 # One measurement in a fresh process: {"prefill_128": ms, "prefill_512": ms, "per_token": ms}.
 ORT_WORKER = r"""
@@ -164,7 +168,8 @@ def with_eos(checkpoint: Path, copy: Path) -> Path:
 
 
 def build_ours(scratch: Path, shapes: list[str]) -> dict[str, Path]:
-    """Our f32-kv exports (and the checkpoints) through the DAG, in one Snakemake call."""
+    """Our KV exports (``VARIANTS``) and the checkpoints through the DAG, in one Snakemake
+    call."""
     config = {
         "models": {
             f"bench-{name}": {
@@ -176,7 +181,7 @@ def build_ours(scratch: Path, shapes: list[str]) -> dict[str, Path]:
         },
     }
     (scratch / "bench-config.yaml").write_text(yaml.safe_dump(config))
-    targets = [f"results/bench-{name}/hf/export/f32-kv" for name in shapes]
+    targets = [f"results/bench-{name}/hf/export/{v}" for name in shapes for v in VARIANTS]
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(HERE / "Snakefile")]
     command += ["--directory", str(scratch), "--cores", "2", *targets]
     # The export always reruns: a change to our Python (a graph pass, a lowering) is what a
@@ -209,6 +214,8 @@ def main() -> None:
         set_threads(ours, args.threads)
         rows = {"onnxforge (ORT loop)": (ours / "model.onnx", "ort")}
         rows["onnxforge (GenAI)"] = (ours, "genai")
+        plain = target / "export/f32-kv-plain/model.onnx"
+        rows["onnxforge f32-kv-plain (ORT loop)"] = (plain, "ort")
         builder = args.scratch / f"genai-{name}"
         try:
             if not (builder / "genai_config.json").exists():
