@@ -12,7 +12,9 @@ that ONNX Runtime's CPU and CUDA providers run, per expert ``e``:
     out = ScatterND(out, rows, y_e, reduction=add)
 
 so the FLOPs are those of tokens x k experts, not tokens x experts, with no Loop or If: one
-static block per expert, and an empty ``rows`` costs a few empty ops.
+static block per expert, and an empty ``rows`` costs a few empty ops. With ``ops: ort`` it is
+one ``com.microsoft.MoE`` instead (``_fused``: its SwiGLU with GPT-OSS's alpha, limit and
+``up + 1``).
 """
 
 from __future__ import annotations
