@@ -1,5 +1,5 @@
-"""The maxtext family's KV-cache exports (variant f32-kv) through the real DAG: tiny Llama and
-tiny Mixtral (sparse MoE) pass the four generation gates against transformers, in one
+"""The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: tiny Llama,
+tiny Mixtral (sparse MoE) and tiny Mistral (sliding window) pass the four generation gates, in one
 Snakemake call; and MaxText's decoder steps agree with its full-sequence forward in JAX."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from onnxforge.families.maxtext import FAMILY as MAXTEXT
 from registry import python_for
 
 KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
-BUILDS = tuple(
-    (model, variant) for model in ("tiny-llama", "tiny-mixtral") for variant in (KV, KV_PLAIN)
+BUILDS = (
+    *((model, variant) for model in ("tiny-llama", "tiny-mixtral") for variant in (KV, KV_PLAIN)),
+    ("tiny-mistral", KV),  # MaxText's sliding window as GroupQueryAttention's, decoded past it
 )
 GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
 
@@ -42,6 +43,8 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
     assert all(section[gate]["passed"] for gate in GATES)
     decode = section["decode_vs_reference"]
     assert decode["steps"] >= 32 and decode["onnx"] == decode["reference"]
+    if model == "tiny-mistral":
+        assert decode["past_window"] and decode["length"] > decode["sliding_window"] > 0
     manifest = json.loads((maxtext_kv_build / target.export / "manifest.json").read_text())
     assert "genai_config.json" in {p.name for p in (maxtext_kv_build / target.release).iterdir()}
     onnx_path = maxtext_kv_build / target.export / layout.ONNX_FILE
