@@ -13,8 +13,9 @@ weighted by the combine weights, zero off the top k); jax2onnx lowers it to plai
     y_e = (silu(x_e @ wi_0[e]) * (x_e @ wi_1[e])) @ wo[e] * weight[rows, e]
     out = ScatterND(out, rows, y_e, reduction=add)
 
-FLOPs ∝ tokens × k. With ``ops: ort``, one ``com.microsoft.MoE`` instead (``_fused``). Only MaxText's SwiGLU experts (``mlp_activations: [silu, linear]``, no
-bias, no capacity) take this path; any other MoE keeps MaxText's dense one.
+FLOPs ∝ tokens × k. With ``ops: ort``, one ``com.microsoft.MoE`` instead (``_fused``). Only
+MaxText's SwiGLU experts (``mlp_activations: [silu, linear]``, no bias, no capacity) take this
+path; any other MoE keeps MaxText's dense one.
 """
 
 from __future__ import annotations
