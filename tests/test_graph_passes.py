@@ -182,3 +182,43 @@ def test_sibling_matmuls_become_one_matmul_and_a_split_with_the_same_numbers():
     got = ort.InferenceSession(ir.to_proto(after).SerializeToString()).run(None, feeds)
     for e, g in zip(expected, got, strict=True):
         np.testing.assert_array_equal(g, e)
+
+
+def interleaved_model() -> ir.Model:
+    """x @ (gate and up interleaved by Unsqueeze, Concat, Reshape, Transpose), as the MoE op's
+    fc1 is laid out from two expert kernels."""
+    rng = np.random.default_rng(0)
+    x = ir.val("x", ir.DataType.FLOAT, ["B", 6])
+    kernels = [
+        ir.Value(name=n, const_value=ir.tensor(rng.standard_normal((4, 3)).astype(np.float32)))
+        for n in ("gate", "up")
+    ]
+    consts = {
+        "last": np.asarray([-1], np.int64),
+        "pairs": np.asarray([0, -1], np.int64),
+    }
+    values = {k: ir.Value(name=k, const_value=ir.tensor(v)) for k, v in consts.items()}
+    nodes = [ir.node("Unsqueeze", [kernel, values["last"]]) for kernel in kernels]
+    nodes.append(ir.node("Concat", [n.outputs[0] for n in nodes], {"axis": -1}))
+    nodes.append(ir.node("Reshape", [nodes[-1].outputs[0], values["pairs"]]))  # [4, 6]
+    nodes.append(ir.node("Transpose", [nodes[-1].outputs[0]], {"perm": [1, 0]}))  # [6, 4]
+    nodes.append(ir.node("MatMul", [x, nodes[-1].outputs[0]]))
+    out = nodes[-1].outputs[0]
+    out.name, out.type = "out", ir.TensorType(ir.DataType.FLOAT)
+    graph = ir.Graph([x], [out], nodes=nodes, initializers=[*kernels, *values.values()],
+                     opset_imports={"": 21}, name="interleaved")  # fmt: skip
+    return ir.Model(graph, ir_version=10)
+
+
+def test_layout_ops_over_weights_fold_into_one_initializer():
+    from onnxforge.graph_passes import fold_constant_layouts
+
+    after = interleaved_model()
+    assert fold_constant_layouts(after) == 1
+    assert [node.op_type for node in after.graph] == ["MatMul"]
+    assert not {"gate", "up"} & set(after.graph.initializers)  # one copy of the weights
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    before = ir.to_proto(interleaved_model()).SerializeToString()
+    expected = ort.InferenceSession(before).run(None, {"x": x})[0]
+    got = ort.InferenceSession(ir.to_proto(after).SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, expected)

@@ -15,7 +15,7 @@ primitive ``onnxforge_kv_attention``, which jax2onnx lowers to one GroupQueryAtt
   (MaxText's mask value), so that a row of padding only stays finite: a NaN there would reach
   the real rows through 0 x NaN in the next layer's values;
 - a sliding window (``local_window_size``: key ``j`` seen while ``past + i - j < window``),
-  per-head sinks (``head_sink``), the logits' scale and a soft cap (``softcap``).
+  per-head sinks (``head_sink``) and the logits' scale.
 
 The four generation gates check it end to end (``f32-kv``), as the plain graph (``f32-kv-plain``).
 """
@@ -44,7 +44,6 @@ def step_attention(
     *,
     scale: float,
     window: int = 0,
-    softcap: float = 0.0,
     sinks=None,
 ):
     """``dense(query, key, value, past_key, past_value, attention_mask) -> (out, present_key,
@@ -59,7 +58,6 @@ def step_attention(
         "dense": dense,
         "scale": float(scale),
         "window": int(window or 0),
-        "softcap": float(softcap or 0.0),
         "sinks": sinks is not None,
     }
     return tuple(primitive.bind(*operands, **params))
@@ -111,6 +109,8 @@ def _register_lowering(primitive) -> None:
 
 
 def lower_group_query_attention(ctx, eqn) -> None:
+    from jax2onnx.plugins._ir_shapes import _stamp_type_and_shape
+
     from onnxforge.sparse_moe_onnx import Builder
 
     values = [ctx.get_value_for_var(v, name_hint=ctx.fresh_name("gqa_in")) for v in eqn.invars]
@@ -148,8 +148,6 @@ def lower_group_query_attention(ctx, eqn) -> None:
     attributes = {"num_heads": heads, "kv_num_heads": kv_heads, "scale": eqn.params["scale"]}
     if eqn.params["window"]:
         attributes["local_window_size"] = eqn.params["window"]
-    if eqn.params["softcap"]:
-        attributes["softcap"] = eqn.params["softcap"]
     name = ctx.fresh_name("GroupQueryAttention")
     out, present_key, present_value = ctx.builder.GroupQueryAttention(
         *inputs,
@@ -157,8 +155,6 @@ def lower_group_query_attention(ctx, eqn) -> None:
         _outputs=[name, f"{name}_present_key", f"{name}_present_value"],
         **attributes,
     )
-    from jax2onnx.plugins._ir_shapes import _stamp_type_and_shape
-
     out_var, key_var, value_var = eqn.outvars
     batch_dim, rows_dim = eqn.invars[0].aval.shape[:2]
     packed_shape = (batch_dim, rows_dim, heads * int(eqn.invars[0].aval.shape[3]))

@@ -155,6 +155,7 @@ def export(
         model_ir.opset_imports.setdefault(lowering.CONTRIB_DOMAIN, 1)
     rewritten = graph_passes.einsum_to_matmul(model_ir)  # MatMul: what ONNX Runtime runs fast
     fused = graph_passes.fuse_sibling_matmuls(model_ir)  # q/k/v, gate/up: one MatMul each
+    folded = graph_passes.fold_constant_layouts(model_ir)  # e.g. the MoE op's experts
     weights = sum(v.const_value.nbytes for v in model_ir.graph.initializers.values())
     with progress.phase(f"save ({progress.size(weights)} of weights)", watch=out_dir):
         save(model_ir, out_dir)
@@ -163,6 +164,7 @@ def export(
         "nodes": len(model_ir.graph),
         "einsums_as_matmul": rewritten,
         "matmuls_fused": fused,
+        "layouts_folded": folded,
         "contrib_ops": sorted(
             {n.op_type for n in model_ir.graph if n.domain == lowering.CONTRIB_DOMAIN}
         ),

@@ -90,7 +90,8 @@ def rows_last(a_free: tuple[str, ...], lhs: ir.Value, labels: str) -> tuple[str,
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The value as an array if it is a weight: an initializer, or a Transpose, Reshape,
-    Cast or Identity of one (the forms jax2onnx leaves in front of a weight)."""
+    Cast, Identity, Unsqueeze or Concat of such (the forms jax2onnx leaves in front of a
+    weight, and the MoE op's interleaved experts)."""
     if value is None:
         return None
     if value.const_value is not None:
@@ -98,6 +99,11 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     node = value.producer()
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
+    if node.op_type == "Concat":
+        parts = [constant_array(part) for part in node.inputs]
+        if not parts or any(part is None for part in parts):
+            return None
+        return np.concatenate(parts, axis=node.attributes.get_int("axis"))
     source = constant_array(node.inputs[0]) if node.inputs else None
     if source is None:
         return None
@@ -115,7 +121,44 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
             return None
         target = [source.shape[i] if d == 0 else int(d) for i, d in enumerate(shape)]
         return source.reshape(target)
+    if node.op_type == "Unsqueeze":
+        axes = constant_array(node.inputs[1])
+        return None if axes is None else np.expand_dims(source, tuple(int(a) for a in axes))
     return None
+
+
+_LAYOUT_OPS = ("Identity", "Transpose", "Cast", "Reshape", "Unsqueeze", "Concat")
+
+
+def fold_constant_layouts(model: ir.Model) -> int:
+    """Each chain of layout ops over weights alone (``constant_array``'s forms: the MoE op's
+    interleaved experts, a transposed kernel) becomes one initializer, here, once: not in
+    ONNX Runtime at every load, holding the weights twice. Each chain's own weights are
+    dropped as soon as it is folded, so at most one extra copy is held at a time. In place;
+    returns how many chains it folded."""
+    graph, folded = model.graph, 0
+    layout = {"", "ai.onnx"}
+    for node in list(graph):
+        if node.op_type not in _LAYOUT_OPS or node.domain not in layout or node.graph is None:
+            continue
+        output = node.outputs[0]
+        users = [user for user, _ in output.uses()]
+        if users and all(u.op_type in _LAYOUT_OPS and u.domain in layout for u in users):
+            continue  # not the chain's end
+        if output in graph.outputs:
+            continue
+        array = constant_array(output)
+        if array is None:
+            continue
+        value = ir.Value(
+            name=f"{output.name}_folded", const_value=ir.tensor(np.ascontiguousarray(array))
+        )
+        del array
+        graph.register_initializer(value)
+        ir.convenience.replace_all_uses_with(output, value)
+        RemoveUnusedNodesPass()(model)  # the chain and its weights, before the next one
+        folded += 1
+    return folded
 
 
 def static_dims(value: ir.Value, labels: str, wanted: tuple[str, ...]) -> list[int] | None:

@@ -75,23 +75,22 @@ Expert = Callable[[Builder, Any, list[Any], dict[str, Any]], Any]
 Fused = Callable[[Builder, list[Any], dict[str, Any]], FusedExperts]
 
 
+def _pairs(b: Builder, gate, up):
+    """``[..., inner]`` twice -> ``[..., inner, 2]``: each gate value beside its up value."""
+    axis = b.const([-1], "moe_last_axis", np.int64)
+    return b.op("Concat", b.op("Unsqueeze", gate, axis), b.op("Unsqueeze", up, axis), axis=-1)
+
+
 def interleave(b: Builder, gate, up):
     """``[experts, d, inner]`` twice -> ``[experts, 2 * inner, d]``: gate and up alternating
     along the output axis, the contraction axis last (the MoE op's ``fc1``)."""
-    axis = b.const([-1], "moe_last_axis", np.int64)
-    pairs = b.op("Concat", b.op("Unsqueeze", gate, axis), b.op("Unsqueeze", up, axis), axis=-1)
-    return b.op(
-        "Transpose",
-        b.op("Reshape", pairs, b.const([0, 0, -1], "moe_pairs", np.int64)),
-        perm=[0, 2, 1],
-    )
+    flat = b.op("Reshape", _pairs(b, gate, up), b.const([0, 0, -1], "moe_pairs", np.int64))
+    return b.op("Transpose", flat, perm=[0, 2, 1])
 
 
 def interleave_bias(b: Builder, gate, up):
     """``[experts, inner]`` twice -> ``[experts, 2 * inner]``, alternating (``fc1``'s bias)."""
-    axis = b.const([-1], "moe_last_axis", np.int64)
-    pairs = b.op("Concat", b.op("Unsqueeze", gate, axis), b.op("Unsqueeze", up, axis), axis=-1)
-    return b.op("Reshape", pairs, b.const([0, -1], "moe_bias_pairs", np.int64))
+    return b.op("Reshape", _pairs(b, gate, up), b.const([0, -1], "moe_bias_pairs", np.int64))
 
 
 def register(primitive, expert: Expert, fused: Fused | None = None) -> None:
