@@ -19,6 +19,10 @@ Segment ids are the attention mask (1 a token, 0 padding): a token attends only 
 a left-padded row gets the logits it gets alone. The cache axes are the contract's
 ``[batch, kv_heads, length, head_dim]``; MaxText's attention takes ``[batch, length, kv_heads,
 head_dim]``.
+
+In an ``ops: ort`` export, ``AttentionOp.__call__`` over that cache becomes one
+GroupQueryAttention (``attention_onnx``) wherever it computes the same thing
+(``fused_attention_supported``); everything around it stays MaxText's.
 """
 
 from __future__ import annotations
@@ -95,8 +99,9 @@ def _update_kv_caches(self, key, value, decoder_segment_ids, model_mode, previou
 
 def fused_attention_supported(op, sinks, bidirectional_mask) -> bool:
     """Whether MaxText's ``AttentionOp`` computes what GroupQueryAttention does: causal dot
-    attention, unscaled (MaxText scales the query kernel), global or sliding, no soft cap,
-    sinks, chunks, MLA or quantized cache. Anything else keeps MaxText's own attention."""
+    attention, unscaled (the query reaching AttentionOp is scaled already), global or
+    sliding, no soft cap, sinks, chunks, MLA or quantized cache. Anything else keeps MaxText's
+    own attention."""
     from maxtext.common.common_types import AttentionType
 
     return (
