@@ -60,10 +60,15 @@ def test_kv_target_passes_the_four_generation_gates(kv_build, report):
 
 
 def graph_ops(kv_build: Path, target: layout.Target) -> set[str]:
+    """The graph's operator types; every initializer is read by a node (none left behind by the
+    graph passes)."""
     import onnx
 
     path = kv_build / target.export / layout.ONNX_FILE
-    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+    graph = onnx.load(str(path), load_external_data=False).graph
+    read = {name for node in graph.node for name in node.input}
+    assert [i.name for i in graph.initializer if i.name not in read] == [], target
+    return {node.op_type for node in graph.node}
 
 
 @pytest.mark.dag
@@ -143,10 +148,11 @@ def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, operators):
     import jax
     import jax.numpy as jnp
     import onnx
+    import onnx_ir as ir
     from flax import nnx
     from jax2onnx import to_onnx
 
-    from onnxforge import lowering
+    from onnxforge import graph_passes, jax2onnx_extensions, lowering
     from onnxforge.families.gpt_oss.config import GptOssConfig
     from onnxforge.families.gpt_oss.model import MixtureOfExperts
 
@@ -169,16 +175,19 @@ def test_sparse_moe_matches_dense_with_top_k_experts_only(tmp_path, operators):
     np.testing.assert_allclose(np.asarray(sparse(jnp.asarray(x))), expected, atol=1e-5)
 
     spec = [jax.ShapeDtypeStruct(("batch", "sequence", cfg.hidden_size), jnp.float32)]
+    jax2onnx_extensions.install()  # the export's lowerings (a constant Reshape target)
     with lowering.ops(operators):
-        model = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="proto")
+        model_ir = to_onnx(lambda h: sparse(h), spec, opset=23, return_mode="ir")
+    graph_passes.remove_unused(model_ir)  # as the export does: what no output needs
+    model = ir.to_proto(model_ir)
     path = tmp_path / "moe.onnx"
     onnx.save(model, path)
     ops = [node.op_type for node in model.graph.node]
     if operators == "plain":
         assert ops.count("NonZero") == cfg.num_local_experts
         assert ops.count("MatMul") == 3 * cfg.num_local_experts  # gate, up, down: per expert
-    else:
-        assert ops.count("MoE") == 1 and "NonZero" not in ops
+    else:  # routed by the router's logits themselves: no TopK in the graph
+        assert ops.count("MoE") == 1 and "NonZero" not in ops and "TopK" not in ops
     rank3 = {t.name for t in model.graph.initializer if len(t.dims) == 3}  # expert kernels
     assert not [n for n in model.graph.node if n.op_type == "Einsum" and set(n.input) & rank3]
     got = ort.InferenceSession(str(path)).run(None, {model.graph.input[0].name: x})[0]

@@ -222,3 +222,38 @@ def test_layout_ops_over_weights_fold_into_one_initializer():
     expected = ort.InferenceSession(before).run(None, {"x": x})[0]
     got = ort.InferenceSession(ir.to_proto(after).SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_array_equal(got, expected)
+
+
+def reshape_chain_model() -> ir.Model:
+    """[B, S, 8]: split into heads and packed back (no change at all), then merged into rows
+    (a real change, which stays)."""
+    x = ir.val("x", ir.DataType.FLOAT, ["B", "S", 8])
+    targets = {
+        name: ir.Value(name=name, const_value=ir.tensor(np.asarray(t, np.int64)))
+        for name, t in (("heads", [0, 0, 2, 4]), ("packed", [0, 0, -1]), ("rows", [-1, 8]))
+    }
+    heads = ir.node("Reshape", [x, targets["heads"]])
+    heads.outputs[0].shape = ir.Shape(["B", "S", 2, 4])
+    packed = ir.node("Reshape", [heads.outputs[0], targets["packed"]])
+    relu = ir.node("Relu", [packed.outputs[0]])
+    rows = ir.node("Reshape", [relu.outputs[0], targets["rows"]])
+    out = rows.outputs[0]
+    out.name, out.type = "out", ir.TensorType(ir.DataType.FLOAT)
+    nodes, weights = [heads, packed, relu, rows], list(targets.values())
+    graph = ir.Graph([x], [out], nodes=nodes, initializers=weights, opset_imports={"": 21})
+    relu.outputs[0].shape = ir.Shape(["B", "S", 8])
+    return ir.Model(graph, ir_version=10)
+
+
+def test_a_reshape_chain_that_changes_nothing_is_dropped_and_a_real_one_stays():
+    from onnxforge.graph_passes import collapse_reshapes
+
+    after = reshape_chain_model()
+    assert collapse_reshapes(after) == 1
+    assert [node.op_type for node in after.graph] == ["Relu", "Reshape"]
+    assert set(after.graph.initializers) == {"rows"}  # the dropped targets are gone too
+    x = np.random.default_rng(0).standard_normal((2, 3, 8)).astype(np.float32)
+    before = ir.to_proto(reshape_chain_model()).SerializeToString()
+    expected = ort.InferenceSession(before).run(None, {"x": x})[0]
+    got = ort.InferenceSession(ir.to_proto(after).SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, expected)

@@ -6,7 +6,7 @@ runs the family's own ``dense`` function, unchanged; in an ``ort`` export it bin
 primitive ``onnxforge_kv_attention``, which jax2onnx lowers to one GroupQueryAttention node:
 
 - queries ``[batch, sequence, heads, head_dim]`` and this step's keys and values ``[batch,
-  sequence, kv_heads, head_dim]`` (rotated already: the family's RoPE stays its own code),
+  sequence, kv_heads, head_dim]`` (rotated already: by the family's RoPE code, or ``rotary``),
   the past ``[batch, kv_heads, past, head_dim]``; out come the attention ``[batch, sequence,
   heads, head_dim]`` and the present (past, then this step), as the family's ``dense`` gives;
 - causal over cache indices, as our decoders are: query ``past + i`` sees key ``j <= past +
@@ -16,6 +16,9 @@ primitive ``onnxforge_kv_attention``, which jax2onnx lowers to one GroupQueryAtt
   the real rows through 0 x NaN in the next layer's values;
 - a sliding window (``local_window_size``: key ``j`` seen while ``past + i - j < window``),
   per-head sinks (``head_sink``) and the logits' scale.
+
+``rotary`` is RoPE the same way: the family's own rotation, or ONNX's ``RotaryEmbedding`` over
+the family's cos/sin values (opset 23; a family on interleaved pairs keeps its own).
 
 The four generation gates check it end to end (``f32-kv``), as the plain graph (``f32-kv-plain``).
 """
@@ -30,7 +33,8 @@ import numpy as np
 from onnxforge import lowering
 
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
-_PRIMITIVE: dict[str, Any] = {}
+ROTARY_OPSET = 23  # ONNX's RotaryEmbedding
+_PRIMITIVES: dict[str, Any] = {}
 
 
 def step_attention(
@@ -50,7 +54,7 @@ def step_attention(
     present_value)`` (the family's code), or the fused primitive in an ``ort`` export."""
     if not lowering.fused():
         return dense(query, key, value, past_key, past_value, attention_mask)
-    primitive = _primitive()
+    primitive = _attention_primitive()
     operands = [query, key, value, past_key, past_value, attention_mask]
     if sinks is not None:
         operands.append(sinks)
@@ -63,15 +67,8 @@ def step_attention(
     return tuple(primitive.bind(*operands, **params))
 
 
-def _primitive():
-    if _PRIMITIVE:
-        return _PRIMITIVE["primitive"]
+def _attention_primitive():
     import jax
-    from jax.extend.core import Primitive
-    from jax.interpreters import mlir
-
-    primitive = Primitive("onnxforge_kv_attention")
-    primitive.multiple_results = True
 
     def impl(*operands, dense, **_):
         return dense(*operands[:6])
@@ -82,30 +79,75 @@ def _primitive():
         present = jax.core.ShapedArray((batch, kv_heads, total, head_dim), past_key.dtype)
         return [jax.core.ShapedArray(query.shape, query.dtype), present, present]
 
+    return _define("onnxforge_kv_attention", impl, abstract, lower_group_query_attention, True)
+
+
+def rotary(rotate: Callable, x, cos, sin):
+    """RoPE of ``x [batch, seq, heads, head_dim]`` by ``cos``/``sin [batch, seq, head_dim / 2]``
+    (the family's values, at its positions): ``rotate(x, cos, sin)``, the family's code on
+    halves, or in an ``ort`` export at opset 23 or later ONNX's ``RotaryEmbedding`` (halves,
+    not interleaved), one node where ``rotate`` is eight."""
+    if not lowering.fused(since=ROTARY_OPSET):
+        return rotate(x, cos, sin)
+    import jax
+
+    def impl(x, cos, sin, *, rotate):
+        return rotate(x, cos, sin)
+
+    def abstract(x, *_, **__):
+        return jax.core.ShapedArray(x.shape, x.dtype)
+
+    return _define("onnxforge_rotary", impl, abstract, lower_rotary, False).bind(
+        x, cos, sin, rotate=rotate
+    )
+
+
+def _define(name: str, impl, abstract, lower, multiple_results: bool):
+    """A JAX primitive computed by ``impl`` (JAX, and jit) and lowered by ``lower(ctx, eqn)``
+    (jax2onnx); defined once."""
+    if name in _PRIMITIVES:
+        return _PRIMITIVES[name]
+    from jax.extend.core import Primitive
+    from jax.interpreters import mlir
+    from jax2onnx.plugins.plugin_system import PrimitiveLeafPlugin, register_primitive
+
+    primitive = Primitive(name)
+    primitive.multiple_results = multiple_results
     primitive.def_impl(impl)
     primitive.def_abstract_eval(abstract)
-    mlir.register_lowering(primitive, mlir.lower_fun(impl, multiple_results=True))
-    _register_lowering(primitive)
-    _PRIMITIVE["primitive"] = primitive
+    mlir.register_lowering(primitive, mlir.lower_fun(impl, multiple_results=multiple_results))
+
+    class Plugin(PrimitiveLeafPlugin):
+        _PRIM: ClassVar = primitive
+
+        abstract_eval = staticmethod(abstract)  # (jax2onnx patches the primitive's own)
+
+        def lower(self, ctx, eqn) -> None:
+            lower(ctx, eqn)
+
+    register_primitive(jaxpr_primitive=name, since="onnxforge", component="attention")(Plugin)
+    _PRIMITIVES[name] = primitive
     return primitive
 
 
-def _register_lowering(primitive) -> None:
-    from jax2onnx.plugins.plugin_system import PrimitiveLeafPlugin, register_primitive
+def lower_rotary(ctx, eqn) -> None:
+    from jax2onnx.plugins._ir_shapes import _stamp_type_and_shape
 
-    class GroupQueryAttentionPlugin(PrimitiveLeafPlugin):
-        _PRIM: ClassVar = primitive
+    from onnxforge.sparse_moe_onnx import Builder
 
-        @staticmethod
-        def abstract_eval(*operands, **params):
-            return primitive.abstract_eval(*operands, **params)
-
-        def lower(self, ctx, eqn) -> None:
-            lower_group_query_attention(ctx, eqn)
-
-    register_primitive(jaxpr_primitive=primitive.name, since="onnxforge", component="attention")(
-        GroupQueryAttentionPlugin
+    x, cos, sin = (
+        ctx.get_value_for_var(v, name_hint=ctx.fresh_name("rope_in")) for v in eqn.invars
     )
+    batch, seq, heads, head_dim = eqn.invars[0].aval.shape
+    b = Builder(ctx, x.type.dtype)
+    packed = b.op("Reshape", x, b.const([0, 0, -1], "rope_packed", np.int64))  # [b, s, h * d]
+    _stamp_type_and_shape(packed, (batch, seq, heads * head_dim))
+    rotated = b.op("RotaryEmbedding", packed, cos, sin, num_heads=heads, interleaved=0)
+    _stamp_type_and_shape(rotated, (batch, seq, heads * head_dim))
+    shape = b.const([0, 0, heads, head_dim], "rope_heads", np.int64)
+    out = b.op("Reshape", rotated, shape)
+    _stamp_type_and_shape(out, tuple(eqn.outvars[0].aval.shape))
+    ctx.bind_value_for_var(eqn.outvars[0], out)
 
 
 def lower_group_query_attention(ctx, eqn) -> None:

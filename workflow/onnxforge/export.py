@@ -141,7 +141,7 @@ def export(
             raise ValueError("a kv export needs the checkpoint folder (its tokenizer)")
         with progress.phase("load"):
             model = family.load_decoder(stage_dir, jnp.dtype(dtype))
-        with progress.phase("trace and convert (jax2onnx)"), lowering.ops(ops):
+        with progress.phase("trace and convert (jax2onnx)"), lowering.ops(ops, opset):
             model_ir = trace_decoder(model, family.name, opset)
         genai_files = genai.write_folder(model, stage_dir, checkpoint_dir, out_dir)
     else:
@@ -156,6 +156,8 @@ def export(
     rewritten = graph_passes.einsum_to_matmul(model_ir)  # MatMul: what ONNX Runtime runs fast
     fused = graph_passes.fuse_sibling_matmuls(model_ir)  # q/k/v, gate/up: one MatMul each
     folded = graph_passes.fold_constant_layouts(model_ir)  # e.g. the MoE op's experts
+    collapsed = graph_passes.collapse_reshapes(model_ir)  # no-op Reshapes around fused ops
+    graph_passes.remove_unused(model_ir)  # what the passes left behind (a Reshape's target)
     weights = sum(v.const_value.nbytes for v in model_ir.graph.initializers.values())
     with progress.phase(f"save ({progress.size(weights)} of weights)", watch=out_dir):
         save(model_ir, out_dir)
@@ -165,6 +167,7 @@ def export(
         "einsums_as_matmul": rewritten,
         "matmuls_fused": fused,
         "layouts_folded": folded,
+        "reshapes_collapsed": collapsed,
         "contrib_ops": sorted(
             {n.op_type for n in model_ir.graph if n.domain == lowering.CONTRIB_DOMAIN}
         ),

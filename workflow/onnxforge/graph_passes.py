@@ -161,6 +161,58 @@ def fold_constant_layouts(model: ir.Model) -> int:
     return folded
 
 
+def _dims(value: ir.Value) -> tuple | None:
+    """The value's sizes (ints or symbolic names), or None if any is unknown."""
+    if value.shape is None:
+        return None
+    dims = tuple(d if isinstance(d, int) else d.value for d in value.shape.dims)
+    return None if any(d is None for d in dims) else dims
+
+
+def _keeps_shape(dims: tuple | None, target: np.ndarray) -> bool:
+    """Whether Reshape to ``target`` gives a tensor of ``dims`` its own shape: same rank, each
+    size copied (0), the same, or the one -1 (which then can only be that size)."""
+    if dims is None or len(dims) != len(target) or list(target).count(-1) > 1:
+        return False
+    return all(t in (0, -1) or t == d for t, d in zip(target.tolist(), dims, strict=True))
+
+
+def collapse_reshapes(model: ir.Model) -> int:
+    """Reshape chains around the fused ops (a head split, then the op's packed layout): a
+    Reshape of a Reshape reads the first one's input where the sizes its target copies (0s)
+    are the same there, and a Reshape that gives its input its own shape is dropped. Returns
+    the Reshapes dropped."""
+    graph, dropped = model.graph, 0
+    for node in list(graph):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or node.graph is None:
+            continue
+        target = constant_array(node.inputs[1])
+        if target is None or node.attributes.get_int("allowzero", 0):
+            continue
+        inner = node.inputs[0].producer()
+        if inner is not None and inner.op_type == "Reshape" and inner.domain in ("", "ai.onnx"):
+            source, middle = _dims(inner.inputs[0]), _dims(node.inputs[0])
+            copied = [i for i, size in enumerate(target.tolist()) if size == 0]
+            same = source and middle and all(i < len(source) for i in copied)
+            if same and all(source[i] == middle[i] for i in copied):
+                node.replace_input_with(0, inner.inputs[0])
+        if node.outputs[0] not in graph.outputs and _keeps_shape(_dims(node.inputs[0]), target):
+            ir.convenience.replace_all_uses_with(node.outputs[0], node.inputs[0])
+            dropped += 1
+    remove_unused(model)
+    return dropped
+
+
+def remove_unused(model: ir.Model) -> None:
+    """Nodes and initializers nothing reads any more (a rewritten node's constant operands;
+    jax2onnx's own cleanup leaves uses by nodes it took out of the graph)."""
+    RemoveUnusedNodesPass()(model)
+    graph = model.graph
+    for value in list(graph.initializers.values()):
+        if value not in graph.inputs and all(user.graph is None for user, _ in value.uses()):
+            graph.initializers.pop(value.name)
+
+
 def static_dims(value: ir.Value, labels: str, wanted: tuple[str, ...]) -> list[int] | None:
     """Sizes of ``wanted`` labels of ``value`` (whose axes are ``labels``), if all static."""
     if value.shape is None or len(value.shape) != len(labels):

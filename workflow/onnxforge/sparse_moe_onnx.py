@@ -9,15 +9,19 @@ Two lowerings, chosen per export (a variant's ``ops``, ``onnxforge.lowering``):
   number of experts. Each expert is a block of nodes, run (empty) even when no token picked it:
   in a decode step of 32 experts x 4 layers, hundreds of near-empty kernels.
 - ``ort``: ONNX Runtime's fused ``com.microsoft.MoE`` (what GenAI's builder writes), one node
-  per layer. It routes by ``router_probs`` (softmax, then its top k); given ``log(weights)``
-  (minus infinity off the top k) its softmax gives back ``weights / sum(weights)`` and its top k
-  the same experts, so the output times ``sum(weights)`` is the primitive's exactly (a
-  DeepSeek-style scaled routing too). The expert kernels are laid out as the op wants by ONNX
-  ops on the weights, which ONNX Runtime folds once when it loads the model. Only SwiGLU experts
-  (the family's ``fused`` description) take it.
+  per layer, routed by the router's ``logits`` themselves: the op's softmax, top k and
+  renormalization (``normalize_routing_weights=1``) are the softmax over the top-k logits,
+  which is how both families' routers weigh their experts (a family with any other routing
+  gives no ``fused`` description). The expert kernels are laid out as the op wants by ONNX ops
+  on the weights, folded into initializers at export (``graph_passes.fold_constant_layouts``).
+  Only SwiGLU experts (the family's ``fused`` description) take it.
 
-A primitive's inputs are ``x [tokens, d]``, ``weights [tokens, experts]``, ``chosen
-[tokens, experts]`` (bool) and then the expert kernels, each ``[experts, ...]``.
+A primitive's inputs are ``x [..., d]``, ``weights [..., experts]`` (the softmax of the top-k
+``logits``, zero elsewhere), ``chosen [..., experts]`` (bool), the router's ``logits [...,
+experts]`` and then the expert kernels, each ``[experts, ...]``; its output is ``[..., d]``.
+Both lowerings work on rows of tokens and give the output ``x``'s shape back from ``x`` itself
+(a reshape in JAX would take the token axes from whichever tensor jax2onnx finds first, keeping
+the routing alive in a graph that does not need it).
 """
 
 from __future__ import annotations
@@ -120,14 +124,27 @@ def register(primitive, expert: Expert, fused: Fused | None = None) -> None:
     _REGISTERED[primitive.name] = SparseMoePlugin
 
 
+def _tokens(b: Builder, value, var):
+    """``[..., n]`` -> ``[tokens, n]``: the lowerings work on rows of tokens."""
+    shape = b.const([-1, int(var.aval.shape[-1])], "moe_rows", np.int64)
+    return b.op("Reshape", value, shape, element=value.type.dtype)
+
+
+def _restored(b: Builder, out, x):
+    """``[tokens, d]`` back to ``x``'s shape ``[..., d]``, read off ``x`` at run time."""
+    return b.op("Reshape", out, b.op("Shape", x, element=b.ir.DataType.INT64))
+
+
 def lower_routed_experts(ctx, eqn, expert: Expert) -> None:
-    x_var, weights_var, chosen_var, *kernel_vars = eqn.invars
+    x_var, weights_var, chosen_var, _, *kernel_vars = eqn.invars
     (out_var,) = eqn.outvars
-    x, weights, chosen, *kernels = (
+    x_in, weights, chosen, *kernels = (
         ctx.get_value_for_var(v, name_hint=ctx.fresh_name("moe_in"))
         for v in (x_var, weights_var, chosen_var, *kernel_vars)
     )
-    b = Builder(ctx, x.type.dtype)
+    b = Builder(ctx, x_in.type.dtype)
+    pairs = ((x_in, x_var), (weights, weights_var), (chosen, chosen_var))
+    x, weights, chosen = (_tokens(b, value, var) for value, var in pairs)
     int64, boolean = b.ir.DataType.INT64, b.ir.DataType.BOOL
     flat = b.const([-1], "moe_flat", np.int64)
     column = b.const([-1, 1], "moe_column", np.int64)
@@ -142,24 +159,23 @@ def lower_routed_experts(ctx, eqn, expert: Expert) -> None:
         y = b.op("Mul", y, b.op("Reshape", weight, column))
         indices = b.op("Reshape", rows, column, element=int64)
         out = b.op("ScatterND", out, indices, y, reduction="add")
-    ctx.bind_value_for_var(out_var, b.op("Identity", out))
+    ctx.bind_value_for_var(out_var, _restored(b, out, x_in))
 
 
 def lower_moe_op(ctx, eqn, fused: Fused) -> None:
-    """``com.microsoft.MoE`` over the primitive's routing (the module's docstring); the
+    """``com.microsoft.MoE`` routed by the primitive's logits (the module's docstring); the
     primitive's ``k`` param is its number of experts per token."""
-    x_var, weights_var, _, *kernel_vars = eqn.invars
+    x_var, _, _, logits_var, *kernel_vars = eqn.invars
     (out_var,) = eqn.outvars
-    x, weights, *kernels = (
+    x_in, logits, *kernels = (
         ctx.get_value_for_var(v, name_hint=ctx.fresh_name("moe_in"))
-        for v in (x_var, weights_var, *kernel_vars)
+        for v in (x_var, logits_var, *kernel_vars)
     )
-    b = Builder(ctx, x.type.dtype)
+    b = Builder(ctx, x_in.type.dtype)
+    x, logits = _tokens(b, x_in, x_var), _tokens(b, logits, logits_var)
     experts = fused(b, kernels, eqn.params)
-    router = b.op("Log", weights)  # minus infinity off the top k
     attributes = {"k": int(eqn.params["k"]), "activation_type": "swiglu", "swiglu_fusion": 1}
-    attributes.update(normalize_routing_weights=0, **experts.attributes)
-    inputs = [x, router, experts.fc1, experts.fc1_bias, experts.fc2, experts.fc2_bias]
+    attributes.update(normalize_routing_weights=1, **experts.attributes)
+    inputs = [x, logits, experts.fc1, experts.fc1_bias, experts.fc2, experts.fc2_bias]
     mixed = b.op("MoE", *inputs, _domain=lowering.CONTRIB_DOMAIN, **attributes)
-    total = b.op("ReduceSum", weights, b.const([1], "moe_experts_axis", np.int64), keepdims=1)
-    ctx.bind_value_for_var(out_var, b.op("Mul", mixed, total))
+    ctx.bind_value_for_var(out_var, _restored(b, mixed, x_in))

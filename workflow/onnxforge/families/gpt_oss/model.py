@@ -43,6 +43,11 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([first * cos - second * sin, second * cos + first * sin], axis=-1)
 
 
+def _rotate_heads(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """``_rotate`` of ``x [batch, seq, heads, head_dim]`` by ``cos``/``sin [batch, seq, half]``."""
+    return _rotate(x, cos[:, :, None, :], sin[:, :, None, :])
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: GptOssConfig, layer: int, dtype: jnp.dtype):
         q_dim = cfg.num_attention_heads * cfg.head_dim
@@ -60,12 +65,14 @@ class Attention(nnx.Module):
         self.window = cfg.sliding_window if sliding else 0
 
     def _project(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
-        """Rotated queries ``[batch, seq, kv_heads, groups, head_dim]``, rotated keys and
-        values ``[batch, seq, kv_heads, head_dim]``; ``cos``/``sin`` are ``[batch, seq, half]``."""
+        """Rotated queries ``[batch, seq, heads, head_dim]``, rotated keys and values ``[batch,
+        seq, kv_heads, head_dim]``; ``cos``/``sin`` are ``[batch, seq, half]``. (In an ``ort``
+        export the rotation is ONNX's RotaryEmbedding: ``attention_onnx.rotary``.)"""
+        from onnxforge.attention_onnx import rotary
+
         batch, seq = x.shape[0], x.shape[1]
-        groups = self.num_heads // self.num_kv_heads
         q = (x @ self.q_kernel[...] + self.q_bias[...]).reshape(
-            batch, seq, self.num_kv_heads, groups, self.head_dim
+            batch, seq, self.num_heads, self.head_dim
         )
         k = (x @ self.k_kernel[...] + self.k_bias[...]).reshape(
             batch, seq, self.num_kv_heads, self.head_dim
@@ -73,9 +80,7 @@ class Attention(nnx.Module):
         v = (x @ self.v_kernel[...] + self.v_bias[...]).reshape(
             batch, seq, self.num_kv_heads, self.head_dim
         )
-        q = _rotate(q, cos[:, :, None, None, :], sin[:, :, None, None, :])
-        k = _rotate(k, cos[:, :, None, :], sin[:, :, None, :])
-        return q, k, v
+        return rotary(_rotate_heads, q, cos, sin), rotary(_rotate_heads, k, cos, sin), v
 
     def _with_sinks(self, scores: jax.Array) -> jax.Array:
         """Softmax over the keys and each head's learned "sink" logit, which takes probability
@@ -108,7 +113,6 @@ class Attention(nnx.Module):
 
         batch, seq = x.shape[0], x.shape[1]
         q, k, v = self._project(x, cos, sin)
-        q = q.reshape(batch, seq, self.num_heads, self.head_dim)
         out, key, value = step_attention(
             self._step_attention,
             q,
@@ -203,8 +207,9 @@ class MixtureOfExperts(nnx.Module):
     def router_logits(self, x: jax.Array) -> jax.Array:
         return x @ self.router_kernel[...] + self.router_bias[...]
 
-    def routing(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Dense combine weights [..., experts] (zero off the top k) and the chosen experts."""
+    def routing(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Dense combine weights [..., experts] (zero off the top k: the softmax of the top-k
+        logits), the chosen experts and the router's logits."""
         router_logits = self.router_logits(x)
         top_values, top_experts = jax.lax.top_k(router_logits, self.top_k)
         top_weights = jax.nn.softmax(top_values.astype(jnp.float32), axis=-1)
@@ -212,12 +217,12 @@ class MixtureOfExperts(nnx.Module):
         expert_ids = jax.lax.broadcasted_iota(jnp.int32, (1, num_experts), 1)
         chosen = top_experts[..., :, None] == expert_ids  # [..., k, experts]
         weights = jnp.sum(jnp.where(chosen, top_weights[..., :, None], 0.0), axis=-2)
-        return weights.astype(x.dtype), top_experts
+        return weights.astype(x.dtype), top_experts, router_logits
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        weights, top_experts = self.routing(x)
+        weights, top_experts, logits = self.routing(x)
         if self.sparse:
-            return self._sparse(x, weights, top_experts)
+            return self._sparse(x, weights, top_experts, logits)
         gate = jnp.einsum("bth,ehi->btei", x, self.gate_kernel[...]) + self.gate_bias[...]
         up = jnp.einsum("bth,ehi->btei", x, self.up_kernel[...]) + self.up_bias[...]
         gate = jnp.minimum(gate, self.limit)
@@ -228,16 +233,16 @@ class MixtureOfExperts(nnx.Module):
         out = jnp.einsum("btei,eih->bth", hidden, self.down_kernel[...])
         return out + weights @ self.down_bias[...]
 
-    def _sparse(self, x: jax.Array, weights: jax.Array, top_experts: jax.Array) -> jax.Array:
+    def _sparse(self, x, weights, top_experts, logits) -> jax.Array:
         from onnxforge.families.gpt_oss.sparse_moe import sparse_moe
 
-        hidden, experts = x.shape[-1], weights.shape[-1]
-        expert_ids = jax.lax.broadcasted_iota(jnp.int32, (1, 1, 1, experts), 3)
+        expert_ids = jax.lax.broadcasted_iota(jnp.int32, (1, 1, 1, weights.shape[-1]), 3)
         chosen = jnp.any(top_experts[..., :, None] == expert_ids, axis=-2)
-        out = sparse_moe(
-            x.reshape(-1, hidden),
-            weights.reshape(-1, experts),
-            chosen.reshape(-1, experts),
+        return sparse_moe(
+            x,
+            weights,
+            chosen,
+            logits,
             self.gate_kernel[...],
             self.gate_bias[...],
             self.up_kernel[...],
@@ -248,7 +253,6 @@ class MixtureOfExperts(nnx.Module):
             self.limit,
             k=top_experts.shape[-1],
         )
-        return out.reshape(x.shape)
 
 
 class DecoderLayer(nnx.Module):

@@ -36,14 +36,16 @@ def swiglu(gate: jax.Array, up: jax.Array, alpha: float, limit: float) -> jax.Ar
     return gate * jax.nn.sigmoid(gate * alpha) * (up + 1)
 
 
-def _dense(x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, *, alpha, limit, k):
-    """The JAX meaning: x ``[tokens, hidden]``, combine weights ``[tokens, experts]`` (zero
-    off the top k), every expert computed and weighted (as the model's dense layer)."""
-    del chosen, k  # the weights are zero wherever it is False
-    gate = jnp.einsum("th,ehi->tei", x, gate_k) + gate_b
-    up = jnp.einsum("th,ehi->tei", x, up_k) + up_b
+def _dense(
+    x, weights, chosen, logits, gate_k, gate_b, up_k, up_b, down_k, down_b, *, alpha, limit, k
+):
+    """The JAX meaning: x ``[..., hidden]``, combine weights ``[..., experts]`` (zero off the
+    top k), every expert computed and weighted (as the model's dense layer)."""
+    del chosen, logits, k  # the weights are zero wherever it is False, and come from logits
+    gate = jnp.einsum("...h,ehi->...ei", x, gate_k) + gate_b
+    up = jnp.einsum("...h,ehi->...ei", x, up_k) + up_b
     hidden = swiglu(gate, up, alpha, limit) * weights[..., None]
-    return jnp.einsum("tei,eih->th", hidden, down_k) + weights @ down_b
+    return jnp.einsum("...ei,eih->...h", hidden, down_k) + weights @ down_b
 
 
 PRIMITIVE.def_impl(_dense)
@@ -52,15 +54,17 @@ mlir.register_lowering(PRIMITIVE, mlir.lower_fun(_dense, multiple_results=False)
 
 
 def sparse_moe(
-    x, weights, chosen, gate_k, gate_b, up_k, up_b, down_k, down_b, alpha, limit, *, k: int
+    x, weights, chosen, logits, gate_k, gate_b, up_k, up_b, down_k, down_b, alpha, limit, *, k
 ):
-    """``[tokens, hidden]`` -> ``[tokens, hidden]``; ``chosen [tokens, experts]`` (bool): the
-    router's top ``k``, which the ONNX lowering routes by."""
+    """``[..., hidden]`` -> ``[..., hidden]``; ``chosen [..., experts]`` (bool): the
+    router's top ``k``, which the plain ONNX lowering routes by; ``logits``: the router's, whose
+    top-k softmax ``weights`` is (the fused MoE op routes by them)."""
     sparse_moe_onnx.register(PRIMITIVE, _expert, _fused)
     return PRIMITIVE.bind(
         x,
         weights.astype(x.dtype),
         chosen,
+        logits.astype(x.dtype),
         gate_k,
         gate_b,
         up_k,

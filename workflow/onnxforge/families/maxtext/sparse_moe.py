@@ -32,14 +32,14 @@ from onnxforge import sparse_moe_onnx
 PRIMITIVE = Primitive("maxtext_sparse_moe")
 
 
-def _dense(x, weights, chosen, wi_0, wi_1, wo, *, k):
-    """MaxText's dense_matmul for SwiGLU experts: x [tokens, emb], weights [tokens, experts]."""
-    del chosen, k  # the weights are zero wherever it is False
+def _dense(x, weights, chosen, logits, wi_0, wi_1, wo, *, k):
+    """MaxText's dense_matmul for SwiGLU experts: x [..., emb], weights [..., experts]."""
+    del chosen, logits, k  # the weights are zero wherever it is False, and come from logits
     highest = jax.lax.Precision.HIGHEST
-    gate = jnp.einsum("tm,emh->teh", x, wi_0, precision=highest)
-    up = jnp.einsum("tm,emh->teh", x, wi_1, precision=highest)
-    out = jnp.einsum("teh,ehm->tem", jax.nn.silu(gate) * up, wo, precision=highest)
-    return jnp.einsum("tem,te->tm", out, weights, precision=highest)
+    gate = jnp.einsum("...m,emh->...eh", x, wi_0, precision=highest)
+    up = jnp.einsum("...m,emh->...eh", x, wi_1, precision=highest)
+    out = jnp.einsum("...eh,ehm->...em", jax.nn.silu(gate) * up, wo, precision=highest)
+    return jnp.einsum("...em,...e->...m", out, weights, precision=highest)
 
 
 PRIMITIVE.def_impl(_dense)
@@ -47,11 +47,13 @@ PRIMITIVE.def_abstract_eval(lambda x, *_, **__: jax.core.ShapedArray(x.shape, x.
 mlir.register_lowering(PRIMITIVE, mlir.lower_fun(_dense, multiple_results=False))
 
 
-def sparse_moe(x, weights, chosen, wi_0, wi_1, wo, *, k: int):
-    """``[tokens, emb]`` -> ``[tokens, emb]``; ``chosen [tokens, experts]`` (bool): the
-    router's top ``k``, which the ONNX lowering routes by."""
+def sparse_moe(x, weights, chosen, logits, wi_0, wi_1, wo, *, k: int):
+    """``[..., emb]`` -> ``[..., emb]``; ``chosen [..., experts]`` (bool): the
+    router's top ``k``, which the plain ONNX lowering routes by; ``logits``: the gate's, whose
+    top-k softmax ``weights`` is (Mixtral's routing; the fused MoE op routes by them)."""
     sparse_moe_onnx.register(PRIMITIVE, _expert, _fused)
-    return PRIMITIVE.bind(x, weights.astype(x.dtype), chosen, wi_0, wi_1, wo, k=int(k))
+    weights, logits = weights.astype(x.dtype), logits.astype(x.dtype)
+    return PRIMITIVE.bind(x, weights, chosen, logits, wi_0, wi_1, wo, k=int(k))
 
 
 def supports(moe) -> bool:
@@ -82,18 +84,17 @@ def _sparse_dense_matmul(
     weights = self.reshape_and_update_weights(top_k_weights, top_k_indices)  # [b, s, experts]
     # A float one-hot: ONNX Runtime's CPU OneHot has no int32-output kernel.
     chosen = jax.nn.one_hot(top_k_indices, self.num_experts, dtype=self.dtype).sum(-2) > 0
-    batch, length, emb = inputs.shape
-    flat = (batch * length, emb)
     out = sparse_moe(
-        inputs.reshape(flat),
-        weights.reshape(flat[0], -1),
-        chosen.reshape(flat[0], -1),
+        inputs,
+        weights,
+        chosen,
+        gate_logits,
         w0_kernel.astype(self.dtype),
         w1_kernel.astype(self.dtype),
         wo_kernel.astype(self.dtype),
         k=top_k_indices.shape[-1],
     )
-    return out.reshape(batch, length, emb).astype(self.dtype), None, None
+    return out.astype(self.dtype), None, None
 
 
 def patch_sparse() -> None:
