@@ -55,11 +55,13 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
     fused = {"GroupQueryAttention", "MoE"} if model == "tiny-mixtral" else {"GroupQueryAttention"}
     if variant == KV_PLAIN:
         assert not fused & ops and manifest["export"]["contrib_ops"] == [], manifest
+        assert "RotaryEmbedding" not in ops  # MaxText's own rotation
         if model == "tiny-mixtral":
             assert "NonZero" in ops  # the experts run sparse, in plain ONNX
     else:  # ONNX Runtime's fused operators
         assert manifest["export"]["contrib_ops"] == sorted(fused), manifest
-        assert "NonZero" not in ops
+        assert "NonZero" not in ops and "TopK" not in ops  # the MoE op routes by the logits
+        assert "RotaryEmbedding" in ops  # MaxText's frequencies, ONNX's rotation
 
 
 @pytest.mark.dag

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
+from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 
 
 @dataclass(frozen=True)
@@ -161,12 +161,55 @@ def fold_constant_layouts(model: ir.Model) -> int:
     return folded
 
 
-def _dims(value: ir.Value) -> tuple | None:
-    """The value's sizes (ints or symbolic names), or None if any is unknown."""
-    if value.shape is None:
+def _dims(value: ir.Value, depth: int = 8) -> tuple | None:
+    """The value's sizes (ints or symbolic names), or None if any is unknown; sizes our passes
+    leave unstamped are read off the producer (Identity, Cast, MatMul by a 2-D weight, Split,
+    Reshape to a constant target)."""
+    if value is None:
         return None
-    dims = tuple(d if isinstance(d, int) else d.value for d in value.shape.dims)
-    return None if any(d is None for d in dims) else dims
+    if value.shape is not None:
+        dims = tuple(d if isinstance(d, int) else d.value for d in value.shape.dims)
+        if all(d is not None for d in dims):
+            return dims
+    node = value.producer()
+    if node is None or depth == 0 or node.domain not in ("", "ai.onnx"):
+        return None
+    source = _dims(node.inputs[0], depth - 1) if node.inputs else None
+    if source is None:
+        return None
+    if node.op_type in ("Identity", "Cast"):
+        return source
+    if node.op_type == "MatMul":
+        weight = _dims(node.inputs[1], depth - 1)
+        return (*source[:-1], weight[-1]) if weight and len(weight) == 2 else None
+    if node.op_type == "Split" and len(node.inputs) > 1:
+        sizes = constant_array(node.inputs[1])
+        axis = node.attributes.get_int("axis", 0) % len(source)
+        if sizes is None:
+            return None
+        return (*source[:axis], int(sizes[value.index()]), *source[axis + 1 :])
+    if node.op_type == "Reshape" and not node.attributes.get_int("allowzero", 0):
+        target = constant_array(node.inputs[1])
+        return None if target is None else _reshaped(source, target.tolist())
+    return None
+
+
+def _reshaped(source: tuple, target: list[int]) -> tuple | None:
+    """Reshape's output sizes: 0 copies, -1 is what the sizes not copied leave (if static)."""
+    out = [source[i] if t == 0 else t for i, t in enumerate(target)]
+    if -1 not in out:
+        return tuple(out)
+    rest_in = [d for i, d in enumerate(source) if not (i < len(target) and target[i] == 0)]
+    rest_out = [d for i, d in enumerate(out) if target[i] != 0 and d != -1]
+    for d in [d for d in rest_out if not isinstance(d, int)]:
+        if d not in rest_in:
+            return None
+        rest_in.remove(d)
+        rest_out.remove(d)
+    if not all(isinstance(d, int) for d in rest_in):
+        return None
+    out[out.index(-1)] = math.prod(rest_in) // max(math.prod(rest_out), 1)
+    return tuple(out)
 
 
 def _keeps_shape(dims: tuple | None, target: np.ndarray) -> bool:
@@ -182,6 +225,7 @@ def collapse_reshapes(model: ir.Model) -> int:
     Reshape of a Reshape reads the first one's input where the sizes its target copies (0s)
     are the same there, and a Reshape that gives its input its own shape is dropped. Returns
     the Reshapes dropped."""
+    IdentityEliminationPass()(model)  # (MaxText's sharding hints leave Identity nodes)
     graph, dropped = model.graph, 0
     for node in list(graph):
         if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or node.graph is None:

@@ -22,7 +22,9 @@ head_dim]``.
 
 In an ``ops: ort`` export, ``AttentionOp.__call__`` over that cache becomes one
 GroupQueryAttention (``attention_onnx``) wherever it computes the same thing
-(``fused_attention_supported``); everything around it stays MaxText's.
+(``fused_attention_supported``), and MaxText's plain ``RotaryEmbedding`` (halves) one ONNX
+RotaryEmbedding over MaxText's own frequencies (``_rotary_call``); everything around them stays
+MaxText's.
 """
 
 from __future__ import annotations
@@ -159,16 +161,52 @@ def _attention_op_call(self, query, key, value, *args, **kwargs):
     return out
 
 
+def _rotate_halves(module, x, cos, sin):
+    """MaxText's ``RotaryEmbedding.apply_rotary`` of ``x [b, s, heads, d]`` by ``cos``/``sin
+    [b, s, d / 2]``, widened to both halves as its ``__call__`` does."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    cos, sin = jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([sin, sin], axis=-1)
+    return module.apply_rotary(x, cos, sin)
+
+
+def _rotary_call(self, inputs, position=None):
+    """``RotaryEmbedding.__call__`` (the plain one on halves, not its subclasses): in an
+    ``ops: ort`` export, inside a KV step, MaxText's rotation at its own frequencies
+    (``timescale``) through ``attention_onnx.rotary``, one ONNX RotaryEmbedding."""
+    import functools
+
+    from maxtext.layers.embeddings import RotaryEmbedding
+
+    from onnxforge import attention_onnx, lowering
+
+    if (
+        _ACTIVE.get() is None
+        or not lowering.fused(since=attention_onnx.ROTARY_OPSET)
+        or type(self) is not RotaryEmbedding
+        or position is None
+        or inputs.ndim != 4
+        or self.embedding_dims != inputs.shape[3]
+    ):
+        return _ORIGINAL["rotary"](self, inputs, position)
+    sinusoid = position[:, :, None] / self.timescale  # [b, s, d / 2], as MaxText's __call__
+    cos, sin = jnp.cos(sinusoid).astype(inputs.dtype), jnp.sin(sinusoid).astype(inputs.dtype)
+    rotate = functools.partial(_rotate_halves, self)
+    out = attention_onnx.rotary(rotate, inputs, cos, sin)
+    return out.astype(self.fprop_dtype) if self.cast_as_fprop_dtype else out
+
+
 def patch_for_cache() -> None:
-    from maxtext.layers import attention_op, attentions
+    from maxtext.layers import attention_op, attentions, embeddings
 
     if not _ORIGINAL:
         _ORIGINAL["call"] = attentions.Attention.__call__
         _ORIGINAL["update"] = attentions.Attention.update_kv_caches
         _ORIGINAL["op"] = attention_op.AttentionOp.__call__
+        _ORIGINAL["rotary"] = embeddings.RotaryEmbedding.__call__
         attentions.Attention.__call__ = _attention_call
         attentions.Attention.update_kv_caches = _update_kv_caches
         attention_op.AttentionOp.__call__ = _attention_op_call
+        embeddings.RotaryEmbedding.__call__ = _rotary_call
 
 
 def to_maxtext_layout(x: jax.Array) -> jax.Array:
