@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import snakemake
+from conftest import genai_tokens, snakemake
 from onnxforge import catalog, generation, layout, parity
 from onnxforge.families.gpt_oss import FAMILY
 from registry import CONFIG
@@ -114,32 +114,28 @@ def test_a_wrong_position_offset_fails_cache_consistency(kv_build, report, monke
 
 @pytest.mark.dag
 def test_onnxruntime_genai_generates_the_gated_tokens(kv_build, report):
+    """Both release folders: f32-kv with GenAI's shared fixed-size cache buffers (every layer
+    appends in GroupQueryAttention), f32-kv-plain with a growing cache."""
     import onnxruntime_genai as og
-
-    model = og.Model(str(kv_build / TARGET.release))
-    tokenizer = og.Tokenizer(model)
-    # GenAI reads the checkpoint's tokenizer as transformers does (real text, not ids alone).
     import transformers
 
     from onnxforge import texts
 
+    tokenizer = og.Tokenizer(og.Model(str(kv_build / TARGET.release)))
+    # GenAI reads the checkpoint's tokenizer as transformers does (real text, not ids alone).
     reference = transformers.AutoTokenizer.from_pretrained(str(kv_build / TARGET.release))
     for text in (texts.SHORT_PROMPT, texts.long_text()[:400]):
         expected = reference(text, add_special_tokens=False)["input_ids"]
         assert [int(i) for i in tokenizer.encode(text)] == expected
-    decode = report["generation"]["decode_vs_reference"]
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(decode["prompt"]) + decode["steps"], do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.asarray(decode["prompt"], np.int32))
-    tokens = []
-    while not generator.is_done():
-        generator.generate_next_token()
-        tokens.append(int(generator.get_next_tokens()[0]))
-    # The config's end of sequence (a synthetic checkpoint's: the last id) may end it early.
-    eos = json.loads((kv_build / TARGET.release / "genai_config.json").read_text())
-    assert tokens == decode["onnx"][: len(tokens)]
-    assert len(tokens) == decode["steps"] or tokens[-1] == eos["model"]["eos_token_id"]
+    for target, shared in ((TARGET, True), (PLAIN, False)):
+        record = json.loads((kv_build / target.parity / layout.REPORT_JSON).read_text())
+        decode = record["generation"]["decode_vs_reference"]
+        config = json.loads((kv_build / target.release / "genai_config.json").read_text())
+        assert config["search"]["past_present_share_buffer"] is shared, target
+        tokens = genai_tokens(kv_build / target.release, decode["prompt"], decode["steps"])
+        # The config's end of sequence (a synthetic checkpoint's: the last id) may end it early.
+        assert tokens == decode["onnx"][: len(tokens)], target
+        assert len(tokens) == decode["steps"] or tokens[-1] == config["model"]["eos_token_id"]
 
 
 @pytest.mark.parametrize("operators", ["plain", "ort"])

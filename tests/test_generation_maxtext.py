@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import snakemake
+from conftest import genai_tokens, snakemake
 from onnxforge import layout
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
 from registry import python_for
@@ -45,6 +45,9 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
     assert decode["steps"] >= 32 and decode["onnx"] == decode["reference"]
     if model == "tiny-mistral":
         assert decode["past_window"] and decode["length"] > decode["sliding_window"] > 0
+    # ONNX Runtime GenAI generates the gated tokens (f32-kv: in its shared cache buffers).
+    tokens = genai_tokens(maxtext_kv_build / target.release, decode["prompt"], decode["steps"])
+    assert tokens and tokens == decode["onnx"][: len(tokens)]
     manifest = json.loads((maxtext_kv_build / target.export / "manifest.json").read_text())
     assert "genai_config.json" in {p.name for p in (maxtext_kv_build / target.release).iterdir()}
     onnx_path = maxtext_kv_build / target.export / layout.ONNX_FILE

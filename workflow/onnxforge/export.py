@@ -143,7 +143,11 @@ def export(
             model = family.load_decoder(stage_dir, jnp.dtype(dtype))
         with progress.phase("trace and convert (jax2onnx)"), lowering.ops(ops, opset):
             model_ir = trace_decoder(model, family.name, opset)
-        genai_files = genai.write_folder(model, stage_dir, checkpoint_dir, out_dir)
+        # GenAI may keep each cache in one buffer only where GroupQueryAttention appends to it.
+        fused = sum(node.op_type == "GroupQueryAttention" for node in model_ir.graph)
+        genai_files = genai.write_folder(
+            model, stage_dir, checkpoint_dir, out_dir, share_buffer=fused == model.num_layers
+        )
     else:
         with progress.phase("load"):
             model = family.load(stage_dir, jnp.dtype(dtype))

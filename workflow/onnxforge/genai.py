@@ -1,10 +1,13 @@
 """The export folder as ONNX Runtime GenAI reads it: ``genai_config.json`` beside the model,
 and the checkpoint's tokenizer files.
 
-``onnxruntime_genai.Model(folder)`` then runs the KV-cache decoder with a growing cache
-(``past_present_share_buffer: false``: past and present are separate tensors, as ``signature``
-defines them). Widths and token ids come from the stage's Hugging Face config.json (both
-families write one) and, where the checkpoint has it, its generation_config.json.
+``onnxruntime_genai.Model(folder)`` then runs the KV-cache decoder. Where every layer attends
+through ONNX Runtime's GroupQueryAttention (``ops: ort``), GenAI keeps one fixed-size buffer per
+cache that the op reads and appends to in place (``past_present_share_buffer: true``, as GenAI's
+own builder writes); otherwise the cache grows by what each step appends, past and present
+separate tensors as ``signature`` defines them (``false``). Widths and token ids come from the
+stage's Hugging Face config.json (both families write one) and, where the checkpoint has it,
+its generation_config.json.
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ def _token_ids(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
-def genai_config(decoder: LoadedDecoder, hf_config: dict[str, Any], generation: dict) -> dict:
+def genai_config(
+    decoder: LoadedDecoder, hf_config: dict[str, Any], generation: dict, share_buffer: bool
+) -> dict:
     """The genai_config.json of a KV-cache export (greedy search by default)."""
     eos = _token_ids(generation.get("eos_token_id", hf_config.get("eos_token_id")))
     pad = _token_ids(generation.get("pad_token_id", hf_config.get("pad_token_id")))
@@ -86,7 +91,7 @@ def genai_config(decoder: LoadedDecoder, hf_config: dict[str, Any], generation: 
             "num_beams": 1,
             "max_length": context,
             "min_length": 0,
-            "past_present_share_buffer": False,
+            "past_present_share_buffer": share_buffer,
             "repetition_penalty": 1.0,
             "temperature": 1.0,
             "top_k": 1,
@@ -96,10 +101,16 @@ def genai_config(decoder: LoadedDecoder, hf_config: dict[str, Any], generation: 
 
 
 def write_folder(
-    decoder: LoadedDecoder, stage_dir: Path, checkpoint_dir: Path, out_dir: Path
+    decoder: LoadedDecoder,
+    stage_dir: Path,
+    checkpoint_dir: Path,
+    out_dir: Path,
+    *,
+    share_buffer: bool = False,
 ) -> list[str]:
     """Write genai_config.json and copy the tokenizer files into ``out_dir``; returns the
-    names written. A checkpoint without tokenizer.json is refused: GenAI cannot run it."""
+    names written. ``share_buffer``: every layer's cache goes through GroupQueryAttention. A
+    checkpoint without tokenizer.json is refused: GenAI cannot run it."""
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / REQUIRED_TOKENIZER).is_file():
         raise InputError(
@@ -109,7 +120,7 @@ def write_folder(
         )
     generation_path = checkpoint_dir / "generation_config.json"
     generation = json.loads(generation_path.read_text()) if generation_path.is_file() else {}
-    config = genai_config(decoder, read_config_json(stage_dir), generation)
+    config = genai_config(decoder, read_config_json(stage_dir), generation, share_buffer)
     (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(config, indent=4, sort_keys=True) + "\n")
     written = [CONFIG_FILE]
     for name in TOKENIZER_FILES:

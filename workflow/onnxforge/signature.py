@@ -9,7 +9,8 @@ past_sequence + sequence]``, ``position_ids [batch, sequence]`` (all int64) and 
 ``past_key_values.{i}.key|value [batch, kv_heads, past_sequence, head_dim]`` -> ``logits
 [batch, sequence, vocab]`` and ``present.{i}.key|value [batch, kv_heads, past_sequence +
 sequence, head_dim]``. One graph serves prefill (past_sequence 0) and decode; the cache grows
-by what each step appends (GenAI's ``past_present_share_buffer: false``).
+by what each step appends. (GenAI may instead pass one fixed-size buffer as both past and
+present where GroupQueryAttention appends in place: ``genai``.)
 """
 
 from __future__ import annotations
