@@ -8,9 +8,10 @@ token (64 greedy tokens after a 128-token prompt), ONNX Runtime on the CPU, 2 th
 Each figure is the median over ``--rounds`` interleaved rounds (every model once per round, in
 a fresh process, so that all see the same load); ratios are against GenAI's builder.
 
-Our export and optimum's run in a plain ONNX Runtime loop (the same I/O contract); GenAI's
-builder export runs in ``onnxruntime_genai`` (its graph takes GenAI's fixed-size cache), and so
-does ours a second time (its folder has genai_config.json), for a like-for-like row. Ours is
+Our export and optimum's run in a plain ONNX Runtime loop (the same I/O contract, a growing
+cache); GenAI's builder export runs in ``onnxruntime_genai``, and so does ours a second time
+(its folder has genai_config.json; ``f32-kv``'s, like the builder's, keeps GenAI's shared
+fixed-size cache buffers), for a like-for-like row. Ours is
 measured twice: ``f32-kv`` (ONNX Runtime's fused GroupQueryAttention and MoE) and
 ``f32-kv-plain`` (standard ONNX only).
 
