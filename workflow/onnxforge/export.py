@@ -144,9 +144,9 @@ def export(
         with progress.phase("trace and convert (jax2onnx)"), lowering.ops(ops, opset):
             model_ir = trace_decoder(model, family.name, opset)
         # GenAI may keep each cache in one buffer only where GroupQueryAttention appends to it.
-        fused = sum(node.op_type == "GroupQueryAttention" for node in model_ir.graph)
+        attending = sum(node.op_type == "GroupQueryAttention" for node in model_ir.graph)
         genai_files = genai.write_folder(
-            model, stage_dir, checkpoint_dir, out_dir, share_buffer=fused == model.num_layers
+            model, stage_dir, checkpoint_dir, out_dir, share_buffer=attending == model.num_layers
         )
     else:
         with progress.phase("load"):
@@ -160,8 +160,7 @@ def export(
     rewritten = graph_passes.einsum_to_matmul(model_ir)  # MatMul: what ONNX Runtime runs fast
     fused = graph_passes.fuse_sibling_matmuls(model_ir)  # q/k/v, gate/up: one MatMul each
     folded = graph_passes.fold_constant_layouts(model_ir)  # e.g. the MoE op's experts
-    collapsed = graph_passes.collapse_reshapes(model_ir)  # no-op Reshapes around fused ops
-    graph_passes.remove_unused(model_ir)  # what the passes left behind (a Reshape's target)
+    collapsed = graph_passes.collapse_reshapes(model_ir)  # no-op Reshapes; then what is unused
     weights = sum(v.const_value.nbytes for v in model_ir.graph.initializers.values())
     with progress.phase(f"save ({progress.size(weights)} of weights)", watch=out_dir):
         save(model_ir, out_dir)
