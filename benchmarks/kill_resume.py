@@ -35,10 +35,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from onnxforge import layout, outputs
+from onnxforge.core import outputs, paths
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = layout.Target("tiny-gpt-oss", "hf", "f32")
+TARGET = paths.Target("tiny-gpt-oss", "hf", "f32")
 STEPS = ("download", "stage", "export", "parity", "gate", "promote")
 # Each step's log (its job has started once the log exists) and output.
 LOG = {
@@ -190,9 +190,9 @@ def corrupt_artifacts(workdir: Path) -> list[str]:
             problems.append(f"{step}: manifest outputs do not match the files ({changed[:3]})")
     release = workdir / TARGET.release
     if release.exists():
-        for name in layout.RELEASED:
+        for name in paths.RELEASED:
             source = workdir / (
-                TARGET.export if name in (layout.ONNX_FILE, layout.DATA_FILE) else TARGET.parity
+                TARGET.export if name in (paths.ONNX_FILE, paths.DATA_FILE) else TARGET.parity
             )
             mine, theirs = release / name, source / name
             if not mine.exists() or not theirs.exists() or mine.read_bytes() != theirs.read_bytes():

@@ -240,7 +240,7 @@ class DryRun(Measurement):
 
 def tiny_workdir(c: Checkout) -> tuple[Path, dict, list[str]]:
     """Each family's tiny example, built to its release once."""
-    from onnxforge.layout import Target
+    from onnxforge.core.paths import Target
 
     models = {e.name: catalog_model(f, e.source, e.options) for f, e in examples()}
     releases = [Target(name, "hf", VARIANT).release for name in models]
@@ -271,8 +271,8 @@ class Noop(Measurement):
 
 def parity_command(c: Checkout, workdir: Path, family, model: str, out: Path) -> list[str]:
     """The parity rule's command for ``model`` in ``workdir``, writing to ``out``."""
-    from onnxforge import catalog
-    from onnxforge.layout import Target
+    from onnxforge.core.paths import Target
+    from onnxforge.driver import catalog
 
     overlay = yaml.safe_load((workdir / "overlay.yaml").read_text())
     config = catalog.deep_update(yaml.safe_load((c.repo / "config.yaml").read_text()), overlay)
@@ -292,8 +292,8 @@ class ParityMemory(Measurement):
     model = "bench-gpt-oss-medium"
 
     def prepare(self, c: Checkout) -> tuple[list[str], int]:
+        from onnxforge.core.paths import Target
         from onnxforge.families import FAMILIES
-        from onnxforge.layout import Target
 
         family = FAMILIES["gpt_oss"]
         overlay = overlay_for({self.model: catalog_model(family, MEDIUM_GPT_OSS)})
@@ -352,8 +352,8 @@ class MaxTextVsGenAI(Measurement):
 
     def prepare(self, c: Checkout) -> dict[str, tuple[list[str], Path]]:
         """Each command, and the folder it writes (removed before each run)."""
+        from onnxforge.core.paths import Target
         from onnxforge.families import FAMILIES
-        from onnxforge.layout import Target
 
         family = FAMILIES["maxtext"]
         overlay = overlay_for({self.model: catalog_model(family, LLAMA_45M, self.options)})

@@ -31,10 +31,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from onnxforge import layout, outputs
+from onnxforge.core import outputs, paths
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET = layout.Target("tiny-gpt-oss", "hf", "f32")
+TARGET = paths.Target("tiny-gpt-oss", "hf", "f32")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Row:
     note: str = ""
 
 
-def step_paths(target: layout.Target) -> list[str]:
+def step_paths(target: paths.Target) -> list[str]:
     return [
         target.download,
         target.stage,
@@ -71,11 +71,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def compare(a: Path, b: Path, target: layout.Target = TARGET) -> list[Row]:
+def compare(a: Path, b: Path, target: paths.Target = TARGET) -> list[Row]:
     """One row per file of ``target``'s steps in either build, and one for the stage values."""
-    paths = step_paths(target)
+    step_files = step_paths(target)
     rows = []
-    for name in sorted(_files(a, paths) | _files(b, paths)):
+    for name in sorted(_files(a, step_files) | _files(b, step_files)):
         first, second = a / name, b / name
         if not (first.exists() and second.exists()):
             rows.append(Row(name, "bytes", False, "only in " + ("A" if first.exists() else "B")))
@@ -102,7 +102,7 @@ def compare(a: Path, b: Path, target: layout.Target = TARGET) -> list[Row]:
     return rows
 
 
-def build(workdir: Path, target: layout.Target) -> None:
+def build(workdir: Path, target: paths.Target) -> None:
     """The plain command (``make run``'s) on a fresh workdir."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the two builds")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
-    target = layout.Target(*args.target.split("/"))
+    target = paths.Target(*args.target.split("/"))
     root = None
     if args.compare:
         a, b = args.compare

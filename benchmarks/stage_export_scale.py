@@ -26,7 +26,7 @@ import ml_dtypes
 import numpy as np
 import psutil
 
-from onnxforge.catalog import variant_defaults
+from onnxforge.driver.catalog import variant_defaults
 
 GIB = 1 << 30
 OPSET = variant_defaults()["opset"]
@@ -143,7 +143,7 @@ def write_checkpoint(directory: Path) -> Path:
 
 def record_hashes(directory: Path) -> None:
     """The manifest the download step writes: stage reads the checkpoint's hashes from it."""
-    from onnxforge import outputs
+    from onnxforge.core import outputs
 
     if not (directory / outputs.MANIFEST).exists():
         outputs.write_manifest(directory, "download", {})
@@ -168,7 +168,7 @@ def staged_sizes(ckpt: Path, dtype: str) -> list[int]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from onnxforge import params_store
+    from onnxforge.core import params_store
     from onnxforge.families import get_family
 
     family = get_family("gpt_oss")
@@ -185,7 +185,7 @@ def main() -> int:
     p.add_argument("--skip-export", action="store_true")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
-    from onnxforge.safetensors_stream import CheckpointReader
+    from onnxforge.core.safetensors_stream import CheckpointReader
 
     ckpt_dir = args.workdir / "gpt-oss-20b-2layers"
     ckpt = write_checkpoint(ckpt_dir)
@@ -207,7 +207,7 @@ def main() -> int:
     copy = run("copy", "-c", "import shutil, sys; shutil.copyfile(*sys.argv[1:])", str(ckpt),
                str(runs / "copy.safetensors"))  # fmt: skip
     (runs / "copy.safetensors").unlink()
-    imports = run("imports", "-c", "import onnxforge.tensor_staging, jax, orbax.checkpoint")
+    imports = run("imports", "-c", "import onnxforge.families.staging, jax, orbax.checkpoint")
     stage_dir = runs / "stage"
     stage = run("stage", "-m", "onnxforge", "stage", "--family", "gpt_oss",
                 "--checkpoint", str(ckpt_dir), "--out", str(stage_dir))  # fmt: skip

@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The helpers every test folder shares (registry, bad_inputs, hub_server, images, slurm_cluster).
+sys.path.insert(0, str(Path(__file__).with_name("support")))
+
 import images
 import pytest
 import yaml
 
-from onnxforge import layout
-from onnxforge.export import export
+from onnxforge.core import paths
 from onnxforge.families.gpt_oss import FAMILY
+from onnxforge.steps.export.export import export
 from registry import (
     CLEAN,
     CLEAN_COPIES,
@@ -74,7 +77,7 @@ def registry_build(tmp_path_factory) -> Path:
     """Every registry example through download -> ... -> promote, in one Snakemake call."""
     workdir = tmp_path_factory.mktemp("registry")
     releases = [target(example).release for _, example in EXAMPLES]
-    releases += [layout.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
+    releases += [paths.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
     run = snakemake(workdir, *releases, config=examples_config(), timeout=3600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     return workdir
@@ -91,10 +94,10 @@ def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, s
     shutil.copytree(registry_build, workdir, symlinks=True)
     perturbed, releases = {}, []
     for name in CLEAN_COPIES:  # built and verified already: copied, never perturbed
-        built, clean = layout.Target(name, "hf", F32), layout.Target(name, CLEAN, F32)
+        built, clean = paths.Target(name, "hf", F32), paths.Target(name, CLEAN, F32)
         for step in ("download", "stage", "export", "parity"):
             shutil.copytree(workdir / getattr(built, step), workdir / getattr(clean, step))
-    releases += [layout.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
+    releases += [paths.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
     for family, example in EXAMPLES:
         built = target(example)
         for checkpoint, part in perturbed_checkpoints(example).items():

@@ -1,5 +1,5 @@
 import sys
 
-from onnxforge.cli import main
+from onnxforge.driver.cli import main
 
 sys.exit(main())

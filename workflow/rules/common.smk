@@ -4,8 +4,8 @@ import os
 import sys
 from pathlib import Path
 
-from onnxforge import layout, progress, providers, runlock
-from onnxforge.catalog import (
+from onnxforge.core import paths, progress, providers, runlock
+from onnxforge.driver.catalog import (
     checkpoint_entry,
     crosscheck_gates,
     crosscheck_targets,
@@ -16,16 +16,16 @@ from onnxforge.catalog import (
     validate,
     variant_entry,
 )
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 from onnxforge.families import get_family
-from onnxforge.sources import source_state
+from onnxforge.steps.download.sources import source_state
 
 try:
     validate(config, source="config")  # fills in the schema's defaults, once
     # A target on the command line naming a model, checkpoint or variant the catalog lacks:
     # one line now, rather than a traceback from the first rule's input function.
     for _path in sys.argv[1:]:
-        if names := layout.wildcards_of(_path):
+        if names := paths.wildcards_of(_path):
             lookup_target(
                 config, **{"variant": next(iter(config["variants"])), **names}, where=_path
             )
@@ -48,8 +48,8 @@ wildcard_constraints:
 
 
 IN_IMAGES = "apptainer" in str(workflow.deployment_settings.deployment_method).lower()
-DOWNLOAD, STAGE, EXPORT = layout.DOWNLOAD, layout.STAGE, layout.EXPORT
-PARITY, PASSED, RELEASE, LOGS = layout.PARITY, layout.PASSED, layout.RELEASE, layout.LOGS
+DOWNLOAD, STAGE, EXPORT = paths.DOWNLOAD, paths.STAGE, paths.EXPORT
+PARITY, PASSED, RELEASE, LOGS = paths.PARITY, paths.PASSED, paths.RELEASE, paths.LOGS
 
 
 def environment_of(wildcards):
@@ -188,7 +188,7 @@ def export_arguments(wildcards):
     """--checkpoint DIR for a KV export (its tokenizer files), as a list."""
     if variant_of(wildcards)["decoder"] != "kv":
         return []
-    target = layout.Target(wildcards.model, wildcards.checkpoint, wildcards.variant)
+    target = paths.Target(wildcards.model, wildcards.checkpoint, wildcards.variant)
     return ["--checkpoint", target.download]
 
 
@@ -199,7 +199,7 @@ def parity_settings_json(wildcards):
 
 
 def target_name(wildcards):
-    return layout.Target(wildcards.model, wildcards.checkpoint, wildcards.variant).name
+    return paths.Target(wildcards.model, wildcards.checkpoint, wildcards.variant).name
 
 
 # What every step's rule passes to onnxforge_step, besides its own params.
@@ -214,8 +214,8 @@ JAX_STEP_PARAMS = dict(
 
 def summary_state(wildcards):
     """What the index is made of, as it is now: each report and release path, timed."""
-    found = sorted(Path(layout.RESULTS).glob("*/*/parity/*/report.json"))
-    found += sorted(Path(layout.RESULTS, "release").glob("*/*/*/manifest.json"))
+    found = sorted(Path(paths.RESULTS).glob("*/*/parity/*/report.json"))
+    found += sorted(Path(paths.RESULTS, "release").glob("*/*/*/manifest.json"))
     return " ".join(f"{path}@{path.stat().st_mtime_ns}" for path in found)
 
 

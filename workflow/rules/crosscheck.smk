@@ -10,11 +10,11 @@ rule crosscheck_report:
         parity=lambda w: [t.parity for t in crosscheck_sides(w)],
         download=lambda w: [t.download for t in crosscheck_sides(w)],
     output:
-        directory(layout.CROSSCHECK),
+        directory(paths.CROSSCHECK),
     log:
-        f"{layout.RESULTS}/logs/crosscheck-{{name}}.log",
+        f"{paths.RESULTS}/logs/crosscheck-{{name}}.log",
     benchmark:
-        f"{layout.RESULTS}/logs/crosscheck-{{name}}.benchmark.tsv"
+        f"{paths.RESULTS}/logs/crosscheck-{{name}}.benchmark.tsv"
     container:
         lambda w: image_for_environment("jax")
     threads: 1
@@ -36,13 +36,13 @@ rule crosscheck_report:
 
 rule crosscheck_gate:
     input:
-        layout.CROSSCHECK,
+        paths.CROSSCHECK,
     output:
-        layout.CROSSCHECK_PASSED,
+        paths.CROSSCHECK_PASSED,
     log:
-        f"{layout.RESULTS}/logs/crosscheck-gate-{{name}}.log",
+        f"{paths.RESULTS}/logs/crosscheck-gate-{{name}}.log",
     benchmark:
-        f"{layout.RESULTS}/logs/crosscheck-gate-{{name}}.benchmark.tsv"
+        f"{paths.RESULTS}/logs/crosscheck-gate-{{name}}.benchmark.tsv"
     container:
         lambda w: image_for_environment("jax")
     threads: 1

@@ -18,7 +18,7 @@ rule stage:
         family=lambda w: family_of(w).name,
         options=lambda w: json.dumps(model_entry(config, w.model).get("options", {})),
         checkpoint=lambda w: os.path.join(
-            layout.DOWNLOAD.format(**w),
+            paths.DOWNLOAD.format(**w),
             checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
         ),
         flags=stage_arguments,

@@ -9,14 +9,14 @@ rule summary:
         [lookup_target(config, **t).parity for t in config["targets"]],
     output:
         html=report(
-            layout.INDEX_HTML,
+            paths.INDEX_HTML,
             category="Index",
             caption="../report/index.rst",
             labels={"page": "index of every target built"},
         ),
-        json=layout.INDEX_JSON,
+        json=paths.INDEX_JSON,
     log:
-        f"{layout.RESULTS}/logs/summary.log",
+        f"{paths.RESULTS}/logs/summary.log",
     container:
         lambda w: image_for_environment("jax")
     threads: 1

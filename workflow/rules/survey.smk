@@ -6,12 +6,12 @@
 
 rule maxtext_survey:
     output:
-        md=f"{layout.SURVEY}.md",
-        json=f"{layout.SURVEY}.json",
+        md=f"{paths.SURVEY}.md",
+        json=f"{paths.SURVEY}.json",
     log:
-        f"{layout.RESULTS}/logs/maxtext-survey.log",
+        f"{paths.RESULTS}/logs/maxtext-survey.log",
     benchmark:
-        f"{layout.RESULTS}/logs/maxtext-survey.benchmark.tsv"
+        f"{paths.RESULTS}/logs/maxtext-survey.benchmark.tsv"
     container:
         lambda w: image_for_environment("maxtext")
     threads: 2
@@ -24,5 +24,5 @@ rule maxtext_survey:
     message:
         "Survey MaxText's model configs: tiny, exported with jax2onnx, parity with ONNX Runtime"
     shell:
-        "{params.python} -m onnxforge.families.maxtext.survey --out {output.md}"
+        "{params.python} -m onnxforge.survey --out {output.md}"
         " --jobs {threads} > {log} 2>&1"

@@ -1,8 +1,10 @@
-"""The family registry: a catalog entry names its family by one of these keys."""
+"""Layer 2, model families: the contract (base), the registry (this module), the transformers
+reference, shared staging and tiny-checkpoint helpers, tap names; gpt_oss/ and maxtext/.
+Import core and graph only. A catalog entry names its family by one of FAMILIES' keys."""
 
 from __future__ import annotations
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 from onnxforge.families.base import Family
 from onnxforge.families.gpt_oss import FAMILY as GPT_OSS
 from onnxforge.families.maxtext import FAMILY as MAXTEXT

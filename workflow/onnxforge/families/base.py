@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 
 # What Family.perturb can scale in layer 1: the attention output projection, the MLP (a MoE's
 # experts' output projection), one expert's input projection, the router.
@@ -140,7 +140,7 @@ class Family(Protocol):
 
     def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
         """The staged model with debug taps: ``apply(params, token_ids) -> (logits, taps)``,
-        ``taps`` by ``diagnosis.tap`` name (per layer: attention, mlp, output; MoE layers
+        ``taps`` by ``families.taps.tap`` name (per layer: attention, mlp, output; MoE layers
         also router_logits and experts), for the diagnosis and its debug ONNX export."""
 
     def reference_taps(
@@ -152,20 +152,6 @@ class Family(Protocol):
         """Scale one staged tensor of layer 1 in place (every shape still fits); returns its
         name. ``part``: one of ``PERTURB_PARTS`` (``expert`` and ``router`` for MoE models).
         The registry tests use it to prove that the gates bite and the diagnosis points."""
-
-
-def read_config_json(directory: Path) -> dict[str, Any]:
-    """A checkpoint's config.json as a dict, or an error naming the file."""
-    path = Path(directory) / "config.json"
-    if not path.exists():
-        raise InputError(f"{path}: missing; a checkpoint needs its config.json")
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    return config
 
 
 def write_stage_config(
@@ -189,152 +175,3 @@ def write_stage_config(
             config["layer_types"] = config["layer_types"][:layers]
     (Path(out_dir) / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return config
-
-
-def randomize_torch_model(model: Any, init_std: float) -> None:
-    """Every tensor random, norms near one, the rest near zero: a mapping mistake anywhere then
-    changes the logits, which an init of ones and zeros would hide. Seed torch first.
-
-    The float buffers the checkpoint saves too (DeepSeek V3's routing correction bias, zero
-    at init); not the ones it does not save (RoPE frequencies)."""
-    import torch
-
-    saved = model.state_dict().keys()
-    buffers = [(n, b) for n, b in model.named_buffers() if n in saved and b.is_floating_point()]
-    with torch.no_grad():
-        for name, tensor in sorted([*model.named_parameters(), *buffers]):
-            noise = torch.randn(tensor.shape) * init_std
-            tensor.copy_(1.0 + noise if is_norm_scale(name.split(".")) else noise)
-
-
-def is_norm_scale(path: list[str] | tuple[str, ...]) -> bool:
-    """A normalization's scale, in transformers' (``*norm.weight``) or JAX's naming."""
-    return any("norm" in part.lower() for part in path[:-1]) and path[-1] in (
-        "weight",
-        "scale",
-        "value",
-    )
-
-
-def load_transformers(model_class: str, checkpoint_dir: Path, config: Any, **options) -> Any:
-    """transformers' ``model_class`` from the downloaded files, float32, eager attention, in
-    eval mode. Missing weights are an error, never random ones."""
-    import torch
-    import transformers
-
-    model, info = getattr(transformers, model_class).from_pretrained(
-        checkpoint_dir,
-        config=config,
-        dtype=torch.float32,
-        attn_implementation="eager",
-        output_loading_info=True,
-        **options,
-    )
-    if info["missing_keys"]:
-        raise InputError(
-            f"{checkpoint_dir}: transformers found no weights for "
-            f"{sorted(info['missing_keys'])[:5]}; the reference would be random"
-        )
-    return model.eval()
-
-
-def transformers_logits(
-    model_class: str, checkpoint_dir: Path, config: Any, inputs: list[Any], **options
-) -> list[Any]:
-    """Logits of transformers' ``model_class`` (``load_transformers``) on each input."""
-    import numpy as np
-    import torch
-
-    model = load_transformers(model_class, checkpoint_dir, config, **options)
-    with torch.no_grad():
-        return [
-            model(input_ids=torch.from_numpy(np.asarray(ids, np.int64))).logits.float().numpy()
-            for ids in inputs
-        ]
-
-
-def transformers_generate(
-    model_class: str, checkpoint_dir: Path, config: Any, prompt: Any, steps: int, **options
-) -> tuple[list[int], Any]:
-    """Greedy ``generate(do_sample=False)`` of transformers' ``model_class`` with its own
-    KV cache: ``steps`` tokens (no end-of-sequence stop, no logits processors) and each
-    step's raw logits ``[steps, vocab]`` (float32)."""
-    import numpy as np
-    import torch
-    import transformers
-
-    model = load_transformers(model_class, checkpoint_dir, config, **options)
-    ids = torch.from_numpy(np.asarray(prompt, np.int64))
-    generation = transformers.GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=steps,
-        min_new_tokens=steps,
-        eos_token_id=None,
-        pad_token_id=0,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=generation
-        )
-    tokens = out.sequences[0, ids.shape[1] :].tolist()
-    logits = torch.cat([step[:1] for step in out.logits], dim=0).float().numpy()
-    return tokens, logits
-
-
-ROUTER_LOGITS_HOOKED = "router logits of layer {}"
-
-
-def transformers_taps(
-    model_class: str, checkpoint_dir: Path, config: Any, token_ids: Any, **options
-) -> tuple[Any, dict[str, Any]]:
-    """The reference's logits and per-layer taps (``diagnosis.tap`` names) on one input.
-
-    Router logits come from transformers' ``output_router_logits``; the blocks' outputs
-    from forward hooks on each decoder layer's ``self_attn``, ``mlp`` and the layer itself
-    (what transformers' own output recorder hooks), the chosen experts from its router's
-    top-k indices. ``output_hidden_states`` would give the last layer after the final norm.
-    """
-    import numpy as np
-    import torch
-
-    from onnxforge import diagnosis
-
-    model = load_transformers(model_class, checkpoint_dir, config, **options)
-    taps: dict[str, Any] = {}
-    hooks = []
-
-    def record(name: str, index: int | None = 0):
-        def hook(_module, _inputs, output):
-            value = output[index] if isinstance(output, tuple) and index is not None else output
-            taps[name] = value.detach().float().numpy()
-
-        return hook
-
-    routers = []
-    for i, layer in enumerate(model.model.layers):
-        hooks.append(layer.self_attn.register_forward_hook(record(diagnosis.tap(i, "attention"))))
-        hooks.append(layer.mlp.register_forward_hook(record(diagnosis.tap(i, "mlp"))))
-        hooks.append(layer.register_forward_hook(record(diagnosis.tap(i, "output"))))
-        router = next((m for m in layer.mlp.modules() if type(m).__name__.endswith("Router")), None)
-        if router is not None:
-            routers.append(i)
-            hooks.append(router.register_forward_hook(record(diagnosis.tap(i, "experts"), 2)))
-            # (its logits too, for models whose output has no router_logits: DeepSeek V2)
-            hooks.append(router.register_forward_hook(record(ROUTER_LOGITS_HOOKED.format(i), 0)))
-    ids = torch.from_numpy(np.asarray(token_ids, np.int64))
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, output_router_logits=bool(routers))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    # (a dense model's output has no router_logits, nor DeepSeek V2's)
-    for i, logits in zip(routers, getattr(out, "router_logits", None) or (), strict=False):
-        taps[diagnosis.tap(i, "router_logits")] = logits.detach().float().numpy()
-    for i in routers:
-        hooked = taps.pop(ROUTER_LOGITS_HOOKED.format(i))
-        taps.setdefault(diagnosis.tap(i, "router_logits"), hooked)
-    return out.logits.float().numpy(), taps

@@ -6,18 +6,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
+from onnxforge.core.hf_config import read_config_json
 from onnxforge.families.base import (
     PERTURB_DEFAULT,
     Example,
     LoadedDecoder,
     LoadedModel,
     Staged,
-    read_config_json,
+    write_stage_config,
+)
+from onnxforge.families.reference import (
     transformers_generate,
     transformers_logits,
     transformers_taps,
-    write_stage_config,
 )
 
 PARAMS = "params"  # the stage's Orbax parameters, one checkpoint per parameter
@@ -45,10 +47,10 @@ class GptOssFamily:
 
     def read_config(self, directory: Path):
         """Our GptOssConfig from a checkpoint's (either layout's) or a stage's config.json."""
-        from onnxforge.families.gpt_oss import openai_layout
+        from onnxforge.families.gpt_oss import openai_checkpoint
         from onnxforge.families.gpt_oss.config import GptOssConfig
 
-        raw = openai_layout.hf_config(read_config_json(directory))
+        raw = openai_checkpoint.hf_config(read_config_json(directory))
         return GptOssConfig.from_hf(raw, source=str(Path(directory) / "config.json"))
 
     def build(self, config, dtype: Any, sparse_moe: bool = False):
@@ -64,7 +66,7 @@ class GptOssFamily:
         layers: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> Staged:
-        """Tensor by tensor (``tensor_staging``) into Orbax parameters under ``params/``.
+        """Tensor by tensor (``families.staging``) into Orbax parameters under ``params/``.
 
         MXFP4 expert kernels stay packed: each kernel's blocks and scales are staged as the
         checkpoint holds them (``<kernel>.mxfp4_blocks``, ``.mxfp4_scales``), so staging
@@ -73,11 +75,12 @@ class GptOssFamily:
         import numpy as np
         from flax import nnx
 
-        from onnxforge import params_store, tensor_staging
-        from onnxforge.families.gpt_oss import hf_layout, openai_layout
-        from onnxforge.safetensors_stream import CheckpointReader
+        from onnxforge.core import params_store
+        from onnxforge.core.safetensors_stream import CheckpointReader
+        from onnxforge.families import staging
+        from onnxforge.families.gpt_oss import hf_checkpoint, openai_checkpoint
 
-        raw = openai_layout.hf_config(read_config_json(checkpoint_dir))
+        raw = openai_checkpoint.hf_config(read_config_json(checkpoint_dir))
         source = Path(checkpoint_dir) / "config.json"
         checkpoint_layers = self.read_config(checkpoint_dir).num_hidden_layers  # checks types
         write_stage_config(raw, source, out_dir, layers)
@@ -85,27 +88,27 @@ class GptOssFamily:
         abstract = nnx.eval_shape(lambda: self.build(config, np.float32))
         expected = {path: shape for path, (shape, _) in params_store.state_shapes(abstract).items()}
         reader = CheckpointReader(checkpoint_dir)
-        if openai_layout.MARKER in reader:
-            quantized, rules = True, openai_layout.tensor_rules(config)
+        if openai_checkpoint.MARKER in reader:
+            quantized, rules = True, openai_checkpoint.tensor_rules(config)
         else:
             quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
-            rules = hf_layout.tensor_rules(config, quantized)
+            rules = hf_checkpoint.tensor_rules(config, quantized)
         if quantized:
-            expected = hf_layout.packed_experts(expected)
+            expected = hf_checkpoint.packed_experts(expected)
         rules = [(rule.sources, rule.targets) for rule in rules]
 
         def left_out(name: str) -> bool:  # a layer a truncated stage does not keep
             match = LAYER_TENSOR.match(name)
             return bool(match) and config.num_hidden_layers <= int(match[1]) < checkpoint_layers
 
-        tensor_staging.check_tensor_set(reader, rules, may_skip=left_out, packed=is_mxfp4)
-        return tensor_staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
+        staging.check_tensor_set(reader, rules, may_skip=left_out, packed=is_mxfp4)
+        return staging.write_params(reader, rules, expected, Path(out_dir) / PARAMS)
 
     def load_module(self, stage_dir: Path, dtype: Any, sparse_moe: bool = False):
         """The staged NNX model, packed MXFP4 experts decoded kernel by kernel."""
         from flax import nnx
 
-        from onnxforge import params_store
+        from onnxforge.core import params_store
         from onnxforge.families.gpt_oss import mxfp4
 
         config = self.read_config(stage_dir)
@@ -189,7 +192,7 @@ class GptOssFamily:
         return config, extra
 
     def perturb(self, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
-        from onnxforge import params_store
+        from onnxforge.core import params_store
 
         name = PERTURBED[part]
         # "expert": expert 0 alone (the expert axis comes first)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,8 +67,8 @@ class Attention(nnx.Module):
     def _project(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
         """Rotated queries ``[batch, seq, heads, head_dim]``, rotated keys and values ``[batch,
         seq, kv_heads, head_dim]``; ``cos``/``sin`` are ``[batch, seq, half]``. (In an ``ort``
-        export the rotation is ONNX's RotaryEmbedding: ``attention_onnx.rotary``.)"""
-        from onnxforge.attention_onnx import rotary
+        export the rotation is ONNX's RotaryEmbedding: ``attention.rotary``.)"""
+        from onnxforge.graph.attention import rotary
 
         batch, seq = x.shape[0], x.shape[1]
         q = (x @ self.q_kernel[...] + self.q_bias[...]).reshape(
@@ -109,7 +109,7 @@ class Attention(nnx.Module):
         ``j > past + i - window``; indices count padding too, as transformers' masks do, so a
         left-padded row sees what it sees alone. The whole cache is kept: the window is a mask.
         """
-        from onnxforge.attention_onnx import step_attention
+        from onnxforge.graph.attention import step_attention
 
         batch, seq = x.shape[0], x.shape[1]
         q, k, v = self._project(x, cos, sin)
@@ -129,7 +129,7 @@ class Attention(nnx.Module):
         return out @ self.o_kernel[...] + self.o_bias[...], (key, value)
 
     def _step_attention(self, q, k, v, past_key, past_value, attention_mask):
-        """The attention of ``step`` (``attention_onnx.step_attention``'s ``dense``): queries
+        """The attention of ``step`` (``attention.step_attention``'s ``dense``): queries
         ``[batch, seq, heads, head_dim]``, this step's keys and values ``[batch, seq, kv_heads,
         head_dim]`` after ``past_key/value``; returns the output and the grown cache."""
         batch, seq = q.shape[0], q.shape[1]

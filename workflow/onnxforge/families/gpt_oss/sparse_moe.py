@@ -3,7 +3,7 @@
 JAX has no data-dependent shapes, so it cannot gather "the tokens routed to expert e". The
 layer is therefore one JAX primitive, ``gpt_oss_sparse_moe``: in JAX it computes the dense
 form (every expert, weighted by the router's combine weights, zero off the top k: exact), and
-jax2onnx lowers it (``onnxforge.sparse_moe_onnx``, with ``_expert`` below) to plain ONNX
+jax2onnx lowers it (``onnxforge.graph.moe``, with ``_expert`` below) to plain ONNX
 that ONNX Runtime's CPU and CUDA providers run, per expert ``e``:
 
     rows = NonZero(chosen[:, e])                  tokens that picked e, [n_e]
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-from onnxforge import sparse_moe_onnx
+from onnxforge.graph import moe
 
 PRIMITIVE = Primitive("gpt_oss_sparse_moe")
 
@@ -59,7 +59,7 @@ def sparse_moe(
     """``[..., hidden]`` -> ``[..., hidden]``; ``chosen [..., experts]`` (bool): the
     router's top ``k``, which the plain ONNX lowering routes by; ``logits``: the router's, whose
     top-k softmax ``weights`` is (the fused MoE op routes by them)."""
-    sparse_moe_onnx.register(PRIMITIVE, _expert, _fused)
+    moe.register(PRIMITIVE, _expert, _fused)
     return PRIMITIVE.bind(
         x,
         weights.astype(x.dtype),
@@ -91,13 +91,13 @@ def _expert(b, x_e, kernels, params):
     return b.op("Add", b.op("MatMul", hidden, down_k), down_b)
 
 
-def _fused(b, kernels, params) -> sparse_moe_onnx.FusedExperts:
+def _fused(b, kernels, params) -> moe.FusedExperts:
     """The experts as ``com.microsoft.MoE`` takes them: its SwiGLU with GPT-OSS's alpha, limit
     and ``up + 1`` (beta)."""
     gate_k, gate_b, up_k, up_b, down_k, down_b = kernels
-    return sparse_moe_onnx.FusedExperts(
-        fc1=sparse_moe_onnx.interleave(b, gate_k, up_k),
-        fc1_bias=sparse_moe_onnx.interleave_bias(b, gate_b, up_b),
+    return moe.FusedExperts(
+        fc1=moe.interleave(b, gate_k, up_k),
+        fc1_bias=moe.interleave_bias(b, gate_b, up_b),
         fc2=b.op("Transpose", down_k, perm=[0, 2, 1]),
         fc2_bias=down_b,
         attributes={

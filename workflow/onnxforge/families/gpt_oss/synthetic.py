@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge import texts
-from onnxforge.errors import InputError
-from onnxforge.families.base import randomize_torch_model
+from onnxforge.core import texts
+from onnxforge.core.errors import InputError
 from onnxforge.families.gpt_oss import mxfp4
+from onnxforge.families.synthetic import randomize_torch_model
 
 # A tiny model that still has every feature: grouped heads, sinks, a sliding window shorter
 # than the parity inputs, YaRN, several experts with top-k routing. Widths are multiples of

@@ -1,6 +1,6 @@
 """GPT-OSS's per-layer taps for the diagnosis: our NNX model's own blocks, run one by one.
 
-Names are ``diagnosis.tap``'s: per layer the attention block's output (before the residual
+Names are ``families.taps.tap``'s: per layer the attention block's output (before the residual
 add), the MoE block's output, the layer's output, the router's logits and the chosen experts.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from onnxforge import diagnosis
+from onnxforge.families import taps as tap_names
 from onnxforge.families.gpt_oss.model import GptOss
 
 
@@ -24,9 +24,9 @@ def forward_with_taps(model: GptOss, token_ids: jax.Array) -> tuple[jax.Array, d
         normed = layer.post_attention_norm(x)
         mlp = layer.mlp(normed)
         x = x + mlp
-        taps[diagnosis.tap(i, "attention")] = attention
-        taps[diagnosis.tap(i, "mlp")] = mlp
-        taps[diagnosis.tap(i, "output")] = x
-        taps[diagnosis.tap(i, "router_logits")] = layer.mlp.router_logits(normed)
-        taps[diagnosis.tap(i, "experts")] = layer.mlp.routing(normed)[1]
+        taps[tap_names.tap(i, "attention")] = attention
+        taps[tap_names.tap(i, "mlp")] = mlp
+        taps[tap_names.tap(i, "output")] = x
+        taps[tap_names.tap(i, "router_logits")] = layer.mlp.router_logits(normed)
+        taps[tap_names.tap(i, "experts")] = layer.mlp.routing(normed)[1]
     return model.norm(x) @ model.lm_head[...], taps

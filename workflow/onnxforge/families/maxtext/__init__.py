@@ -18,23 +18,25 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge import progress
-from onnxforge.errors import InputError
+from onnxforge.core import progress
+from onnxforge.core.errors import InputError
+from onnxforge.core.hf_config import read_config_json
 from onnxforge.families.base import (
     PERTURB_DEFAULT,
     Example,
     LoadedDecoder,
     LoadedModel,
     Staged,
-    read_config_json,
-    transformers_generate,
-    transformers_logits,
-    transformers_taps,
     write_stage_config,
 )
 from onnxforge.families.maxtext import architectures
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
 from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
+from onnxforge.families.reference import (
+    transformers_generate,
+    transformers_logits,
+    transformers_taps,
+)
 
 MAXTEXT_JSON = "maxtext.json"
 CHECKPOINT = "checkpoint"

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 from onnxforge.families.gpt_oss.synthetic import TINY as GPT_OSS_TINY
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.overrides import LLAMA3_ROPE_SCALING

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 
 SCANNED = "layers"
 
@@ -158,6 +158,6 @@ def value_digests(directory: Path) -> dict[str, dict[str, Any]]:
     """Each parameter's ``outputs.value_digest`` (dtype, shape, sha256 of its values), read
     back one at a time from the checkpoint at ``directory``, by its path in the tree
     (``decoder/...``)."""
-    from onnxforge.outputs import value_digest
+    from onnxforge.core.outputs import value_digest
 
     return {"/".join(path): value_digest(values) for path, values in load_each(directory)}

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.errors import InputError
+from onnxforge.core.errors import InputError
 from onnxforge.families.maxtext.checkpoint import VARIABLE_COLLECTIONS, load, unroll
 
 Converter = Callable[[Path, dict[str, Any]], dict[str, Any]]

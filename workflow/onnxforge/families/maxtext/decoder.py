@@ -21,7 +21,7 @@ a left-padded row gets the logits it gets alone. The cache axes are the contract
 head_dim]``.
 
 In an ``ops: ort`` export, ``AttentionOp.__call__`` over that cache becomes one
-GroupQueryAttention (``attention_onnx``) wherever it computes the same thing
+GroupQueryAttention (``graph.attention``) wherever it computes the same thing
 (``fused_attention_supported``), and MaxText's plain ``RotaryEmbedding`` (halves) one ONNX
 RotaryEmbedding over MaxText's own frequencies (``_rotary_call``); everything around them stays
 MaxText's.
@@ -119,10 +119,10 @@ def fused_attention_supported(op, sinks, bidirectional_mask) -> bool:
 
 def _attention_op_call(self, query, key, value, *args, **kwargs):
     """``AttentionOp.__call__``: in an ``ops: ort`` export, inside a KV step, MaxText's
-    attention over the cache as one GroupQueryAttention (``attention_onnx``)."""
+    attention over the cache as one GroupQueryAttention (``graph.attention``)."""
     from maxtext.common.common_types import AttentionType
 
-    from onnxforge import attention_onnx, lowering
+    from onnxforge.graph import attention, lowering
 
     cache = _ACTIVE.get()
     sinks = kwargs.get("sinks", args[6] if len(args) > 6 else None)
@@ -146,7 +146,7 @@ def _attention_op_call(self, query, key, value, *args, **kwargs):
 
     window = self.sliding_window_size if self.attention_type == AttentionType.LOCAL_SLIDING else 0
     fresh_key, fresh_value = cache.fresh
-    out, present_key, present_value = attention_onnx.step_attention(
+    out, present_key, present_value = attention.step_attention(
         dense,
         query,
         fresh_key.astype(cache.key.dtype),
@@ -172,16 +172,16 @@ def _rotate_halves(module, x, cos, sin):
 def _rotary_call(self, inputs, position=None):
     """``RotaryEmbedding.__call__`` (the plain one on halves, not its subclasses): in an
     ``ops: ort`` export, inside a KV step, MaxText's rotation at its own frequencies
-    (``timescale``) through ``attention_onnx.rotary``, one ONNX RotaryEmbedding."""
+    (``timescale``) through ``attention.rotary``, one ONNX RotaryEmbedding."""
     import functools
 
     from maxtext.layers.embeddings import RotaryEmbedding
 
-    from onnxforge import attention_onnx, lowering
+    from onnxforge.graph import attention, lowering
 
     if (
         _ACTIVE.get() is None
-        or not lowering.fused(since=attention_onnx.ROTARY_OPSET)
+        or not lowering.fused(since=attention.ROTARY_OPSET)
         or type(self) is not RotaryEmbedding
         or position is None
         or inputs.ndim != 4
@@ -191,7 +191,7 @@ def _rotary_call(self, inputs, position=None):
     sinusoid = position[:, :, None] / self.timescale  # [b, s, d / 2], as MaxText's __call__
     cos, sin = jnp.cos(sinusoid).astype(inputs.dtype), jnp.sin(sinusoid).astype(inputs.dtype)
     rotate = functools.partial(_rotate_halves, self)
-    out = attention_onnx.rotary(rotate, inputs, cos, sin)
+    out = attention.rotary(rotate, inputs, cos, sin)
     return out.astype(self.fprop_dtype) if self.cast_as_fprop_dtype else out
 
 
@@ -238,12 +238,12 @@ def run_step(model, input_ids, attention_mask, position_ids, past):
 def step_function(config, params) -> tuple[Any, Any]:
     """``(step(param_state, input_ids, attention_mask, position_ids, past) -> (logits,
     present), param_state)`` for MaxText's model built from ``config`` with ``params``."""
-    from onnxforge import jax2onnx_extensions
     from onnxforge.families.maxtext import runtime, sparse_moe
+    from onnxforge.graph import jax2onnx_plugins
 
     # MaxText's chunked-prefill mask slices rows [past : past + sequence] (a jnp slice with a
     # symbolic start, a gather jax2onnx cannot lower without this).
-    jax2onnx_extensions.install()
+    jax2onnx_plugins.install()
     patch_for_cache()
     sparse_moe.patch_sparse()  # Mixtral: each token runs only its top-k experts
     merge, param_state = runtime.model_function(config, params)

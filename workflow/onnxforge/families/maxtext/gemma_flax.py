@@ -72,7 +72,7 @@ def write_gemma_flax(tensor: Tensors, config: dict[str, Any], directory: Path) -
 
 def from_hugging_face(checkpoint_dir: Path, config: dict[str, Any], directory: Path) -> None:
     """The Flax layout of the Hugging Face Gemma checkpoint at ``checkpoint_dir``."""
-    from onnxforge.safetensors_stream import CheckpointReader
+    from onnxforge.core.safetensors_stream import CheckpointReader
 
     reader = CheckpointReader(checkpoint_dir)
     write_gemma_flax(lambda name: np.asarray(reader.read(name), np.float32), config, directory)

@@ -7,7 +7,7 @@ token. So ``RoutedMoE.dense_matmul`` is replaced, for KV exports, by MaxText's o
 (``get_topk``, ``reshape_and_update_weights``) followed by one JAX primitive,
 ``maxtext_sparse_moe``: in JAX it is exactly MaxText's dense computation (every expert,
 weighted by the combine weights, zero off the top k); jax2onnx lowers it to plain ONNX
-(``onnxforge.sparse_moe_onnx``, shared with GPT-OSS's), per expert ``e``:
+(``onnxforge.graph.moe``, shared with GPT-OSS's), per expert ``e``:
 
     rows = NonZero(chosen[:, e]); x_e = Gather(x, rows)
     y_e = (silu(x_e @ wi_0[e]) * (x_e @ wi_1[e])) @ wo[e] * weight[rows, e]
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-from onnxforge import sparse_moe_onnx
+from onnxforge.graph import moe
 
 PRIMITIVE = Primitive("maxtext_sparse_moe")
 
@@ -51,7 +51,7 @@ def sparse_moe(x, weights, chosen, logits, wi_0, wi_1, wo, *, k: int):
     """``[..., emb]`` -> ``[..., emb]``; ``chosen [..., experts]`` (bool): the
     router's top ``k``, which the plain ONNX lowering routes by; ``logits``: the gate's, whose
     top-k softmax ``weights`` is (Mixtral's routing; the fused MoE op routes by them)."""
-    sparse_moe_onnx.register(PRIMITIVE, _expert, _fused)
+    moe.register(PRIMITIVE, _expert, _fused)
     weights, logits = weights.astype(x.dtype), logits.astype(x.dtype)
     return PRIMITIVE.bind(x, weights, chosen, logits, wi_0, wi_1, wo, k=int(k))
 
@@ -115,12 +115,12 @@ def _expert(b, x_e, kernels, params):
     return b.op("MatMul", hidden, wo)
 
 
-def _fused(b, kernels, params) -> sparse_moe_onnx.FusedExperts:
+def _fused(b, kernels, params) -> moe.FusedExperts:
     """The experts as ``com.microsoft.MoE`` takes them: its SwiGLU with alpha 1 and beta 0 is
     ``silu(gate) * up``, unclamped."""
     wi_0, wi_1, wo = kernels
-    return sparse_moe_onnx.FusedExperts(
-        fc1=sparse_moe_onnx.interleave(b, wi_0, wi_1),
+    return moe.FusedExperts(
+        fc1=moe.interleave(b, wi_0, wi_1),
         fc2=b.op("Transpose", wo, perm=[0, 2, 1]),
         attributes={"activation_alpha": 1.0, "activation_beta": 0.0},
     )

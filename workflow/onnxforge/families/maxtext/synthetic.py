@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxforge import texts
-from onnxforge.errors import InputError
-from onnxforge.families.base import randomize_torch_model
+from onnxforge.core import texts
+from onnxforge.core.errors import InputError
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
+from onnxforge.families.synthetic import randomize_torch_model
 
 OPTIONS = {"arch", "variant", "init_std", "flax"}
 FLAX = "flax"  # gemma: the Flax/Orbax copy of the weights (gemma_flax.py)

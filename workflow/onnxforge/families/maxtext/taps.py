@@ -23,7 +23,7 @@ from typing import Any
 
 import jax
 
-from onnxforge import diagnosis
+from onnxforge.families import taps as tap_names
 from onnxforge.families.maxtext import runtime
 from onnxforge.families.maxtext.architectures import decoder_layers
 
@@ -83,7 +83,7 @@ def recording(classes: dict[str, set[type]]) -> Iterator[dict[str, Any]]:
 
     def put(part: str, value: Any) -> None:
         if state["inside"]:
-            taps.setdefault(diagnosis.tap(state["layer"], part), value)  # the layer's first call
+            taps.setdefault(tap_names.tap(state["layer"], part), value)  # the layer's first call
 
     def attention(args, out) -> None:
         if state["inside"]:
@@ -100,7 +100,7 @@ def recording(classes: dict[str, set[type]]) -> Iterator[dict[str, Any]]:
                 out = original(self, *args, **kwargs)
             finally:
                 state["inside"] = False
-            taps[diagnosis.tap(state["layer"], "output")] = _first(out)
+            taps[tap_names.tap(state["layer"], "output")] = _first(out)
             return out
 
         cls.__call__ = wrapper

@@ -1,0 +1,139 @@
+"""The test cases the family registry declares: every family's examples, and how to build
+them through the real DAG in one Snakemake call.
+
+Adding a family, or an architecture to the maxtext family, adds its examples here without
+touching a test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onnxforge.core import paths
+from onnxforge.driver import catalog
+from onnxforge.families import FAMILIES
+from onnxforge.families.base import PERTURB_DEFAULT, Example, Family
+
+REPO = Path(__file__).resolve().parents[2]  # tests/support/registry.py
+CONFIG = catalog.validate(yaml.safe_load((REPO / "config.yaml").read_text()))
+F32 = "f32"
+# The markers of each environment's tests, so `-m "not maxtext"` keeps working.
+MARKS = {"maxtext": [pytest.mark.maxtext]}
+
+EXAMPLES: list[tuple[Family, Example]] = [
+    (family, example) for family in FAMILIES.values() for example in family.examples
+]
+
+
+def example_params() -> list:
+    return [
+        pytest.param(family, example, id=example.name, marks=MARKS.get(family.environment, []))
+        for family, example in EXAMPLES
+    ]
+
+
+def target(example: Example, variant: str = F32, checkpoint: str = "hf") -> paths.Target:
+    return paths.Target(example.name, checkpoint, variant)
+
+
+# Each example's `hf` stage is perturbed in place (its MLP; a MoE's experts); each family's
+# first MoE example also gets these parts perturbed in checkpoints of their own
+# (perturb-<part>): one per family keeps CI's perturbed build short.
+MOE_PARTS = ("attention", "router")
+EVERY_PART = {
+    next(e.name for e in family.examples if e.moe)
+    for family in FAMILIES.values()
+    if any(e.moe for e in family.examples)
+}
+
+
+def perturbed_checkpoints(example: Example) -> dict[str, str]:
+    """checkpoint name -> the part its stage has perturbed."""
+    if not example.moe:
+        return {"hf": PERTURB_DEFAULT}
+    if example.name not in EVERY_PART:
+        return {"hf": "expert"}
+    return {"hf": "expert", **{f"perturb-{part}": part for part in MOE_PARTS}}
+
+
+# In the perturbed build, the checkpoint another implementation also builds keeps an
+# unperturbed copy (checkpoint "clean"): the crosscheck then has exactly one odd one out.
+CLEAN = "clean"
+CLEAN_COPIES = {e.same_checkpoint_as for _, e in EXAMPLES if e.same_checkpoint_as}
+
+
+def examples_config(perturbed: bool = False) -> dict:
+    """A config overlay with one catalog model per example, each a default target, and their
+    crosschecks; with ``perturbed``, the MoE examples' extra checkpoints and the clean copies
+    too (not default targets), and the crosschecks of the clean copies."""
+
+    def checkpoints(example: Example) -> list[str]:
+        if not perturbed:
+            return ["hf"]
+        return [*perturbed_checkpoints(example), *([CLEAN] if example.name in CLEAN_COPIES else [])]
+
+    models = {
+        example.name: {
+            "family": family.name,
+            "options": example.options,
+            "checkpoints": {name: {"source": example.source} for name in checkpoints(example)},
+        }
+        for family, example in EXAMPLES
+    }
+    targets = [{"model": e.name, "checkpoint": "hf", "variant": F32} for _, e in EXAMPLES]
+    clean = dict.fromkeys(CLEAN_COPIES, CLEAN) if perturbed else {}
+    return {"models": models, "targets": targets, "crosschecks": crosschecks(clean)}
+
+
+def crosschecks(checkpoint: dict[str, str] | None = None) -> dict:
+    """One crosscheck per checkpoint that several examples build (same_checkpoint_as), each
+    example's ``checkpoint.get(name, "hf")``."""
+    checkpoint = checkpoint or {}
+    groups: dict[str, list[str]] = {}
+    for _, example in EXAMPLES:
+        if example.same_checkpoint_as:
+            groups.setdefault(example.same_checkpoint_as, [example.same_checkpoint_as])
+            groups[example.same_checkpoint_as].append(example.name)
+    return {
+        crosscheck_name(first): {
+            "targets": [
+                {"model": name, "checkpoint": checkpoint.get(name, "hf"), "variant": F32}
+                for name in names
+            ]
+        }
+        for first, names in groups.items()
+    }
+
+
+def crosscheck_name(example_name: str) -> str:
+    return f"{example_name}-implementations"
+
+
+def python_for(family: Family) -> Path:
+    """The interpreter of the family's environment, as the local DAG runs it."""
+    if family.environment == "jax":
+        return Path(sys.executable)
+    python = REPO / f".venv-{family.environment}" / "bin" / "python"
+    if not python.exists():
+        pytest.fail(f"{python} is missing: run `make env-{family.environment}`", pytrace=False)
+    return python
+
+
+def perturb(family: Family, stage_dir: Path, part: str = PERTURB_DEFAULT) -> str:
+    """The family's own perturbation of a stage, run in its environment."""
+    command = [str(python_for(family)), "-m", "onnxforge", "perturb", "--family", family.name]
+    run = subprocess.run(
+        [*command, "--stage", str(stage_dir), "--part", part],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    # Snakemake dates a directory output by its .snakemake_timestamp: the stage is now newer.
+    (stage_dir / ".snakemake_timestamp").touch()
+    return run.stdout.strip()

@@ -1,0 +1,106 @@
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO
+from onnxforge.core.errors import InputError
+from onnxforge.driver import catalog
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _config(**changes):
+    config = copy.deepcopy(CONFIG)
+    config.update(changes)
+    return config
+
+
+def test_shipped_config_is_valid():
+    catalog.validate(copy.deepcopy(CONFIG))
+    assert catalog.default_targets(CONFIG) == [
+        f"results/release/tiny-{name}/hf/f32"
+        for name in (
+            *("gpt-oss", "llama", "mistral", "mixtral", "gemma"),
+            *(
+                "llama3.1",
+                "llama3.2",
+                "qwen3",
+                "qwen3_moe",
+                "gemma2",
+                "gemma3",
+                "deepseek_v2",
+                "deepseek_v3",
+                "gpt_oss",
+            ),
+        )
+    ] + ["results/crosscheck/tiny-gpt-oss-implementations.passed.json"]
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            {"variants": {"f32": {"dtype": "float8"}}},
+            r"variants\.f32\.dtype: 'float8' is not one of",
+        ),
+        ({"parity": {"long_tokens": "many"}}, r"parity\.long_tokens: 'many' is not of type"),
+        ({"colour": "blue"}, r"Additional properties are not allowed \('colour'"),
+        (
+            {"models": {"m": {"family": "gpt_oss", "checkpoints": {"c": {"source": "s3://x"}}}}},
+            r"models\.m\.checkpoints\.c\.source",
+        ),
+    ],
+)
+def test_schema_violations_name_the_key(change, message):
+    with pytest.raises(InputError, match=message):
+        catalog.validate(_config(**change))
+
+
+def test_unknown_family():
+    models = {"m": {"family": "gpt_5", "checkpoints": {"c": {"source": "synthetic://gpt_oss"}}}}
+    with pytest.raises(InputError, match=r"models\.m\.family: unknown family 'gpt_5'"):
+        catalog.validate(_config(models=models, targets=[]))
+
+
+def test_target_naming_an_unknown_model():
+    with pytest.raises(InputError, match=r"targets\[0\]: unknown model 'gpt-9'"):
+        catalog.validate(
+            _config(targets=[{"model": "gpt-9", "checkpoint": "hf", "variant": "f32"}])
+        )
+
+
+def test_variant_dtype_without_gates():
+    with pytest.raises(InputError, match=r"add gates\.bfloat16"):
+        catalog.validate(
+            _config(
+                variants={"bf16": {"dtype": "bfloat16"}},
+                gates={"float32": {"max_abs": 1}},
+                targets=[],
+            )
+        )
+
+
+def test_checkpoint_parity_overrides_apply():
+    config = copy.deepcopy(CONFIG)
+    config["models"]["tiny-gpt-oss"]["checkpoints"]["hf"]["parity"] = {"long_tokens": 64}
+    settings = catalog.parity_settings(catalog.validate(config), "tiny-gpt-oss", "hf", "f32")
+    assert settings["long_tokens"] == 64
+    assert settings["gates"] == CONFIG["gates"]["float32"]
+
+
+def test_schema_defaults_are_filled_in_once_by_validate():
+    config = catalog.validate(copy.deepcopy(CONFIG))
+    assert "opset" not in CONFIG["variants"]["f32"]  # config.yaml leaves it to the schema
+    assert config["variants"]["f32"]["opset"] == 23
+    assert config["variants"]["f32"]["provider"] == "cpu"
+    assert config["variants"]["bf16-cuda"]["provider"] == "cuda"
+    settings = catalog.parity_settings(config, "tiny-gpt-oss", "hf", "bf16-cuda")
+    assert settings["provider"] == "cuda"
+
+
+def test_an_unknown_provider_names_the_key():
+    config = copy.deepcopy(CONFIG)
+    config["variants"]["f32"]["provider"] = "tpu"
+    with pytest.raises(InputError, match=r"variants\.f32\.provider: unknown provider 'tpu'"):
+        catalog.validate(config)

@@ -1,0 +1,220 @@
+"""The maxtext family's architecture table (pure Python): which architecture converts a
+config.json, the MaxText settings it gets, and the fields it refuses at stage, with why.
+
+Every architecture's tiny checkpoint goes through the real DAG in test_registry.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxforge.core.errors import InputError
+from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
+from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
+
+
+def tiny(name: str, **changes) -> dict:
+    arch = ARCHITECTURES[name]
+    return {**arch.tiny, "model_type": arch.converts[0], **changes}
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (None, "llama"),
+        ("llama2-7b", "llama"),
+        ("llama3.1-8b", "llama3.1"),
+        ("llama3.1-70b", "llama3.1"),
+        ("llama3.3-70b", "llama"),  # Llama 2's converter; overrides give it 3.1's RoPE
+    ],
+)
+def test_llama_checkpoints_go_to_the_architecture_of_the_catalog_model(model, expected):
+    assert architecture({"model_type": "llama"}, "config.json", model).model_type == expected
+
+
+def test_an_unknown_model_type_names_every_known_one():
+    with pytest.raises(InputError, match=r"model_type 'bert' is not one.*'qwen3_moe'"):
+        architecture({"model_type": "bert"}, "config.json")
+
+
+def test_every_architecture_converts_its_tiny_config_and_refuses_nothing_of_it():
+    for name, arch in ARCHITECTURES.items():
+        config = tiny(name)
+        assert architecture(config, "config.json", arch.default_model) is arch
+        assert unsupported(config, arch.default_model) == [], name
+
+
+def test_llama3_rope_scaling_becomes_maxtexts_llama31_rope():
+    assert maxtext_overrides(tiny("llama3.1"))["rope_type"] == "llama3.1"
+    assert "rope_type" not in maxtext_overrides(tiny("llama"))
+
+
+def test_llama32_rope_factor_goes_to_maxtext_and_other_constants_are_refused():
+    scaling = {**ARCHITECTURES["llama3.1"].tiny["rope_scaling"], "factor": 32.0}
+    llama32 = tiny("llama3.1", rope_scaling=scaling)
+    assert unsupported(llama32, "llama3.1-8b") == []
+    assert maxtext_overrides(llama32)["rope_linear_scaling_factor"] == 32.0
+    assert "rope_linear_scaling_factor" not in maxtext_overrides(tiny("llama3.1"))
+    assert ARCHITECTURES["llama3.1"].variants["llama3.2"]["rope_scaling"] == scaling
+    (reason,) = unsupported(
+        tiny("llama3.1", rope_scaling={**scaling, "high_freq_factor": 2.0}), "m"
+    )
+    assert reason.startswith("rope_scaling {'high_freq_factor': 2.0}") and "fixed" in reason
+
+
+def test_mistral_window_becomes_maxtexts_local_sliding_attention():
+    overrides = maxtext_overrides(tiny("mistral"))
+    assert overrides["attention_type"] == "local_sliding"
+    assert overrides["sliding_window_size"] == 8
+    assert "attention_type" not in maxtext_overrides(tiny("mistral", sliding_window=None))
+
+
+def test_a_window_maxtext_cannot_apply_is_refused():
+    (reason,) = unsupported(tiny("qwen3", use_sliding_window=True, sliding_window=64), "qwen3-8b")
+    assert reason.startswith("sliding_window 64: MaxText's qwen3-8b attends globally")
+    assert unsupported(tiny("qwen3", use_sliding_window=False, sliding_window=64), "q") == []
+
+
+def test_gemma2_layers_are_pairs_and_its_settings_follow_the_config():
+    overrides = maxtext_overrides(tiny("gemma2"))
+    assert overrides["base_num_decoder_layers"] == 2  # 4 Hugging Face layers
+    assert overrides["sliding_window_size"] == 8
+    assert overrides["final_logits_soft_cap"] == 30.0
+    assert overrides["attn_logits_soft_cap"] == 50.0
+    reasons = unsupported(tiny("gemma2", num_hidden_layers=3, query_pre_attn_scalar=144), "g")
+    assert [r.split(" ")[0] for r in reasons] == ["num_hidden_layers", "query_pre_attn_scalar"]
+
+
+# google/gemma-3-1b-pt's config.json (transformers 4.50): the two RoPEs as flat fields.
+GEMMA3_FLAT_ROPE = {
+    "rope_parameters": None,
+    "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0,
+    "rope_scaling": None,
+    "sliding_window_pattern": 6,
+}
+
+
+def test_gemma3_takes_its_window_and_both_ropes_from_either_config_layout():
+    overrides = maxtext_overrides(tiny("gemma3"))  # transformers 5: rope_parameters per layer
+    assert overrides["sliding_window_size"] == 8
+    assert overrides["rope_max_timescale"] == 1000000.0
+    assert overrides["local_rope_max_timescale"] == 10000.0
+    assert overrides["rope_linear_scaling_factor"] == 8.0
+    flat = tiny("gemma3", **GEMMA3_FLAT_ROPE)
+    assert architecture(flat, "config.json").model_type == "gemma3"
+    assert unsupported(flat, "gemma3-4b") == []
+    overrides = maxtext_overrides(flat)
+    assert overrides["rope_max_timescale"] == 1000000.0
+    assert overrides["local_rope_max_timescale"] == 10000.0
+    assert overrides["rope_linear_scaling_factor"] == 1.0
+    scaled = {**flat, "rope_scaling": {"rope_type": "linear", "factor": 8.0}}
+    assert maxtext_overrides(scaled)["rope_linear_scaling_factor"] == 8.0
+    assert unsupported(scaled, "gemma3-4b") == []
+
+
+def test_gemma3_refuses_what_its_maxtext_layers_cannot_do():
+    layer_types = ["sliding_attention", "full_attention"] * 3
+    yarn = {**ARCHITECTURES["gemma3"].tiny["rope_parameters"]}
+    yarn["full_attention"] = {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6}
+    config = tiny(
+        "gemma3",
+        layer_types=layer_types,
+        query_pre_attn_scalar=32,
+        use_bidirectional_attention=True,
+        rope_parameters=yarn,
+    )
+    reasons = unsupported(config, "gemma3-4b")
+    assert [r.split(" ")[0] for r in reasons] == [
+        "rope_parameters",
+        "layer_types:",
+        "use_bidirectional_attention:",
+        "query_pre_attn_scalar",
+    ]
+    assert "five sliding-window layers, then a global one" in reasons[1]
+    # gemma3-27b scales queries by hidden_size / heads (256 / 4 here), not head_dim (16)
+    assert unsupported(tiny("gemma3", hidden_size=256), "gemma3-27b") == [
+        "query_pre_attn_scalar 16: MaxText's gemma3-27b scales queries by "
+        "hidden_size / num_attention_heads (64) ** -0.5"
+    ]
+    assert (
+        unsupported(tiny("gemma3", hidden_size=256, query_pre_attn_scalar=64), "gemma3-27b") == []
+    )
+
+
+def test_qwen3_moe_is_moe_in_every_layer():
+    overrides = maxtext_overrides(tiny("qwen3_moe"))
+    assert overrides["num_experts"] == 4 and overrides["num_experts_per_tok"] == 2
+    assert overrides["base_moe_mlp_dim"] == overrides["base_mlp_dim"] == 32
+    assert overrides["norm_topk_prob"] is True
+    (reason,) = unsupported(tiny("qwen3_moe", mlp_only_layers=[0]), "qwen3-30b-a3b")
+    assert reason.startswith("mlp_only_layers")
+
+
+def test_gpt_oss_takes_its_window_yarn_and_swiglu_limit_from_the_config():
+    config = tiny(
+        "gpt_oss",
+        rope_parameters={"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0,
+                         "beta_slow": 1.0, "truncate": False, "rope_theta": 150000.0,
+                         "original_max_position_embeddings": 4096},
+        swiglu_limit=7.0,
+    )  # fmt: skip
+    overrides = maxtext_overrides(config)
+    assert overrides["sliding_window_size"] == 16
+    assert overrides["rope_factor"] == 32.0 and overrides["rope_truncate"] is False
+    assert overrides["rope_max_timescale"] == 150000.0
+    assert overrides["mlp_activations_limit"] == 7.0
+    assert overrides["num_experts"] == 4 and overrides["base_moe_mlp_dim"] == 32
+    assert unsupported(config, "gpt-oss-20b") == []
+    (reason,) = unsupported({**config, "layer_types": ["full_attention"] * 2}, "gpt-oss-20b")
+    assert reason.startswith("layer_types")
+
+
+def test_deepseek_v2_takes_mla_moe_and_yarn_from_the_config():
+    overrides = maxtext_overrides(tiny("deepseek_v2"))
+    assert overrides["first_num_dense_layers"] == 1 and overrides["shared_experts"] == 1
+    assert overrides["num_experts"] == 4 and overrides["base_moe_mlp_dim"] == 32
+    assert overrides["q_lora_rank"] == 0 and overrides["kv_lora_rank"] == 32
+    assert overrides["rope_type"] == "yarn" and overrides["rope_factor"] == 40.0
+    assert overrides["mscale"] == 0.707
+    # DeepSeek-V2-Lite's config.json (before transformers 5): rope_scaling with "type"
+    lite = tiny("deepseek_v2", rope_parameters=None, rope_theta=10000.0)
+    lite["rope_scaling"] = {**ARCHITECTURES["deepseek_v2"].tiny["rope_parameters"]}
+    lite["rope_scaling"]["type"] = lite["rope_scaling"].pop("rope_type")
+    assert architecture(lite, "config.json").model_type == "deepseek_v2"
+    assert unsupported(lite, "deepseek2-16b") == []
+    assert maxtext_overrides(lite)["rope_factor"] == 40.0
+    refused = tiny(
+        "deepseek_v2",
+        topk_method="group_limited_greedy",
+        scoring_func="sigmoid",
+        norm_topk_prob=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    reasons = unsupported(refused, "deepseek2-16b")
+    assert [r.split(" ")[0] for r in reasons] == [
+        "rope_scaling",
+        "topk_method",
+        "scoring_func",
+        "norm_topk_prob",
+    ]
+    assert (
+        reasons[-1]
+        == "norm_topk_prob True: MaxText's deepseek2-16b routes with norm_topk_prob False"
+    )
+
+
+def test_deepseek_v3_takes_its_groups_and_query_lora_and_refuses_other_routing():
+    config = tiny("deepseek_v3")
+    overrides = maxtext_overrides(config)
+    assert overrides["n_routing_groups"] == 2 and overrides["topk_routing_group"] == 1
+    assert overrides["q_lora_rank"] == 16 and overrides["routed_scaling_factor"] == 2.5
+    assert overrides["num_experts"] == 8 and overrides["mscale"] == 1.0
+    assert "n_routing_groups" not in maxtext_overrides(tiny("deepseek_v2"))
+    assert architecture(config, "config.json", "deepseek3-671b").model_type == "deepseek_v3"
+    refused = tiny("deepseek_v3", topk_method="greedy", scoring_func="softmax")
+    refused["norm_topk_prob"] = False
+    reasons = unsupported(refused, "deepseek3-671b")
+    assert [r.split(" ")[0] for r in reasons] == ["topk_method", "scoring_func", "norm_topk_prob"]
+    assert reasons[0] == (
+        "topk_method 'greedy': MaxText's deepseek3-671b routes with topk_method 'noaux_tc'"
+    )

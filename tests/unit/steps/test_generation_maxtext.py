@@ -1,0 +1,100 @@
+"""The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: tiny Llama,
+tiny Mixtral (sparse MoE) and tiny Mistral (sliding window) pass the four generation gates, in one
+Snakemake call; and MaxText's decoder steps agree with its full-sequence forward in JAX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import genai_tokens, snakemake
+from onnxforge.core import paths
+from onnxforge.families.maxtext import FAMILY as MAXTEXT
+from registry import python_for
+
+KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
+BUILDS = (
+    *((model, variant) for model in ("tiny-llama", "tiny-mixtral") for variant in (KV, KV_PLAIN)),
+    ("tiny-mistral", KV),  # MaxText's sliding window as GroupQueryAttention's, decoded past it
+)
+GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
+
+
+@pytest.fixture(scope="module")
+def maxtext_kv_build(tmp_path_factory) -> Path:
+    python_for(MAXTEXT)
+    workdir = tmp_path_factory.mktemp("maxtext-kv")
+    targets = [paths.Target(model, "hf", variant).release for model, variant in BUILDS]
+    run = snakemake(workdir, *targets, timeout=2400)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return workdir
+
+
+@pytest.mark.dag
+@pytest.mark.maxtext
+@pytest.mark.parametrize("model,variant", BUILDS)
+def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, model, variant):
+    target = paths.Target(model, "hf", variant)
+    report = json.loads((maxtext_kv_build / target.parity / paths.REPORT_JSON).read_text())
+    assert report["status"] == "PASS", report["failures"]
+    section = report["generation"]
+    assert all(section[gate]["passed"] for gate in GATES)
+    decode = section["decode_vs_reference"]
+    assert decode["steps"] >= 32 and decode["onnx"] == decode["reference"]
+    if model == "tiny-mistral":
+        assert decode["past_window"] and decode["length"] > decode["sliding_window"] > 0
+    # ONNX Runtime GenAI generates the gated tokens (f32-kv: in its shared cache buffers).
+    tokens = genai_tokens(maxtext_kv_build / target.release, decode["prompt"], decode["steps"])
+    assert tokens and tokens == decode["onnx"][: len(tokens)]
+    manifest = json.loads((maxtext_kv_build / target.export / "manifest.json").read_text())
+    assert "genai_config.json" in {p.name for p in (maxtext_kv_build / target.release).iterdir()}
+    onnx_path = maxtext_kv_build / target.export / paths.ONNX_FILE
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    assert "MatMul" in ops, manifest
+    fused = {"GroupQueryAttention", "MoE"} if model == "tiny-mixtral" else {"GroupQueryAttention"}
+    if variant == KV_PLAIN:
+        assert not fused & ops and manifest["export"]["contrib_ops"] == [], manifest
+        assert "RotaryEmbedding" not in ops  # MaxText's own rotation
+        if model == "tiny-mixtral":
+            assert "NonZero" in ops  # the experts run sparse, in plain ONNX
+    else:  # ONNX Runtime's fused operators
+        assert manifest["export"]["contrib_ops"] == sorted(fused), manifest
+        assert "NonZero" not in ops and "TopK" not in ops  # the MoE op routes by the logits
+        assert "RotaryEmbedding" in ops  # MaxText's frequencies, ONNX's rotation
+
+
+@pytest.mark.dag
+@pytest.mark.maxtext
+def test_a_wrong_position_offset_fails_cache_consistency_for_maxtext(maxtext_kv_build, monkeypatch):
+    """The tiny Llama's export with decode steps one position late: gate 3 fails."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from onnxforge.driver import catalog
+    from onnxforge.steps.parity import generation, parity
+    from registry import CONFIG
+
+    target = paths.Target("tiny-llama", "hf", KV)
+    settings = parity.ParitySettings(**catalog.parity_settings(CONFIG, target.model, "hf", KV))
+    report = json.loads((maxtext_kv_build / target.parity / paths.REPORT_JSON).read_text())
+    session = ort.InferenceSession(str(maxtext_kv_build / target.export / paths.ONNX_FILE))
+    runner = generation.KVRunner(session)
+    prompt = np.asarray([report["generation"]["decode_vs_reference"]["prompt"]], np.int64)
+    vocab = MAXTEXT.read_config(maxtext_kv_build / target.stage).vocab_size
+
+    def run():
+        onnx = generation.run_onnx(runner, prompt, settings, window=0, vocab=vocab)
+        return generation.cache_consistency(onnx, settings.gates)
+
+    record, failures = run()
+    assert record["passed"] and not failures
+    positions = generation._positions
+    monkeypatch.setattr(
+        generation, "_positions", lambda m, s: positions(m, s) + (1 if s == 1 else 0)
+    )
+    record, failures = run()
+    assert not record["passed"] and any("max_abs" in f for f in failures), failures

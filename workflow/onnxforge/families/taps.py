@@ -1,0 +1,20 @@
+"""The names of the debug taps every side gives (JAX, the debug ONNX export, transformers):
+per decoder layer, the blocks' outputs and, for MoE layers, the router's logits and choices.
+The contract between a family's taps and the diagnosis that compares them (NumPy-free)."""
+
+from __future__ import annotations
+
+PARTS = ("attention", "mlp", "output", "router_logits", "experts")
+
+
+HIDDEN_PARTS = ("attention", "mlp", "output")
+
+
+def tap(layer: int, part: str) -> str:
+    """A tap's name, the same on every side: ``layers.<i>.<part>``."""
+    return f"layers.{layer}.{part}"
+
+
+def parse_tap(name: str) -> tuple[int, str]:
+    _, layer, part = name.split(".", 2)
+    return int(layer), part

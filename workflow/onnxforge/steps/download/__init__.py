@@ -1,0 +1,1 @@
+"""Download: fetch (hf://, file://) or synthesize a checkpoint, hashed into a manifest."""

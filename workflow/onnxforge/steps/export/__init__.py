@@ -1,0 +1,1 @@
+"""Export: the staged JAX model -> ONNX (full sequence or KV decoder) and its GenAI folder."""

@@ -1,0 +1,1 @@
+"""Parity: ONNX Runtime vs JAX vs transformers, generation gates, diagnosis and reports."""
