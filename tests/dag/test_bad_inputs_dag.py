@@ -20,7 +20,7 @@ from onnxforge.driver import catalog
 
 pytestmark = pytest.mark.dag
 ALL = CASES + STAGE_CASES + ENTRY_CASES
-LOG = {"download": "download.log", "stage": "stage.log", "parity_gate": "gate-f32.log"}
+LOG = {"download": "download", "stage": "stage", "parity_gate": "gate"}  # paths.TARGET_STEPS
 # What exists after each step: a step that fails leaves its own output and every later one out.
 OUTPUTS = ("download", "stage", "export", "parity", "passed")
 
@@ -79,7 +79,7 @@ def test_the_case_fails_at_its_step_with_one_clear_line(corpus_run, case):
         assert f"models.{case.name}.checkpoints.hf" in alone.stdout + alone.stderr
         return
     target = paths.Target(case.name, "hf", "f32")
-    log = workdir / paths.LOGS.format(model=case.name, checkpoint="hf") / LOG[case.step]
+    log = workdir / target.log(LOG[case.step])
     assert case.expected in log.read_text(), log.read_text()[-2000:]
     lines = [line for line in console.splitlines() if case.expected in line]
     assert lines, f"the console does not show {case.expected!r}"

@@ -8,13 +8,12 @@ touching a test.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from onnxforge.core import paths
+from onnxforge.core import checkout, paths
 from onnxforge.driver import catalog
 from onnxforge.families import FAMILIES
 from onnxforge.families.base import PERTURB_DEFAULT, Example, Family
@@ -116,9 +115,7 @@ def crosscheck_name(example_name: str) -> str:
 
 def python_for(family: Family) -> Path:
     """The interpreter of the family's environment, as the local DAG runs it."""
-    if family.environment == "jax":
-        return Path(sys.executable)
-    python = REPO / f".venv-{family.environment}" / "bin" / "python"
+    python = checkout.local_python(family.environment, REPO)
     if not python.exists():
         pytest.fail(f"{python} is missing: run `make env-{family.environment}`", pytrace=False)
     return python

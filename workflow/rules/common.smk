@@ -4,7 +4,8 @@ import os
 import sys
 from pathlib import Path
 
-from onnxforge.core import paths, progress, providers, runlock
+from onnxforge.core import checkout, paths, progress, providers, runlock
+from onnxforge.driver import resources
 from onnxforge.driver.catalog import (
     checkpoint_entry,
     crosscheck_gates,
@@ -96,9 +97,7 @@ def python_for_environment(environment):
     builds it). A missing one is named when the DAG is built and fails only its jobs."""
     if IN_IMAGES:
         return "python"
-    if environment.startswith("jax"):
-        return sys.executable  # the driver's own environment, activated or not
-    python = Path(workflow.basedir) / f".venv-{environment}" / "bin" / "python"
+    python = checkout.local_python(environment, root=workflow.basedir)
     if not python.exists() and environment not in _MISSING_WARNED:
         _MISSING_WARNED.add(environment)
         logger.warning(
@@ -200,6 +199,19 @@ def parity_settings_json(wildcards):
 
 def target_name(wildcards):
     return paths.Target(wildcards.model, wildcards.checkpoint, wildcards.variant).name
+
+
+def sized(step, key):
+    """``mem_mb`` and ``runtime`` of ``step`` from the size of its input folder ``key`` (a
+    name or an index; driver/resources.py), raised at each retry."""
+
+    def folder(input):
+        return getattr(input, key) if isinstance(key, str) else input[key]
+
+    return dict(
+        mem_mb=lambda w, input, attempt: resources.memory_mb(step, folder(input), attempt),
+        runtime=lambda w, input, attempt: resources.runtime_min(step, folder(input), attempt),
+    )
 
 
 # What every step's rule passes to onnxforge_step, besides its own params.

@@ -2,9 +2,9 @@ rule download:
     output:
         directory(DOWNLOAD),
     log:
-        f"{LOGS}/download.log",
+        paths.step_log("download"),
     benchmark:
-        f"{LOGS}/download.benchmark.tsv"
+        paths.step_log("download", paths.BENCHMARK)
     container:
         image_for
     threads: 1

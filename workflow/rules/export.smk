@@ -6,15 +6,14 @@ rule export:
     output:
         directory(EXPORT),
     log:
-        f"{LOGS}/export-{{variant}}.log",
+        paths.step_log("export"),
     benchmark:
-        f"{LOGS}/export-{{variant}}.benchmark.tsv"
+        paths.step_log("export", paths.BENCHMARK)
     container:
         image_for
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **sized("export", "stage"),
         gpu=gpus_for,
     params:
         **STEP_PARAMS,

@@ -18,15 +18,14 @@ rule parity_report:
             labels={"model": "{model}", "checkpoint": "{checkpoint}", "variant": "{variant}"},
         ),
     log:
-        f"{LOGS}/parity-{{variant}}.log",
+        paths.step_log("parity"),
     benchmark:
-        f"{LOGS}/parity-{{variant}}.benchmark.tsv"
+        paths.step_log("parity", paths.BENCHMARK)
     container:
         image_for
     threads: 4
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **sized("parity", "stage"),
         gpu=gpus_for,
     params:
         **STEP_PARAMS,
@@ -51,9 +50,9 @@ rule parity_gate:
     output:
         PASSED,
     log:
-        f"{LOGS}/gate-{{variant}}.log",
+        paths.step_log("gate"),
     benchmark:
-        f"{LOGS}/gate-{{variant}}.benchmark.tsv"
+        paths.step_log("gate", paths.BENCHMARK)
     container:
         image_for
     threads: 1

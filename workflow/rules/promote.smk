@@ -11,9 +11,9 @@ rule promote:
     output:
         directory(RELEASE),
     log:
-        f"{LOGS}/promote-{{variant}}.log",
+        paths.step_log("promote"),
     benchmark:
-        f"{LOGS}/promote-{{variant}}.benchmark.tsv"
+        paths.step_log("promote", paths.BENCHMARK)
     container:
         image_for
     threads: 1

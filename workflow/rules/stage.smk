@@ -4,15 +4,14 @@ rule stage:
     output:
         directory(STAGE),
     log:
-        f"{LOGS}/stage.log",
+        paths.step_log("stage"),
     benchmark:
-        f"{LOGS}/stage.benchmark.tsv"
+        paths.step_log("stage", paths.BENCHMARK)
     container:
         image_for
     threads: 4
     resources:
-        mem_mb=4000,
-        runtime=60,
+        **sized("stage", 0),
     params:
         **STEP_PARAMS,
         family=lambda w: family_of(w).name,

@@ -11,8 +11,9 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from onnxforge.core import checkout
 
-MAXTEXT_PYTHON = REPO / ".venv-maxtext/bin/python"
+MAXTEXT_PYTHON = checkout.local_python("maxtext", REPO)
 
 STREAMING_CHECK = r"""
 import sys, tempfile, weakref

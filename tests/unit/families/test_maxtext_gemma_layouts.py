@@ -10,8 +10,9 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from onnxforge.core import checkout
 
-MAXTEXT_PYTHON = REPO / ".venv-maxtext/bin/python"
+MAXTEXT_PYTHON = checkout.local_python("maxtext", REPO)
 
 BOTH_LAYOUTS = r"""
 import sys

@@ -9,8 +9,9 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from onnxforge.core import checkout
 
-MAXTEXT_PYTHON = REPO / ".venv-maxtext/bin/python"
+MAXTEXT_PYTHON = checkout.local_python("maxtext", REPO)
 
 YARN_CHECK = r"""
 import itertools

@@ -9,10 +9,11 @@ import subprocess
 import pytest
 
 from conftest import REPO
+from onnxforge.core import checkout
 from onnxforge.steps.parity.metrics import check_gates
 from onnxforge.survey.settings import float32_gates
 
-MAXTEXT_PYTHON = REPO / ".venv-maxtext/bin/python"
+MAXTEXT_PYTHON = checkout.local_python("maxtext", REPO)
 
 
 @pytest.mark.maxtext

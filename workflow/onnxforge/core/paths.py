@@ -34,6 +34,20 @@ RELEASED = (ONNX_FILE, DATA_FILE, REPORT_MD, REPORT_JSON, REPORT_HTML)  # what a
 INDEX_HTML = RESULTS + "/index.html"  # every target built (rule summary)
 INDEX_JSON = RESULTS + "/index.json"
 
+# A target's steps in DAG order, as their logs and benchmarks name them: the rules, `onnxforge
+# build`'s verdict and the index's timings all read these names through ``step_log``.
+TARGET_STEPS = ("download", "stage", "export", "parity", "gate", "promote")
+PER_VARIANT = ("export", "parity", "gate", "promote")  # one log per variant
+LOG, BENCHMARK = ".log", ".benchmark.tsv"
+
+
+def step_log(step: str, suffix: str = LOG) -> str:
+    """The template of a step's log (``suffix`` LOG) or benchmark (BENCHMARK) under LOGS."""
+    if step not in TARGET_STEPS:
+        raise ValueError(f"{step!r} is not one of {TARGET_STEPS}")
+    name = f"{step}-{{variant}}" if step in PER_VARIANT else step
+    return f"{LOGS}/{name}{suffix}"
+
 
 def wildcards_of(path: str) -> dict[str, str]:
     """The model, checkpoint (and variant) a results path names; empty for other paths."""
@@ -94,3 +108,6 @@ class Target:
     @property
     def release(self) -> str:
         return self._format(RELEASE)
+
+    def log(self, step: str, suffix: str = LOG) -> str:
+        return self._format(step_log(step, suffix))

@@ -28,7 +28,6 @@ from onnxforge.driver import catalog, recognize
 
 WORKFLOW = checkout.ROOT
 CATALOG_ENTRY = "catalog-entry.yaml"  # results/<model>/: how `onnxforge build` saw a source
-STEPS = ("download", "stage", "export-{v}", "parity-{v}", "gate-{v}", "promote-{v}")  # logs/
 
 
 def _config(extra: list[Path]) -> dict:
@@ -101,7 +100,7 @@ def check_environment(config: dict, model: str, snakemake_args: list[str]) -> No
         snakemake_args
     ):
         return
-    if (WORKFLOW / f".venv-{family.environment}" / "bin" / "python").exists():
+    if checkout.local_python(family.environment).exists():
         return
     image = os.environ.get("ONNXFORGE_IMAGE")
     where = f"the onnxforge-{image} image" if image else f"{WORKFLOW}"
@@ -124,8 +123,8 @@ def verdict(target: catalog.Target, started: float, snakemake_ok: bool) -> tuple
     reran deletes its old output first, but not what later steps made from it."""
     release, passed = Path(target.release), Path(target.passed)
     report = Path(target.parity) / paths.REPORT_JSON
-    logs = [Path(target.root, "logs", f"{s.format(v=target.variant)}.log") for s in STEPS]
-    ran = [log for log in logs if _fresh(log, started)]
+    logs = {step: Path(target.log(step)) for step in paths.TARGET_STEPS}
+    ran = [log for log in logs.values() if _fresh(log, started)]
     if release.exists() and passed.exists() and (snakemake_ok or _fresh(passed, started)):
         return "PASS", ""
     if _fresh(report, started):
@@ -135,7 +134,7 @@ def verdict(target: catalog.Target, started: float, snakemake_ok: bool) -> tuple
     if release.exists() and passed.exists() and not ran:
         return "PASS", "(up to date)"
     if ran:
-        step = ran[-1].name.removesuffix(".log").removesuffix(f"-{target.variant}")
+        step = next(step for step, log in logs.items() if log == ran[-1])
         return "NOT BUILT", f"the {step} step failed: see {ran[-1]}"
     return "NOT BUILT", "Snakemake stopped before it ran (see its messages above)"
 

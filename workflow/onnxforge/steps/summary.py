@@ -17,7 +17,7 @@ from typing import Any
 from onnxforge.core import outputs, paths
 
 # The steps whose benchmark files (logs/<step>.benchmark.tsv) the index shows.
-STEPS = ("download", "stage", "export-{variant}", "parity-{variant}")
+STEPS = ("download", "stage", "export", "parity")  # the timed columns of paths.TARGET_STEPS
 WORST = (("max_abs", "max abs"), ("kl_max", "KL max"), ("top1_agreement", "top-1"))
 
 
@@ -44,13 +44,7 @@ def target_entry(results: Path, report_json: Path) -> dict[str, Any]:
     parity_dir = report_json.parent
     variant, model_dir = parity_dir.name, parity_dir.parents[1]
     target = paths.Target(model_dir.parent.name, model_dir.name, variant)
-    logs = results.parent / target.root / "logs"
-    steps = {
-        step.format(variant=variant).split("-")[0]: _benchmark(
-            logs / f"{step.format(variant=variant)}.benchmark.tsv"
-        )
-        for step in STEPS
-    }
+    steps = {step: _benchmark(results.parent / target.log(step, paths.BENCHMARK)) for step in STEPS}
     release = results.parent / target.release
 
     def link(path: Path) -> str | None:
@@ -104,7 +98,7 @@ def render_html(entries: list[dict[str, Any]]) -> str:
     header = ["model", "checkpoint", "variant", "verdict"]
     comparisons = sorted({name for e in entries for name in e["worst"]})
     header += [f"{c} {label}" for c in comparisons for _, label in WORST]
-    header += ["ONNX bytes"] + [f"{s.split('-')[0]} s / MB" for s in STEPS]
+    header += ["ONNX bytes"] + [f"{s} s / MB" for s in STEPS]
     header += ["diagnosis", "links"]
     rows = []
     for e in entries:
@@ -115,7 +109,7 @@ def render_html(entries: list[dict[str, Any]]) -> str:
         ]
         cells.append(f"{e['onnx_bytes']:,}")
         for step in STEPS:
-            figures = e["steps"].get(step.split("-")[0]) or {}
+            figures = e["steps"].get(step) or {}
             cells.append(
                 esc(f"{_fmt(figures.get('seconds'))} / {_fmt(figures.get('max_rss_mb'))}")
                 if figures
