@@ -20,7 +20,7 @@ def test_every_family_declares_examples_and_config_builds_them_by_default():
     assert {family.name for family, _ in EXAMPLES} == set(FAMILIES)
     names = [example.name for _, example in EXAMPLES]
     assert len(names) == len(set(names))
-    # `make run` builds the registry's examples: config.yaml's catalog holds each of them.
+    # `make run` builds the registry's examples: the catalog puts each in (catalog.with_examples).
     defaults = {(t["model"], t["checkpoint"], t["variant"]) for t in CONFIG["targets"]}
     for family, example in EXAMPLES:
         assert (example.name, "hf", "f32") in defaults, example.name

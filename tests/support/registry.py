@@ -99,7 +99,7 @@ def crosschecks(checkpoint: dict[str, str] | None = None) -> dict:
             groups.setdefault(example.same_checkpoint_as, [example.same_checkpoint_as])
             groups[example.same_checkpoint_as].append(example.name)
     return {
-        crosscheck_name(first): {
+        catalog.crosscheck_name(first): {
             "targets": [
                 {"model": name, "checkpoint": checkpoint.get(name, "hf"), "variant": F32}
                 for name in names
@@ -107,10 +107,6 @@ def crosschecks(checkpoint: dict[str, str] | None = None) -> dict:
         }
         for first, names in groups.items()
     }
-
-
-def crosscheck_name(example_name: str) -> str:
-    return f"{example_name}-implementations"
 
 
 def python_for(family: Family) -> Path:

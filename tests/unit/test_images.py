@@ -16,9 +16,10 @@ from snakemake.settings.types import (
 )
 
 from conftest import REPO
+from onnxforge.driver import catalog
 from onnxforge.families import get_family
 
-CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+CONFIG = catalog.with_examples(yaml.safe_load((REPO / "config.yaml").read_text()))
 
 
 CUDA_IMAGE = "docker://example.org/onnxforge-cuda@sha256:" + "c" * 64

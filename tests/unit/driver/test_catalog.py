@@ -6,6 +6,7 @@ import yaml
 from conftest import REPO
 from onnxforge.core.errors import InputError
 from onnxforge.driver import catalog
+from onnxforge.families import FAMILIES
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -17,8 +18,7 @@ def _config(**changes):
 
 
 def test_shipped_config_is_valid():
-    catalog.validate(copy.deepcopy(CONFIG))
-    assert catalog.default_targets(CONFIG) == [
+    assert catalog.default_targets(catalog.validate(copy.deepcopy(CONFIG))) == [
         f"results/release/tiny-{name}/hf/f32"
         for name in (
             *("gpt-oss", "llama", "mistral", "mixtral", "gemma"),
@@ -82,8 +82,8 @@ def test_variant_dtype_without_gates():
 
 
 def test_checkpoint_parity_overrides_apply():
-    config = copy.deepcopy(CONFIG)
-    config["models"]["tiny-gpt-oss"]["checkpoints"]["hf"]["parity"] = {"long_tokens": 64}
+    config = copy.deepcopy(CONFIG)  # an entry of an example's name adds to the example
+    config["models"]["tiny-gpt-oss"] = {"checkpoints": {"hf": {"parity": {"long_tokens": 64}}}}
     settings = catalog.parity_settings(catalog.validate(config), "tiny-gpt-oss", "hf", "f32")
     assert settings["long_tokens"] == 64
     assert settings["gates"] == CONFIG["gates"]["float32"]
@@ -104,3 +104,31 @@ def test_an_unknown_provider_names_the_key():
     config["variants"]["f32"]["provider"] = "tpu"
     with pytest.raises(InputError, match=r"variants\.f32\.provider: unknown provider 'tpu'"):
         catalog.validate(config)
+
+
+def test_the_examples_are_spelled_once_in_the_registry():
+    """config.yaml names no example; the catalog has each family's, as the family declares it,
+    each in every variant it declares, and the checkpoint two implementations build is
+    crosschecked."""
+    assert not [name for name in CONFIG["models"] if name.startswith("tiny-")]
+    config = catalog.validate(copy.deepcopy(CONFIG))
+    declared = [(f, e) for f in FAMILIES.values() for e in f.examples]
+    for family, example in declared:
+        entry = config["models"][example.name]
+        assert entry["family"] == family.name
+        assert entry["checkpoints"]["hf"]["source"] == example.source
+        assert entry.get("options", {}) == example.options
+    assert config["targets"] == [
+        {"model": e.name, "checkpoint": "hf", "variant": v} for _, e in declared for v in e.variants
+    ]
+    implementations = config["crosschecks"]["tiny-gpt-oss-implementations"]["targets"]
+    assert [t["model"] for t in implementations] == ["tiny-gpt-oss", "tiny-gpt_oss"]
+
+
+def test_examples_in_one_variant_and_a_malformed_examples_item():
+    config = catalog.validate(_config(targets=[{"examples": "f32-kv"}]))
+    assert {t["variant"] for t in config["targets"]} == {"f32-kv"}
+    with pytest.raises(InputError, match=r"targets\[0\]: expected \{examples: declared\}"):
+        catalog.validate(_config(targets=[{"examples": ["f32"]}]))
+    with pytest.raises(InputError, match="unknown variant 'f33'"):
+        catalog.validate(_config(targets=[{"examples": "f33"}]))

@@ -58,10 +58,73 @@ def _filling_defaults(validator_class, jsonschema):
     return jsonschema.validators.extend(validator_class, {"properties": properties})
 
 
+EXAMPLES_KEY = "examples"  # a ``targets`` item: {examples: declared | VARIANT}
+DECLARED = "declared"
+
+
+def crosscheck_name(example_name: str) -> str:
+    return f"{example_name}-implementations"
+
+
+def with_examples(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """The families' tiny examples, spelled once in the registry (``Family.examples``), put in
+    the config: each is a catalog model (merged under the config's own entry of that name,
+    which may add to it: parity settings, another checkpoint), ``{examples: declared}`` in
+    ``targets`` becomes each example in each variant it declares (``{examples: VARIANT}``:
+    each in VARIANT), and examples that build one checkpoint with several implementations are
+    crosschecked. In place; returns ``config``."""
+    from onnxforge.families import FAMILIES
+
+    examples = [(f, e) for f in FAMILIES.values() for e in f.examples]
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return config  # the schema names what is wrong
+    for family, example in examples:
+        entry = {"family": family.name, "checkpoints": {"hf": {"source": example.source}}}
+        if example.options:
+            entry["options"] = copy.deepcopy(example.options)
+        models[example.name] = deep_update(entry, models.get(example.name) or {})
+    targets = config.get("targets")
+    if isinstance(targets, list):
+        expanded = []
+        for i, item in enumerate(targets):
+            if not (isinstance(item, dict) and EXAMPLES_KEY in item):
+                expanded.append(item)
+                continue
+            wanted = item[EXAMPLES_KEY]
+            if set(item) != {EXAMPLES_KEY} or not isinstance(wanted, str):
+                raise InputError(
+                    f"{source}: targets[{i}]: expected {{examples: {DECLARED}}} or "
+                    f"{{examples: VARIANT}}, got {item!r}"
+                )
+            expanded += [
+                {"model": e.name, "checkpoint": "hf", "variant": variant}
+                for _, e in examples
+                for variant in (e.variants if wanted == DECLARED else (wanted,))
+            ]
+        config["targets"] = expanded
+    crosschecks = config.setdefault("crosschecks", {})
+    groups: dict[str, list[str]] = {}
+    for _, example in examples:
+        if example.same_checkpoint_as:
+            first = example.same_checkpoint_as
+            groups.setdefault(first, [first]).append(example.name)
+    if isinstance(crosschecks, dict):
+        for first, names in groups.items():
+            crosschecks.setdefault(
+                crosscheck_name(first),
+                {"targets": [{"model": n, "checkpoint": "hf", "variant": "f32"} for n in names]},
+            )
+    return config
+
+
 def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Check the config against the schema and itself, filling the schema's defaults in; raise
-    InputError naming the key."""
+    InputError naming the key. The families' examples are put in first (``with_examples``)."""
     import jsonschema  # here: the maxtext environment reads the catalog's defaults without it
+
+    if isinstance(config, dict):
+        with_examples(config, source)
 
     validator = _filling_defaults(jsonschema.Draft202012Validator, jsonschema)(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -192,9 +255,10 @@ def environments_for(config: dict[str, Any], targets: list[str]) -> list[str]:
     ``targets``) may run: `make run` builds only those."""
     from onnxforge.families import get_family
 
+    config = with_examples(config)  # `make run` reads config.yaml unvalidated
     if not targets:
         models = {t["model"] for t in config["targets"]}
-        crosschecks = config.get("crosschecks", {})  # `make run` reads config.yaml unvalidated
+        crosschecks = config.get("crosschecks", {})
         models |= {t.model for n in crosschecks for t in crosscheck_targets(config, n)}
     else:
         models = {part for t in targets for part in Path(t).parts if part in config["models"]}
