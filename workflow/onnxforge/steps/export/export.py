@@ -16,6 +16,7 @@ from onnxforge.core.paths import DATA_FILE, ONNX_FILE
 from onnxforge.families.base import Family
 from onnxforge.graph import lowering, passes
 from onnxforge.graph.tracing import save, trace, trace_decoder
+from onnxforge.steps.export import smoke_run
 
 
 def export(
@@ -79,6 +80,8 @@ def export(
     del model_ir
     with progress.phase("check (onnx.checker)"):
         onnx.checker.check_model(str(out_dir / ONNX_FILE))  # by path: works past 2 GB
+    with progress.phase("run once (ONNX Runtime)"):
+        ran = smoke_run.run_once(out_dir / ONNX_FILE, decoder, dtype)
     return {
         "opset": opset,
         "dtype": dtype,
@@ -86,5 +89,6 @@ def export(
         "ops": ops,
         **counts,
         "genai_files": genai_files,
+        "ran": ran,  # the logits' shapes of the run that checked ONNX Runtime runs it
         "bytes": {f: (out_dir / f).stat().st_size for f in (ONNX_FILE, DATA_FILE)},
     }
