@@ -131,3 +131,27 @@ def test_the_index_lists_every_report_with_its_step_figures(tmp_path):
     }
     page = index.read_text()
     assert "FAIL: 0 of 1 targets passed" in page and "MoE expert math" in page
+
+
+@pytest.mark.parametrize(
+    ("changed", "named"),
+    [
+        (("norm", "lm_head"), "every layer agrees; first divergence: the final norm"),
+        (("lm_head",), "every layer agrees; first divergence: the LM head (tied: the embedding)"),
+    ],
+)
+def test_when_every_layer_agrees_the_final_norm_or_lm_head_is_named(changed, named):
+    """A fault past the last layer (a tied embedding read as an untied head, the final norm's
+    eps): the layers all agree, and the diagnosis still names where the logits part."""
+    reference = taps()
+    reference[tap_names.final_tap("norm")] = np.random.default_rng(1).normal(size=(1, 12, 8))
+    reference[tap_names.final_tap("lm_head")] = np.random.default_rng(2).normal(size=(1, 12, 32))
+    candidate = {name: value.copy() for name, value in reference.items()}
+    for part in changed:
+        candidate[tap_names.final_tap(part)] *= 1.1
+    found = diagnosis.compare_taps(reference, candidate, TOLERANCE)
+    assert found["sentence"].startswith(named), found["sentence"]
+    assert set(found["final"]) == {"norm", "lm_head"}
+    agreeing = diagnosis.compare_taps(reference, reference, TOLERANCE)
+    assert agreeing["first_divergence"] is None
+    assert "the final norm and the LM head within tolerance" in agreeing["sentence"]

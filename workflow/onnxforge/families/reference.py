@@ -94,7 +94,7 @@ def transformers_taps(
     import numpy as np
     import torch
 
-    from onnxforge.families.taps import tap
+    from onnxforge.families.taps import final_tap, tap
 
     model = load_transformers(model_class, checkpoint_dir, config, **options)
     taps: dict[str, Any] = {}
@@ -118,6 +118,9 @@ def transformers_taps(
             hooks.append(router.register_forward_hook(record(tap(i, "experts"), 2)))
             # (its logits too, for models whose output has no router_logits: DeepSeek V2)
             hooks.append(router.register_forward_hook(record(ROUTER_LOGITS_HOOKED.format(i), 0)))
+    # Past the last layer: the final norm, and the LM head before any final soft cap.
+    hooks.append(model.model.norm.register_forward_hook(record(final_tap("norm"), None)))
+    hooks.append(model.lm_head.register_forward_hook(record(final_tap("lm_head"), None)))
     ids = torch.from_numpy(np.asarray(token_ids, np.int64))
     try:
         with torch.no_grad():

@@ -1,7 +1,8 @@
 """GPT-OSS's per-layer taps for the diagnosis: our NNX model's own blocks, run one by one.
 
-Names are ``families.taps.tap``'s: per layer the attention block's output (before the residual
-add), the MoE block's output, the layer's output, the router's logits and the chosen experts.
+Names are ``families.taps``': per layer the attention block's output (before the residual
+add), the MoE block's output, the layer's output, the router's logits and the chosen experts;
+then the final norm's output and the LM head's.
 """
 
 from __future__ import annotations
@@ -29,4 +30,8 @@ def forward_with_taps(model: GptOss, token_ids: jax.Array) -> tuple[jax.Array, d
         taps[tap_names.tap(i, "output")] = x
         taps[tap_names.tap(i, "router_logits")] = layer.mlp.router_logits(normed)
         taps[tap_names.tap(i, "experts")] = layer.mlp.routing(normed)[1]
-    return model.norm(x) @ model.lm_head[...], taps
+    normed = model.norm(x)
+    logits = normed @ model.lm_head[...]
+    taps[tap_names.final_tap("norm")] = normed
+    taps[tap_names.final_tap("lm_head")] = logits
+    return logits, taps

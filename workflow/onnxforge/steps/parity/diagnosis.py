@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.families.taps import parse_tap
+from onnxforge.families.taps import FINAL_PARTS, final_tap, is_final, parse_tap
 
 
 def compare_hidden(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
@@ -55,19 +55,36 @@ def compare_taps(
     reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], tolerance: float
 ) -> dict[str, Any]:
     """Per layer, every tap both sides have compared; and the first divergence (or None)."""
+    both = reference.keys() & candidate.keys()
     layers: dict[int, dict[str, Any]] = {}
-    for name in sorted(reference.keys() & candidate.keys(), key=parse_tap):
+    for name in sorted((n for n in both if not is_final(n)), key=parse_tap):
         layer, part = parse_tap(name)
         compare = compare_experts if part == "experts" else compare_hidden
         layers.setdefault(layer, {"layer": layer})[part] = compare(reference[name], candidate[name])
     per_layer = [layers[i] for i in sorted(layers)]
-    first = first_divergence(per_layer, tolerance)
+    final = {
+        part: compare_hidden(reference[final_tap(part)], candidate[final_tap(part)])
+        for part in FINAL_PARTS
+        if final_tap(part) in both
+    }
+    first = first_divergence(per_layer, tolerance) or final_divergence(final, tolerance)
     return {
         "tolerance": tolerance,
         "layers": per_layer,
+        "final": final,
         "first_divergence": first,
         "sentence": describe(first),
     }
+
+
+def final_divergence(final: dict[str, Any], tolerance: float) -> dict[str, Any] | None:
+    """When every layer agrees: the final norm, else the LM head (tied: the embedding table
+    read as the head), in that order; ``None`` when both agree (what is left is the final
+    logit soft cap, which the logits' own comparison shows)."""
+    for part in FINAL_PARTS:
+        if _leaves(final.get(part), tolerance):
+            return {"layer": "final", "moe": False, "part": part, "figures": final[part]}
+    return None
 
 
 def _leaves(figures: dict[str, Any] | None, tolerance: float) -> bool:
@@ -104,8 +121,14 @@ def describe(first: dict[str, Any] | None) -> str:
     """One sentence a person can act on, e.g. ``first divergence: layer 1 MoE expert math
     (routing agrees 100%, expert output max abs 3e-02)``."""
     if first is None:
-        return "no divergence: every layer within tolerance"
+        return "no divergence: every layer, the final norm and the LM head within tolerance"
     layer, part, figures = first["layer"], first["part"], first["figures"]
+    if layer == "final":
+        where = "the final norm" if part == "norm" else "the LM head (tied: the embedding)"
+        return (
+            f"every layer agrees; first divergence: {where} (max abs {figures['max_abs']:.1e}, "
+            f"relative {figures['rel']:.1e}, min cosine {figures['min_cosine']:.4f})"
+        )
     head = f"first divergence: layer {layer}"
     if part == "attention":
         return (

@@ -134,6 +134,9 @@ def _layers(name: str) -> Callable[[dict[str, Any]], Section | None]:
             rows.append(
                 [figures["layer"], *rel, router, experts.get("identical"), experts.get("jaccard")]
             )
+        for part, figures in found.get("final", {}).items():  # past the last layer
+            label = "final norm" if part == "norm" else "LM head"
+            rows.append([label, None, None, figures["rel"], None, None, None])
         header = ["layer", "attention rel", "mlp rel", "output rel", "router max abs"]
         return Section(
             f"Per layer: {name}",
