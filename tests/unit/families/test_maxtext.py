@@ -14,8 +14,7 @@ import pytest
 from conftest import REPO, snakemake
 from onnxforge.driver.catalog import environments_for
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
-from onnxforge.families.maxtext.architectures import ARCHITECTURES
-from onnxforge.families.maxtext.overrides import maxtext_overrides
+from onnxforge.families.maxtext.architectures import ARCHITECTURES, maxtext_overrides
 from registry import python_for
 
 

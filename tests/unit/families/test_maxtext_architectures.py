@@ -1,15 +1,32 @@
-"""The maxtext family's architecture table (pure Python): which architecture converts a
-config.json, the MaxText settings it gets, and the fields it refuses at stage, with why.
+"""The maxtext family's architecture table (pure Python): one file per architecture, which
+architecture converts a config.json, the MaxText settings it gets, the fields it refuses at
+stage, with why, and ONNX Runtime GenAI's model type for it.
 
 Every architecture's tiny checkpoint goes through the real DAG in test_registry.py."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
+import pkgutil
+from pathlib import Path
+
 import pytest
 
 from onnxforge.core.errors import InputError
-from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
-from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
+from onnxforge.families.maxtext import FAMILY as MAXTEXT
+from onnxforge.families.maxtext import architectures
+from onnxforge.families.maxtext.architectures import (
+    ARCHITECTURES,
+    FILES,
+    Architecture,
+    architecture,
+    maxtext_overrides,
+    rope_type,
+    unsupported,
+)
+from onnxforge.steps.export import genai
 
 
 def tiny(name: str, **changes) -> dict:
@@ -218,3 +235,76 @@ def test_deepseek_v3_takes_its_groups_and_query_lora_and_refuses_other_routing()
     assert reasons[0] == (
         "topk_method 'greedy': MaxText's deepseek3-671b routes with topk_method 'noaux_tc'"
     )
+
+
+def test_the_registry_has_one_file_per_architecture_and_gathers_every_file():
+    """Each module in architectures/ (but ``base``) is one architecture (DeepSeek: V2 and V3,
+    one file) and the registry gathers every one, each entry once."""
+    package = Path(architectures.__file__).parent
+    modules = {m.name for m in pkgutil.iter_modules([str(package)])} - {"base"}
+    assert {f.__name__.rsplit(".", 1)[1] for f in FILES} == modules
+    entries = [a for f in FILES for a in f.ENTRIES]
+    assert all(isinstance(a, Architecture) for a in entries)
+    assert list(ARCHITECTURES.values()) == entries  # no model_type declared twice
+    for f in FILES:  # a file declares its entries; shared parts live in base
+        declared = [v for v in vars(f).values() if isinstance(v, Architecture)]
+        assert declared == list(f.ENTRIES), f.__name__
+
+
+def test_every_architecture_file_declares_its_genai_type_explicitly():
+    """No default: every ``Architecture(...)`` names ``genai_type`` (None where GenAI has
+    none), so no architecture runs as GenAI's "llama" by omission."""
+    (genai_field,) = [f for f in dataclasses.fields(Architecture) if f.name == "genai_type"]
+    assert genai_field.default is dataclasses.MISSING
+    assert genai_field.default_factory is dataclasses.MISSING
+    for f in FILES:
+        calls = [
+            node
+            for node in ast.walk(ast.parse(inspect.getsource(f)))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Architecture"
+        ]
+        assert len(calls) == len(f.ENTRIES), f.__name__
+        for call in calls:
+            assert "genai_type" in {k.arg for k in call.keywords}, f.__name__
+    for arch in ARCHITECTURES.values():
+        assert arch.genai_type is None or (isinstance(arch.genai_type, str) and arch.genai_type)
+
+
+def test_architectures_of_one_model_type_read_its_config_json_alike():
+    """GenAI and read_config see config.json only: the architectures sharing a model_type
+    (Llama 2 and 3) give it the same GenAI type, settings and refusals."""
+    for name, arch in ARCHITECTURES.items():
+        config = tiny(name)
+        for other in ARCHITECTURES.values():
+            if config["model_type"] in other.converts:
+                assert other.genai_type == arch.genai_type, (name, other.model_type)
+                assert other.maxtext_overrides(config) == arch.maxtext_overrides(config)
+                assert other.unsupported(config, "m") == arch.unsupported(config, "m")
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_genai_writes_the_type_the_architecture_declares(name):
+    config = tiny(name)
+    assert genai.model_type(MAXTEXT, config, "config.json") == ARCHITECTURES[name].genai_type
+
+
+def test_genai_refuses_an_architecture_without_a_genai_type_and_an_unknown_model_type(
+    monkeypatch,
+):
+    no_type = dataclasses.replace(ARCHITECTURES["qwen3_moe"], genai_type=None)
+    monkeypatch.setitem(ARCHITECTURES, "qwen3_moe", no_type)
+    with pytest.raises(InputError, match=r"GenAI has no model type for model_type 'qwen3_moe'"):
+        genai.model_type(MAXTEXT, tiny("qwen3_moe"), "config.json")
+    with pytest.raises(InputError, match=r"model_type 'qwen2' is not one"):
+        genai.model_type(MAXTEXT, {"model_type": "qwen2"}, "config.json")  # never a silent "llama"
+
+
+def test_rope_is_read_one_way_rope_parameters_over_rope_scaling_key_by_key():
+    assert rope_type({}) == "default"
+    assert rope_type({"rope_scaling": {"type": "yarn"}}) == "yarn"  # before transformers 4.45
+    both = {"rope_scaling": {"rope_type": "llama3"}, "rope_parameters": {"rope_type": "yarn"}}
+    assert rope_type(both) == "yarn"
+    theta_only = {"rope_scaling": {"rope_type": "llama3"}, "rope_parameters": {"rope_theta": 5.0}}
+    assert rope_type(theta_only) == "llama3"
+    config = tiny("llama3.1", rope_theta=1.0, rope_parameters={"rope_theta": 2.0})
+    assert maxtext_overrides(config)["rope_max_timescale"] == 2.0

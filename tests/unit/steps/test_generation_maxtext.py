@@ -12,6 +12,7 @@ import pytest
 from conftest import genai_tokens, snakemake
 from onnxforge.core import paths
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
+from onnxforge.families.maxtext.architectures import ARCHITECTURES
 from registry import python_for
 
 KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
@@ -49,7 +50,9 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
     tokens = genai_tokens(maxtext_kv_build / target.release, decode["prompt"], decode["steps"])
     assert tokens and tokens == decode["onnx"][: len(tokens)]
     manifest = json.loads((maxtext_kv_build / target.export / "manifest.json").read_text())
-    assert "genai_config.json" in {p.name for p in (maxtext_kv_build / target.release).iterdir()}
+    # GenAI's model type as the architecture's file declares it
+    genai_config = json.loads((maxtext_kv_build / target.release / "genai_config.json").read_text())
+    assert genai_config["model"]["type"] == ARCHITECTURES[model.removeprefix("tiny-")].genai_type
     onnx_path = maxtext_kv_build / target.export / paths.ONNX_FILE
     import onnx
 

@@ -128,6 +128,10 @@ class Family(Protocol):
     def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
         """The staged model with a KV cache, for the ``kv`` export and the generation gates."""
 
+    def genai_type(self, hf_config: dict[str, Any], source: str) -> str | None:
+        """ONNX Runtime GenAI's ``model.type`` for a staged config.json (which of its drivers
+        runs the KV graph), as the architecture declares it; None where GenAI runs none."""
+
     def reference_logits(
         self, checkpoint_dir: Path, stage_dir: Path, inputs: list[Any]
     ) -> list[Any]:

@@ -31,7 +31,6 @@ from onnxforge.families.base import (
 )
 from onnxforge.families.maxtext import architectures
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
-from onnxforge.families.maxtext.overrides import maxtext_overrides, unsupported
 from onnxforge.families.reference import (
     transformers_generate,
     transformers_logits,
@@ -98,7 +97,7 @@ class MaxTextFamily:
             settings = json.loads(chosen.read_text())
             return MaxTextModel(settings["model_name"], settings["overrides"], hf_config)
         arch = architecture(hf_config, str(Path(directory) / "config.json"))
-        return MaxTextModel(arch.default_model, maxtext_overrides(hf_config), hf_config)
+        return MaxTextModel(arch.default_model, arch.maxtext_overrides(hf_config), hf_config)
 
     def stage(
         self,
@@ -114,16 +113,16 @@ class MaxTextFamily:
         hf_config = write_stage_config(read_config_json(checkpoint_dir), source, out_dir, layers)
         arch = architecture(hf_config, str(source), options.get("model"))
         model_name = options.get("model", arch.default_model)
-        refused = unsupported(hf_config, model_name)
+        refused = arch.unsupported(hf_config, model_name)
         if refused:
             raise InputError(f"{source}: cannot honor {'; '.join(refused)}")
         model = MaxTextModel(
             model_name,
-            {**maxtext_overrides(hf_config), **options.get("overrides", {})},
+            {**arch.maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
         with progress.phase("convert (MaxText's converter)"):
-            weights = arch.converter(Path(checkpoint_dir), hf_config)
+            weights = arch.convert(Path(checkpoint_dir), hf_config)
         flat = checkpoint.flatten(weights)
         with progress.phase("check shapes", items=len(flat), item="parameters") as checked:
             self._check_shapes(model, flat, checkpoint_dir)
@@ -168,6 +167,9 @@ class MaxTextFamily:
         params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
         apply, param_state = runtime.apply_function(config, params)
         return LoadedModel(apply, param_state, model.vocab_size)
+
+    def genai_type(self, hf_config: dict[str, Any], source: str) -> str | None:
+        return architectures.genai_type(hf_config, source)  # each architecture's file says
 
     def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
         from onnxforge.families.maxtext import checkpoint, decoder, runtime

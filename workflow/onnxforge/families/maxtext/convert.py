@@ -1,8 +1,10 @@
 """Hugging Face checkpoints -> MaxText parameters, through MaxText's own converters.
 
-Each converter is a callable ``(checkpoint_dir, hf_config) -> unscanned parameter tree``
-(float32 numpy arrays, or ``checkpoint.Deferred`` ones that ``checkpoint.save`` reads one at
-a time); ``architectures.py`` names the one each architecture uses.
+Each converter is a callable ``(checkpoint_dir, hf_config, overrides) -> unscanned parameter
+tree`` (float32 numpy arrays, or ``checkpoint.Deferred`` ones that ``checkpoint.save`` reads one
+at a time); ``overrides`` are the MaxText settings the architecture gives that config.json
+(``Architecture.convert`` passes them). Each file in ``architectures/`` names the converter its
+architecture uses.
 
 MaxText's ``llama_or_mistral_ckpt`` maps Llama, Mistral and Mixtral safetensors (its
 ``_hf_to_maxtext_mapping``, RoPE permutation, query scaling, expert stacking) into its scanned
@@ -29,7 +31,7 @@ import numpy as np
 from onnxforge.core.errors import InputError
 from onnxforge.families.maxtext.checkpoint import VARIABLE_COLLECTIONS, load, unroll
 
-Converter = Callable[[Path, dict[str, Any]], dict[str, Any]]
+Converter = Callable[[Path, dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
 def llama_like_params(hf_config: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +51,10 @@ def llama_like_params(hf_config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def convert_llama_like(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
+def convert_llama_like(
+    checkpoint_dir: Path, hf_config: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """``overrides`` unused: its parameter table takes the dimensions (``llama_like_params``)."""
     from maxtext.checkpoint_conversion.standalone_scripts import llama_or_mistral_ckpt as mt
 
     name = "onnxforge-checkpoint"
@@ -68,9 +73,12 @@ def convert_llama_like(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[
 GEMMA_FLAX = "flax"
 
 
-def convert_gemma(checkpoint_dir: Path, hf_config: dict[str, Any]) -> dict[str, Any]:
+def convert_gemma(
+    checkpoint_dir: Path, hf_config: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
     """From the download's ``flax/`` folder where there is one, else from the Hugging Face
-    layout (gemma_flax.py writes the Flax layout of the same weights first)."""
+    layout (gemma_flax.py writes the Flax layout of the same weights first). ``overrides``
+    unused: the Flax checkpoint has the dimensions."""
     import tempfile
 
     flax_dir = _flax_checkpoint((Path(checkpoint_dir) / GEMMA_FLAX).resolve())
@@ -149,7 +157,11 @@ TEXT_PREFIX, MULTIMODAL_TEXT_PREFIX = "model.", "model.language_model."
 
 
 def convert_with_to_maxtext(
-    checkpoint_dir: Path, hf_config: dict[str, Any], mapping: str, text_only: bool = False
+    checkpoint_dir: Path,
+    hf_config: dict[str, Any],
+    overrides: dict[str, Any],
+    mapping: str,
+    text_only: bool = False,
 ) -> dict[str, Any]:
     """Its mapping reads the model's dimensions from a table of published Hugging Face configs
     (HF_MODEL_CONFIGS); we put the checkpoint's own config.json there for the run, so tiny and
@@ -175,7 +187,6 @@ def convert_with_to_maxtext(
     from maxtext.checkpoint_conversion.utils import hf_model_configs
 
     from onnxforge.families.maxtext import runtime
-    from onnxforge.families.maxtext.overrides import maxtext_overrides
 
     config = transformers.AutoConfig.for_model(**hf_config)
     patches = contextlib.ExitStack()
@@ -206,8 +217,7 @@ def convert_with_to_maxtext(
         saved["weights"] = weights
 
     with tempfile.TemporaryDirectory(prefix="onnxforge-to-maxtext-") as scratch, patches:
-        overrides = {**maxtext_overrides(hf_config), "base_output_directory": scratch}
-        argv = runtime.config_argv(mapping, overrides)
+        argv = runtime.config_argv(mapping, {**overrides, "base_output_directory": scratch})
         with (
             mock.patch.dict(hf_model_configs.HF_MODEL_CONFIGS, {mapping: config}),
             mock.patch.object(to_maxtext, "get_maxtext_model_info", model_info_with_bias_as_params),

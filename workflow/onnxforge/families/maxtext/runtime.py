@@ -133,8 +133,8 @@ def _attention_init_with_configured_window(self, *args, **kwargs):
     layer does not choose: MaxText's Mistral and Mixtral layers (models/mistral.py,
     mixtral.py) never pass ``attention_type`` or ``sliding_window_size``, so a checkpoint's
     ``sliding_window`` was ignored. With ``attention_type=local_sliding`` and
-    ``sliding_window_size`` set (overrides.py does it for a config.json window), those layers
-    use MaxText's own LOCAL_SLIDING mask, as Gemma 2's local layers do."""
+    ``sliding_window_size`` set (architectures/mistral.py sets them for a config.json window),
+    those layers use MaxText's own LOCAL_SLIDING mask, as Gemma 2's local layers do."""
     from maxtext.common.common_types import AttentionType
 
     config = kwargs.get("config", args[0] if args else None)
@@ -188,8 +188,8 @@ _ORIGINAL_INIT_ROTARY = None
 def _init_rotary_embedding_with_llama3_factor(self):
     """MaxText's ``Attention.init_rotary_embedding``, giving its ``LLaMARotaryEmbedding`` the
     checkpoint's Llama 3 RoPE factor: MaxText fixes it at Llama 3.1's 8 (Llama 3.2 has 32).
-    overrides.py passes config.json's factor as ``rope_linear_scaling_factor``, a setting
-    MaxText reads for its plain RoPE only; 1.0, its default, keeps MaxText's 8."""
+    architectures/llama3.py passes config.json's factor as ``rope_linear_scaling_factor``, a
+    setting MaxText reads for its plain RoPE only; 1.0, its default, keeps MaxText's 8."""
     from maxtext.layers.embeddings import LLaMARotaryEmbedding
 
     embedding = _ORIGINAL_INIT_ROTARY(self)
@@ -202,7 +202,7 @@ def _init_rotary_embedding_with_llama3_factor(self):
 def _llama3_scaling_factor(self, freq):
     """``LLaMARotaryEmbedding._apply_scaling_factor`` (layers/embeddings.py) with the factor
     the patch above set (8, MaxText's, otherwise); its other constants are every Llama 3's
-    (overrides.py refuses others)."""
+    (architectures/llama3.py refuses others)."""
     scale_factor = getattr(self, "llama3_factor", 8.0)
     low_freq_factor, high_freq_factor, old_context_len = 1.0, 4.0, 8192.0
     low_freq_wavelen = old_context_len / low_freq_factor

@@ -48,7 +48,12 @@ def export(
         # GenAI may keep each cache in one buffer only where GroupQueryAttention appends to it.
         attending = sum(node.op_type == "GroupQueryAttention" for node in model_ir.graph)
         genai_files = genai.write_folder(
-            model, stage_dir, checkpoint_dir, out_dir, share_buffer=attending == model.num_layers
+            family,
+            model,
+            stage_dir,
+            checkpoint_dir,
+            out_dir,
+            share_buffer=attending == model.num_layers,
         )
     else:
         with progress.phase("load"):

@@ -20,7 +20,7 @@ from typing import Any
 from onnxforge.core.errors import InputError
 from onnxforge.core.hf_config import read_config_json
 from onnxforge.core.paths import ONNX_FILE
-from onnxforge.families.base import LoadedDecoder
+from onnxforge.families.base import Family, LoadedDecoder
 from onnxforge.graph import signature
 
 CONFIG_FILE = "genai_config.json"
@@ -33,10 +33,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
 )
 REQUIRED_TOKENIZER = "tokenizer.json"
-# GenAI's names for Hugging Face model types; others run as "llama" (the type only selects
-# GenAI's driver for a decoder-only graph, the graph does the model's math).
-GENAI_TYPES = {"gpt_oss": "gptoss", "llama": "llama", "mistral": "mistral", "mixtral": "mistral"}
-GENAI_TYPES |= {"gemma": "gemma", "gemma2": "gemma2", "qwen2": "qwen2", "qwen3": "qwen3"}
 
 
 def _token_ids(value: Any) -> list[int]:
@@ -45,21 +41,38 @@ def _token_ids(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
+def model_type(family: Family, hf_config: dict[str, Any], source: str) -> str:
+    """GenAI's ``model.type`` (which of its drivers runs the graph), as the family says for
+    the checkpoint's architecture (maxtext: one file each, families/maxtext/architectures/).
+    Refused where it declares none, or knows no such architecture: never a guess."""
+    declared = family.genai_type(hf_config, source)
+    if declared is None:
+        raise InputError(
+            f"{source}: ONNX Runtime GenAI has no model type for model_type "
+            f"{hf_config.get('model_type')!r}; export it with decoder: full"
+        )
+    return declared
+
+
 def genai_config(
-    decoder: LoadedDecoder, hf_config: dict[str, Any], generation: dict, share_buffer: bool
+    decoder: LoadedDecoder,
+    hf_config: dict[str, Any],
+    generation: dict,
+    share_buffer: bool,
+    genai_type: str,
 ) -> dict:
-    """The genai_config.json of a KV-cache export (greedy search by default)."""
+    """The genai_config.json of a KV-cache export (greedy search by default); ``genai_type``:
+    GenAI's ``model.type`` (``model_type``)."""
     eos = _token_ids(generation.get("eos_token_id", hf_config.get("eos_token_id")))
     pad = _token_ids(generation.get("pad_token_id", hf_config.get("pad_token_id")))
     bos = _token_ids(generation.get("bos_token_id", hf_config.get("bos_token_id")))
     # No end-of-sequence token (a synthetic checkpoint): GenAI needs one within the
     # vocabulary; the last id, where generation then stops if it is ever drawn.
     eos = eos or [decoder.vocab_size - 1]
-    model_type = hf_config.get("model_type", "llama")
     context = int(hf_config.get("max_position_embeddings") or 4096)
     return {
         "model": {
-            "type": GENAI_TYPES.get(model_type, "llama"),
+            "type": genai_type,
             "vocab_size": decoder.vocab_size,
             "context_length": context,
             "bos_token_id": bos[0] if bos else eos[0],
@@ -102,6 +115,7 @@ def genai_config(
 
 
 def write_folder(
+    family: Family,
     decoder: LoadedDecoder,
     stage_dir: Path,
     checkpoint_dir: Path,
@@ -111,7 +125,8 @@ def write_folder(
 ) -> list[str]:
     """Write genai_config.json and copy the tokenizer files into ``out_dir``; returns the
     names written. ``share_buffer``: every layer's cache goes through GroupQueryAttention. A
-    checkpoint without tokenizer.json is refused: GenAI cannot run it."""
+    checkpoint without tokenizer.json is refused, and one whose architecture GenAI has no
+    model type for: GenAI cannot run either."""
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / REQUIRED_TOKENIZER).is_file():
         raise InputError(
@@ -119,9 +134,11 @@ def write_folder(
             "Runtime GenAI, which needs the checkpoint's tokenizer (include tokenizer*.json "
             "in the download)"
         )
+    hf_config = read_config_json(stage_dir)
+    genai_type = model_type(family, hf_config, str(Path(stage_dir) / "config.json"))
     generation_path = checkpoint_dir / "generation_config.json"
     generation = json.loads(generation_path.read_text()) if generation_path.is_file() else {}
-    config = genai_config(decoder, read_config_json(stage_dir), generation, share_buffer)
+    config = genai_config(decoder, hf_config, generation, share_buffer, genai_type)
     (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(config, indent=4, sort_keys=True) + "\n")
     written = [CONFIG_FILE]
     for name in TOKENIZER_FILES:

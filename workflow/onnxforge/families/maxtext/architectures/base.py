@@ -1,0 +1,211 @@
+"""What every architecture file declares (``Architecture``), and the readings of config.json
+they share: RoPE with one precedence, the attention window, the settings every MaxText model
+takes, and the refusals most architectures make.
+
+Pure Python (no MaxText import): the catalog and the Snakefile use it in the ``jax``
+environment too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxforge.families.maxtext import convert
+
+HfConfig = dict[str, Any]
+
+# ONNX Runtime GenAI's ``model.type`` for an architecture it has no type of its own for: the
+# type only selects GenAI's driver for a decoder-only graph (our graph does the model's math),
+# and its "llama" driver runs ours; the generation tests check GenAI's tokens against the gate's.
+GENAI_DECODER_ONLY = "llama"
+
+# A tiny config the architectures' test checkpoints start from (each changes what it needs).
+TINY = {
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
+
+# The decoder's unscanned layers: ``layers_N``; DeepSeek's ``dense_layers_N`` then
+# ``moe_layers_N``.
+LAYER_NAME = re.compile(r"(?:(dense|moe)_)?layers_(\d+)")
+
+
+def decoder_layers(names) -> list[str]:
+    """The decoder's layer modules among ``names``, in the order they run."""
+    found = [(m, name) for name in names if (m := LAYER_NAME.fullmatch(name))]
+    return [name for m, name in sorted(found, key=lambda f: (f[0][1] == "moe", int(f[0][2])))]
+
+
+# RoPE. Before transformers 5 config.json keeps its scaling as ``rope_scaling`` (``type`` in
+# older files, ``rope_type`` since); transformers 5 writes ``rope_parameters``, which also
+# holds ``rope_theta``. Where a file has both, rope_parameters wins key by key.
+
+
+def rope_parameters(hf_config: HfConfig) -> dict[str, Any]:
+    """config.json's RoPE settings, ``rope_scaling`` overlaid with ``rope_parameters``."""
+    return {**(hf_config.get("rope_scaling") or {}), **(hf_config.get("rope_parameters") or {})}
+
+
+def scaling_type(parameters: dict[str, Any]) -> str:
+    """The RoPE scaling one set of parameters names (``rope_type``, else the older ``type``);
+    "default" where it names none."""
+    return str(parameters.get("rope_type") or parameters.get("type") or "default")
+
+
+def rope_type(hf_config: HfConfig) -> str:
+    """config.json's RoPE scaling; "default" where it has none."""
+    return scaling_type(rope_parameters(hf_config))
+
+
+def rope_theta(hf_config: HfConfig) -> float:
+    return float(rope_parameters(hf_config).get("rope_theta", hf_config.get("rope_theta", 10000.0)))
+
+
+def sliding_window(hf_config: HfConfig) -> int | None:
+    """The attention window config.json sets, or None (Qwen's is off unless
+    ``use_sliding_window``)."""
+    window = hf_config.get("sliding_window")
+    if hf_config.get("use_sliding_window") is False:
+        return None
+    return int(window) if window else None
+
+
+def common_overrides(hf_config: HfConfig) -> dict[str, Any]:
+    """The MaxText settings every architecture takes from config.json: the dimensions, so tiny
+    and layer-truncated checkpoints build the model their weights need (published sizes agree
+    with MaxText's own yml)."""
+    heads = hf_config["num_attention_heads"]
+    return {
+        "base_emb_dim": hf_config["hidden_size"],
+        "base_num_query_heads": heads,
+        "base_num_kv_heads": hf_config.get("num_key_value_heads", heads),
+        "head_dim": hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
+        "base_mlp_dim": hf_config["intermediate_size"],
+        "base_num_decoder_layers": hf_config["num_hidden_layers"],
+        "vocab_size": hf_config["vocab_size"],
+        "normalization_layer_epsilon": hf_config.get("rms_norm_eps", 1e-6),
+        "rope_max_timescale": rope_theta(hf_config),
+        "logits_via_embedding": bool(hf_config.get("tie_word_embeddings", False)),
+    }
+
+
+def local_experts(hf_config: HfConfig) -> dict[str, Any]:
+    """The MoE settings of a config.json that counts its experts as ``num_local_experts``
+    (Mixtral, GPT-OSS), every layer's experts as wide as ``intermediate_size``."""
+    if not hf_config.get("num_local_experts"):
+        return {}
+    return {
+        "num_experts": hf_config["num_local_experts"],
+        "num_experts_per_tok": hf_config["num_experts_per_tok"],
+        "base_moe_mlp_dim": hf_config["intermediate_size"],
+    }
+
+
+# Refusals: config.json fields MaxText's model cannot honor, each with why (stage refuses the
+# checkpoint rather than fail parity on numbers alone).
+
+
+def refuse_rope(hf_config: HfConfig, model_name: str, honored=("default",)) -> list[str]:
+    kind = rope_type(hf_config)
+    if kind in honored:
+        return []
+    return [f"rope_scaling type {kind!r}: MaxText's {model_name} has no such RoPE"]
+
+
+def refuse_window(hf_config: HfConfig, model_name: str) -> list[str]:
+    """For MaxText models whose layers all attend globally."""
+    window = sliding_window(hf_config)
+    if not window:
+        return []
+    return [f"sliding_window {window}: MaxText's {model_name} attends globally in every layer"]
+
+
+def refuse_biases(hf_config: HfConfig, model_name: str) -> list[str]:
+    """For MaxText models whose projections have no biases."""
+    return [
+        f"{flag}: MaxText's {model_name} has no such biases"
+        for flag in ("attention_bias", "mlp_bias")
+        if hf_config.get(flag)
+    ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """One Hugging Face architecture as MaxText builds it: everything the family knows about
+    it (one file each in this package)."""
+
+    model_type: str  # its name (tiny-<name>); config.json's model_type unless hf_model_types
+    transformers_class: str  # the reference, and the writer of tiny checkpoints
+    config_class: str
+    default_model: str  # MaxText's configs/models/<name>.yml
+    converter: convert.Converter  # MaxText's converter that stages it
+    # ONNX Runtime GenAI's ``model.type`` for its KV-cache export (genai_config.json); None
+    # where GenAI cannot run it, which the GenAI folder writer refuses. Always explicit.
+    genai_type: str | None
+    # The MaxText settings it adds to ``common_overrides`` for a config.json.
+    settings: Callable[[HfConfig], dict[str, Any]]
+    # ``(config.json, MaxText model name) -> reasons``: the fields that model cannot honor.
+    refusals: Callable[[HfConfig, str], list[str]]
+    tiny: dict[str, Any] = field(default_factory=dict)  # a tiny config for tests
+    # What `onnxforge build SOURCE` recognizes as this architecture (``recognize``): the
+    # config.json model_types, and the RoPE scalings (``rope_type``; "default": none) whose
+    # frequencies default_model reproduces (Llama 2's plain RoPE, not Llama 3's "llama3").
+    hf_model_types: tuple[str, ...] = ()
+    hf_rope_types: tuple[str, ...] = ("default",)
+    # The Hugging Face layers one MaxText layer holds, in order, by its modules' name suffix
+    # (Gemma 2: a local-attention layer, then a global one); "" where it holds one.
+    sublayers: tuple[str, ...] = ("",)
+    # The other family's example whose tiny checkpoint this one's is (crosschecked with it).
+    same_checkpoint_as: str = ""
+    # Where MaxText's router applies its score function inside the gate (DeepSeek's
+    # routed_score_func), its router tap holds scores: the reference's logits are compared
+    # through the same function ("softmax").
+    router_scores: str = ""
+    # Named changes to ``tiny`` that make more tiny examples of this architecture (tiny-<name>):
+    # another release of it (Llama 3.2 as Llama 3.1 with RoPE factor 32).
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def maxtext_overrides(self, hf_config: HfConfig) -> dict[str, Any]:
+        """MaxText settings that make its model match this checkpoint's config.json."""
+        return {**common_overrides(hf_config), **self.settings(hf_config)}
+
+    def unsupported(self, hf_config: HfConfig, model_name: str) -> list[str]:
+        """The config.json fields MaxText's ``model_name`` cannot honor, each with why."""
+        return self.refusals(hf_config, model_name)
+
+    def convert(self, checkpoint_dir: Path, hf_config: HfConfig) -> dict[str, Any]:
+        """MaxText's parameters of the checkpoint, by its converter (given MaxText's settings
+        for config.json: to_maxtext builds the model it maps onto from them)."""
+        return self.converter(checkpoint_dir, hf_config, self.maxtext_overrides(hf_config))
+
+    def maxtext_layer(self, hf_layer: int, layers: list[str]) -> tuple[str, str]:
+        """Where Hugging Face's layer ``hf_layer`` is: MaxText's layer module (of the decoder's
+        ``layers``, in order: ``decoder_layers``), module suffix."""
+        block, within = divmod(hf_layer, len(self.sublayers))
+        return layers[block], self.sublayers[within]
+
+    @property
+    def converts(self) -> tuple[str, ...]:
+        return self.hf_model_types or (self.model_type,)
+
+    @property
+    def moe(self) -> bool:
+        """A mixture of experts (transformers names the expert count per model)."""
+        keys = ("num_local_experts", "num_experts", "n_routed_experts")
+        return any(self.tiny.get(key) for key in keys)
+
+    @property
+    def series(self) -> str:
+        """The MaxText models it covers: ``llama3.1`` for llama3.1-8b, -70b, -405b."""
+        return self.default_model.rsplit("-", 1)[0]

@@ -1,0 +1,24 @@
+"""Llama 2: MaxText's llama_or_mistral_ckpt converter, plain RoPE (``recognize`` gives Llama
+3's scaled RoPE to llama3.py)."""
+
+from __future__ import annotations
+
+from onnxforge.families.maxtext import convert
+from onnxforge.families.maxtext.architectures.base import TINY, Architecture
+from onnxforge.families.maxtext.architectures.llama3 import llama_refusals, llama_settings
+
+LLAMA2 = Architecture(
+    model_type="llama",
+    transformers_class="LlamaForCausalLM",
+    config_class="LlamaConfig",
+    default_model="llama2-7b",
+    converter=convert.convert_llama_like,
+    genai_type="llama",
+    # config.json's model_type "llama" is Llama 3's too: one reading of it (llama3.py)
+    settings=llama_settings,
+    refusals=llama_refusals,
+    tiny={**TINY, "num_key_value_heads": 4},  # llama2-7b: one kv head per query head
+    hf_model_types=("llama",),
+)
+
+ENTRIES = (LLAMA2,)

@@ -1,0 +1,65 @@
+"""Qwen 3 MoE: Qwen 3's attention, every layer a mixture of experts, through MaxText's
+to_maxtext converter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnxforge.families.maxtext import convert
+from onnxforge.families.maxtext.architectures.base import (
+    GENAI_DECODER_ONLY,
+    TINY,
+    Architecture,
+    HfConfig,
+    refuse_biases,
+    refuse_rope,
+    refuse_window,
+)
+
+
+def settings(hf_config: HfConfig) -> dict[str, Any]:
+    # Every layer MoE: MaxText wants base_mlp_dim = the experts'.
+    return {
+        # transformers 5 writes num_local_experts; earlier ones num_experts
+        "num_experts": hf_config.get("num_experts") or hf_config["num_local_experts"],
+        "num_experts_per_tok": hf_config["num_experts_per_tok"],
+        "base_moe_mlp_dim": hf_config["moe_intermediate_size"],
+        "base_mlp_dim": hf_config["moe_intermediate_size"],
+        "norm_topk_prob": bool(hf_config.get("norm_topk_prob", False)),
+    }
+
+
+def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
+    reasons = (
+        refuse_rope(hf_config, model_name)
+        + refuse_window(hf_config, model_name)
+        + refuse_biases(hf_config, model_name)
+    )
+    if hf_config.get("mlp_only_layers") or hf_config.get("decoder_sparse_step", 1) != 1:
+        reasons.append(
+            "mlp_only_layers / decoder_sparse_step: MaxText's qwen3_moe makes every layer MoE"
+        )
+    return reasons
+
+
+QWEN3_MOE = Architecture(
+    model_type="qwen3_moe",
+    transformers_class="Qwen3MoeForCausalLM",
+    config_class="Qwen3MoeConfig",
+    default_model="qwen3-30b-a3b",
+    converter=convert.with_to_maxtext("qwen3-30b-a3b"),
+    genai_type=GENAI_DECODER_ONLY,
+    settings=settings,
+    refusals=refusals,
+    tiny={
+        **TINY,
+        "moe_intermediate_size": 32,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": True,
+        "rope_theta": 1000000.0,
+    },
+    hf_model_types=("qwen3_moe",),
+)
+
+ENTRIES = (QWEN3_MOE,)
