@@ -52,3 +52,40 @@ def test_yarn_in_real_arithmetic_equals_maxtexts_complex_rotation():
         [MAXTEXT_PYTHON, "-c", YARN_CHECK], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and "yarn ok" in done.stdout, done.stdout + done.stderr[-3000:]
+
+
+REGISTRY_CHECK = r"""
+import importlib
+from onnxforge.families.maxtext import decoder, patches, runtime, sparse_moe  # registers all
+
+def current(target):
+    owner, name = patches._owner(target)
+    return getattr(owner, name)
+
+assert len(patches.PATCHES) == 13, sorted(patches.PATCHES)
+assert all(p.why and p.group in patches.GROUPS for p in patches.PATCHES.values())
+own = {target: current(target) for target in patches.PATCHES}
+runtime.patch_for_export(); decoder.patch_for_cache(); sparse_moe.patch_sparse()
+runtime.patch_for_export()  # idempotent: the originals stay MaxText's own
+for target, patch in patches.PATCHES.items():
+    assert current(target) is patch.replacement, target
+    assert patches.original_of(patch.replacement) is own[target] or patch.target.endswith(
+        "attend_on_embedding"), target
+patches.restore()
+assert all(current(target) is own[target] for target in patches.PATCHES)
+assert patches.applied() == []
+print("registry ok")
+"""
+
+
+@pytest.mark.maxtext
+def test_every_maxtext_patch_is_registered_applied_once_and_restored():
+    """The 13 attributes onnxforge replaces in MaxText: one registry (target, replacement,
+    why), applied by group, idempotent, and MaxText's own code back after ``restore``."""
+    if not MAXTEXT_PYTHON.exists():
+        pytest.fail(f"{MAXTEXT_PYTHON} is missing: run `make env-maxtext`", pytrace=False)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "workflow"), JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [MAXTEXT_PYTHON, "-c", REGISTRY_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "registry ok" in done.stdout, done.stdout + done.stderr[-3000:]

@@ -36,6 +36,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from onnxforge.families.maxtext import patches
+
 
 @jax.tree_util.register_pytree_node_class
 @dataclass
@@ -64,18 +66,22 @@ class LayerCache:
 _ACTIVE: contextvars.ContextVar[LayerCache | None] = contextvars.ContextVar(
     "onnxforge_maxtext_layer_cache", default=None
 )
-_ORIGINAL: dict[str, Any] = {}
 
 
+@patches.replaces(
+    "maxtext.layers.attentions:Attention.__call__",
+    "cache",
+    "with a LayerCache: chunked prefill over the cache passed in, its present handed back",
+)
 def _attention_call(self, *args, kv_cache=None, **kwargs):
     """``Attention.__call__``: with a ``LayerCache``, MaxText's chunked prefill over it."""
     if not isinstance(kv_cache, LayerCache):
-        return _ORIGINAL["call"](self, *args, kv_cache=kv_cache, **kwargs)
+        return patches.original_of(_attention_call)(self, *args, kv_cache=kv_cache, **kwargs)
     # Not every decoder layer forwards previous_chunk (Gemma's does not): the cache carries it.
     kwargs.update(model_mode="prefill", previous_chunk=kv_cache.previous_chunk)
     token = _ACTIVE.set(kv_cache)
     try:
-        out, _ = _ORIGINAL["call"](self, *args, kv_cache=None, **kwargs)
+        out, _ = patches.original_of(_attention_call)(self, *args, kv_cache=None, **kwargs)
     finally:
         _ACTIVE.reset(token)
     if kv_cache.present is None:
@@ -83,12 +89,17 @@ def _attention_call(self, *args, kv_cache=None, **kwargs):
     return out, kv_cache.present
 
 
+@patches.replaces(
+    "maxtext.layers.attentions:Attention.update_kv_caches",
+    "cache",
+    "the previous chunks' keys and values from the cache passed in, not MaxText's buffer",
+)
 def _update_kv_caches(self, key, value, decoder_segment_ids, model_mode, previous_chunk):
     """What ``KVCache.kv_cache_chunked_prefill`` returns (the previous chunks' keys, values and
     segment ids, then this chunk's), from the cache passed in rather than its buffer."""
     cache = _ACTIVE.get()
     if cache is None:
-        return _ORIGINAL["update"](
+        return patches.original_of(_update_kv_caches)(
             self, key, value, decoder_segment_ids, model_mode, previous_chunk
         )
     # lax, not jnp: jax2onnx's jnp.concatenate gives a symbolic concat axis the first operand's
@@ -117,6 +128,11 @@ def fused_attention_supported(op, sinks, bidirectional_mask) -> bool:
     )
 
 
+@patches.replaces(
+    "maxtext.layers.attention_op:AttentionOp.__call__",
+    "cache",
+    "in an ops: ort KV export, attention over the cache as one GroupQueryAttention",
+)
 def _attention_op_call(self, query, key, value, *args, **kwargs):
     """``AttentionOp.__call__``: in an ``ops: ort`` export, inside a KV step, MaxText's
     attention over the cache as one GroupQueryAttention (``graph.attention``)."""
@@ -133,8 +149,8 @@ def _attention_op_call(self, query, key, value, *args, **kwargs):
         or not lowering.fused()
         or not fused_attention_supported(self, sinks, bidirectional)
     ):
-        return _ORIGINAL["op"](self, query, key, value, *args, **kwargs)
-    original = _ORIGINAL["op"]
+        return patches.original_of(_attention_op_call)(self, query, key, value, *args, **kwargs)
+    original = patches.original_of(_attention_op_call)
 
     def dense(q, k, v, past_key, past_value, mask):  # MaxText's own attention (JAX's meaning)
         keys = jax.lax.concatenate([to_maxtext_layout(past_key), k], 1)
@@ -169,6 +185,11 @@ def _rotate_halves(module, x, cos, sin):
     return module.apply_rotary(x, cos, sin)
 
 
+@patches.replaces(
+    "maxtext.layers.embeddings:RotaryEmbedding.__call__",
+    "cache",
+    "in an ops: ort KV export (opset 23), the plain RoPE as ONNX's RotaryEmbedding",
+)
 def _rotary_call(self, inputs, position=None):
     """``RotaryEmbedding.__call__`` (the plain one on halves, not its subclasses): in an
     ``ops: ort`` export, inside a KV step, MaxText's rotation at its own frequencies
@@ -187,7 +208,7 @@ def _rotary_call(self, inputs, position=None):
         or inputs.ndim != 4
         or self.embedding_dims != inputs.shape[3]
     ):
-        return _ORIGINAL["rotary"](self, inputs, position)
+        return patches.original_of(_rotary_call)(self, inputs, position)
     sinusoid = position[:, :, None] / self.timescale  # [b, s, d / 2], as MaxText's __call__
     cos, sin = jnp.cos(sinusoid).astype(inputs.dtype), jnp.sin(sinusoid).astype(inputs.dtype)
     rotate = functools.partial(_rotate_halves, self)
@@ -196,17 +217,9 @@ def _rotary_call(self, inputs, position=None):
 
 
 def patch_for_cache() -> None:
-    from maxtext.layers import attention_op, attentions, embeddings
-
-    if not _ORIGINAL:
-        _ORIGINAL["call"] = attentions.Attention.__call__
-        _ORIGINAL["update"] = attentions.Attention.update_kv_caches
-        _ORIGINAL["op"] = attention_op.AttentionOp.__call__
-        _ORIGINAL["rotary"] = embeddings.RotaryEmbedding.__call__
-        attentions.Attention.__call__ = _attention_call
-        attentions.Attention.update_kv_caches = _update_kv_caches
-        attention_op.AttentionOp.__call__ = _attention_op_call
-        embeddings.RotaryEmbedding.__call__ = _rotary_call
+    """MaxText's attention, cache update, attention op and RoPE for the KV step: the
+    ``cache`` group of ``patches``."""
+    patches.apply("cache")
 
 
 def to_maxtext_layout(x: jax.Array) -> jax.Array:

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from onnxforge.families.maxtext import patches
+
 # What every onnxforge MaxText model is: unscanned (scan_layers=True does not export: jax2onnx
 # has no random_split), plain dot-product attention, no dropout or remat, CPU, one process.
 INFERENCE_SETTINGS: dict[str, Any] = {
@@ -96,6 +98,16 @@ def param_shapes(config) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {tuple(map(str, path)): tuple(v.shape) for path, v in params.flat_state()}
 
 
+@patches.replaces(
+    "maxtext.layers.embeddings:attend_on_embedding",
+    "export",
+    "Embed.attend casts the table to bfloat16 whatever the dtype: mixed-dtype Einsum ORT rejects",
+)
+@patches.replaces(
+    "maxtext.layers.nnx_decoders:attend_on_embedding",
+    "export",
+    "the decoder's tied-embedding logits: the same bfloat16 cast",
+)
 def _attend_on_embedding(query, embedding_table, attend_dtype, config, out_sharding=None):
     """Tied-embedding logits with the table in the model's dtype, not always bfloat16.
 
@@ -109,6 +121,11 @@ def _attend_on_embedding(query, embedding_table, attend_dtype, config, out_shard
     return jnp.dot(query, table.T, preferred_element_type=attend_dtype)
 
 
+@patches.replaces(
+    "maxtext.layers.moe:RoutedMoE.reshape_and_update_weights",
+    "export",
+    "its scatter indexed by arange(batch) cannot take a symbolic batch in jax2onnx",
+)
 def _expert_weights_by_one_hot(self, weights, indices, safe_updates=False):
     """MaxText's ``RoutedMoE.reshape_and_update_weights`` (layers/moe.py) without its scatter.
 
@@ -117,17 +134,21 @@ def _expert_weights_by_one_hot(self, weights, indices, safe_updates=False):
     as a one-hot sum (top-k indices are distinct, so ``set`` and ``add`` agree).
     """
     if safe_updates:  # forced routing: not used for inference here
-        return _ORIGINAL_EXPERT_WEIGHTS(self, weights, indices, safe_updates)
+        original = patches.original_of(_expert_weights_by_one_hot)
+        return original(self, weights, indices, safe_updates)
     one_hot = jax.nn.one_hot(indices, self.num_experts, dtype=self.dtype)
     return jnp.einsum("bsk,bske->bse", weights.astype(self.dtype), one_hot)
 
 
-_ORIGINAL_EXPERT_WEIGHTS = None
-_ORIGINAL_ATTENTION_INIT = None
 # Decoder blocks whose layers build MaxText's Attention without its window options.
 WINDOW_FROM_CONFIG = ("mistral", "mixtral")
 
 
+@patches.replaces(
+    "maxtext.layers.attentions:Attention.__init__",
+    "export",
+    "Mistral's and Mixtral's layers never pass the config's sliding window to Attention",
+)
 def _attention_init_with_configured_window(self, *args, **kwargs):
     """MaxText's ``Attention.__init__``, taking the sliding window from the config where the
     layer does not choose: MaxText's Mistral and Mixtral layers (models/mistral.py,
@@ -148,12 +169,14 @@ def _attention_init_with_configured_window(self, *args, **kwargs):
             attention_type=AttentionType.LOCAL_SLIDING,
             sliding_window_size=config.sliding_window_size,
         )
-    _ORIGINAL_ATTENTION_INIT(self, *args, **kwargs)
+    patches.original_of(_attention_init_with_configured_window)(self, *args, **kwargs)
 
 
-_ORIGINAL_LOCAL_ATTENTION = None
-
-
+@patches.replaces(
+    "maxtext.layers.attention_op:AttentionOp.compute_local_attention",
+    "export",
+    "its sink column, concatenated on the symbolic key axis, gets a wrong size in jax2onnx",
+)
 def _local_attention_with_sinks(
     self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks=None
 ):
@@ -166,7 +189,7 @@ def _local_attention_with_sinks(
     and sum over ``[logits, sink]``, taken piecewise. Other cases go to MaxText's own.
     """
     if sinks is None or model_mode != "train" or self.reshape_q:
-        return _ORIGINAL_LOCAL_ATTENTION(
+        return patches.original_of(_local_attention_with_sinks)(
             self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks
         )
     b, n_kv, g, t, s = attn_weights.shape
@@ -182,9 +205,11 @@ def _local_attention_with_sinks(
     return local_out, local_max, local_sum
 
 
-_ORIGINAL_INIT_ROTARY = None
-
-
+@patches.replaces(
+    "maxtext.layers.attentions:Attention.init_rotary_embedding",
+    "export",
+    "MaxText fixes Llama 3's RoPE factor at 8: Llama 3.2's 32 is passed to its embedding",
+)
 def _init_rotary_embedding_with_llama3_factor(self):
     """MaxText's ``Attention.init_rotary_embedding``, giving its ``LLaMARotaryEmbedding`` the
     checkpoint's Llama 3 RoPE factor: MaxText fixes it at Llama 3.1's 8 (Llama 3.2 has 32).
@@ -192,13 +217,18 @@ def _init_rotary_embedding_with_llama3_factor(self):
     setting MaxText reads for its plain RoPE only; 1.0, its default, keeps MaxText's 8."""
     from maxtext.layers.embeddings import LLaMARotaryEmbedding
 
-    embedding = _ORIGINAL_INIT_ROTARY(self)
+    embedding = patches.original_of(_init_rotary_embedding_with_llama3_factor)(self)
     factor = float(getattr(self.config, "rope_linear_scaling_factor", 1.0))
     if isinstance(embedding, LLaMARotaryEmbedding) and factor != 1.0:
         embedding.llama3_factor = factor
     return embedding
 
 
+@patches.replaces(
+    "maxtext.layers.embeddings:LLaMARotaryEmbedding._apply_scaling_factor",
+    "export",
+    "Llama 3's RoPE scaling with the factor the embedding was given (8 otherwise)",
+)
 def _llama3_scaling_factor(self, freq):
     """``LLaMARotaryEmbedding._apply_scaling_factor`` (layers/embeddings.py) with the factor
     the patch above set (8, MaxText's, otherwise); its other constants are every Llama 3's
@@ -241,6 +271,11 @@ def _yarn_inverse_frequencies(self) -> jax.Array:
     return freqs / self.rope_factor * (1 - smooth) + freqs * smooth
 
 
+@patches.replaces(
+    "maxtext.layers.embeddings:YarnRotaryEmbedding.__call__",
+    "export",
+    "its complex rotation lowers to a Gather on a scalar that ONNX Runtime rejects",
+)
 def _yarn_in_real_arithmetic(self, inputs, position=None):
     """MaxText's ``YarnRotaryEmbedding.__call__`` (layers/embeddings.py) with cos and sin in
     place of complex numbers.
@@ -285,27 +320,9 @@ def _yarn_in_real_arithmetic(self, inputs, position=None):
 
 def patch_for_export() -> None:
     """Workarounds for MaxText code that ONNX Runtime or jax2onnx cannot take (README: known
-    issues); the JAX side of parity runs them too, so transformers checks them."""
-    global _ORIGINAL_EXPERT_WEIGHTS, _ORIGINAL_ATTENTION_INIT, _ORIGINAL_LOCAL_ATTENTION
-    global _ORIGINAL_INIT_ROTARY
-    from maxtext.layers import attention_op, attentions, embeddings, moe, nnx_decoders
-
-    embeddings.attend_on_embedding = _attend_on_embedding  # Embed.attend
-    embeddings.YarnRotaryEmbedding.__call__ = _yarn_in_real_arithmetic
-    nnx_decoders.attend_on_embedding = _attend_on_embedding  # the decoder's logits
-    if _ORIGINAL_LOCAL_ATTENTION is None:
-        _ORIGINAL_LOCAL_ATTENTION = attention_op.AttentionOp.compute_local_attention
-        attention_op.AttentionOp.compute_local_attention = _local_attention_with_sinks
-    if _ORIGINAL_ATTENTION_INIT is None:
-        _ORIGINAL_ATTENTION_INIT = attentions.Attention.__init__
-        attentions.Attention.__init__ = _attention_init_with_configured_window
-    if _ORIGINAL_INIT_ROTARY is None:
-        _ORIGINAL_INIT_ROTARY = attentions.Attention.init_rotary_embedding
-        attentions.Attention.init_rotary_embedding = _init_rotary_embedding_with_llama3_factor
-        embeddings.LLaMARotaryEmbedding._apply_scaling_factor = _llama3_scaling_factor
-    if _ORIGINAL_EXPERT_WEIGHTS is None:
-        _ORIGINAL_EXPERT_WEIGHTS = moe.RoutedMoE.reshape_and_update_weights
-        moe.RoutedMoE.reshape_and_update_weights = _expert_weights_by_one_hot
+    issues), and settings MaxText ignores: the ``export`` group of ``patches``. The JAX side of
+    parity runs them too, so transformers checks them."""
+    patches.apply("export")
 
 
 def forward_function(

@@ -20,13 +20,12 @@ path; any other MoE keeps MaxText's dense one.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
+from onnxforge.families.maxtext import patches
 from onnxforge.graph import moe
 
 PRIMITIVE = Primitive("maxtext_sparse_moe")
@@ -69,15 +68,17 @@ def supports(moe) -> bool:
     )
 
 
-_ORIGINAL: dict[str, Any] = {}
-
-
+@patches.replaces(
+    "maxtext.layers.moe:RoutedMoE.dense_matmul",
+    "sparse",
+    "every expert on every token; the sparse primitive runs each on its routed tokens only",
+)
 def _sparse_dense_matmul(
     self, inputs, gate_logits, pre_bias_logits, w0_kernel, w1_kernel, wo_kernel, *args, **kw
 ):
     """``RoutedMoE.dense_matmul`` with MaxText's routing and the sparse primitive."""
     if not supports(self) or kw.get("forced_routed_experts") is not None:
-        return _ORIGINAL["dense"](
+        return patches.original_of(_sparse_dense_matmul)(
             self, inputs, gate_logits, pre_bias_logits, w0_kernel, w1_kernel, wo_kernel, *args, **kw
         )
     top_k_weights, top_k_indices = self.get_topk(gate_logits, pre_bias_logits, self.rngs)
@@ -98,12 +99,9 @@ def _sparse_dense_matmul(
 
 
 def patch_sparse() -> None:
-    """Route MaxText's dense MoE through the sparse primitive (idempotent)."""
-    from maxtext.layers import moe
-
-    if not _ORIGINAL:
-        _ORIGINAL["dense"] = moe.RoutedMoE.dense_matmul
-        moe.RoutedMoE.dense_matmul = _sparse_dense_matmul
+    """Route MaxText's dense MoE through the sparse primitive: the ``sparse`` group of
+    ``patches`` (idempotent)."""
+    patches.apply("sparse")
 
 
 def _expert(b, x_e, kernels, params):

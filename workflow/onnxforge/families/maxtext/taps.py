@@ -24,7 +24,7 @@ from typing import Any
 import jax
 
 from onnxforge.families import taps as tap_names
-from onnxforge.families.maxtext import runtime
+from onnxforge.families.maxtext import patches, runtime
 from onnxforge.families.maxtext.architectures import decoder_layers
 
 
@@ -68,86 +68,77 @@ def recording(classes: dict[str, set[type]]) -> Iterator[dict[str, Any]]:
 
     taps: dict[str, Any] = {}
     state = {"layer": -1, "inside": False, "mlp_depth": 0}
-    originals = []
+    # every wrapper below, undone when the forward is done (or fails)
+    with contextlib.ExitStack() as scoped:
 
-    def wrap(cls: type, method: str, record) -> None:
-        original = cls.__dict__.get(method, getattr(cls, method))
-        originals.append((cls, method, cls.__dict__.get(method)))
+        def wrap(cls: type, method: str, record) -> None:
+            original = getattr(cls, method)
 
-        def wrapper(self, *args, **kwargs):
-            out = original(self, *args, **kwargs)
-            record(args, out)
-            return out
-
-        setattr(cls, method, wrapper)
-
-    def put(part: str, value: Any) -> None:
-        if state["inside"]:
-            taps.setdefault(tap_names.tap(state["layer"], part), value)  # the layer's first call
-
-    def attention(args, out) -> None:
-        if state["inside"]:
-            state["layer"] += 1  # a Hugging Face layer starts with its attention
-            put("attention", _first(out))
-
-    def layer_call(cls: type) -> None:
-        original = cls.__dict__.get("__call__", cls.__call__)
-        originals.append((cls, "__call__", cls.__dict__.get("__call__")))
-
-        def wrapper(self, *args, **kwargs):
-            state["inside"] = True
-            try:
+            def wrapper(self, *args, **kwargs):
                 out = original(self, *args, **kwargs)
-            finally:
-                state["inside"] = False
-            taps[tap_names.tap(state["layer"], "output")] = _first(out)
-            return out
+                record(args, out)
+                return out
 
-        cls.__call__ = wrapper
+            scoped.enter_context(patches.temporarily(cls, method, wrapper))
 
-    def mlp_call(cls: type) -> None:
-        # Only the outermost MLP call is the layer's MLP: DeepSeek's MoE calls its shared
-        # experts, an MlpBlock, inside.
-        original = cls.__dict__.get("__call__", cls.__call__)
-        originals.append((cls, "__call__", cls.__dict__.get("__call__")))
+        def put(part: str, value: Any) -> None:
+            if state["inside"]:
+                taps.setdefault(
+                    tap_names.tap(state["layer"], part), value
+                )  # the layer's first call
 
-        def wrapper(self, *args, **kwargs):
-            state["mlp_depth"] += 1
-            try:
-                out = original(self, *args, **kwargs)
-            finally:
-                state["mlp_depth"] -= 1
-            if state["mlp_depth"] == 0:
-                put("mlp", _first(out))
-            return out
+        def attention(args, out) -> None:
+            if state["inside"]:
+                state["layer"] += 1  # a Hugging Face layer starts with its attention
+                put("attention", _first(out))
 
-        cls.__call__ = wrapper
+        def layer_call(cls: type) -> None:
+            original = cls.__call__
 
-    for cls in classes["layer"]:
-        layer_call(cls)
-    for cls in classes["attention"]:
-        wrap(cls, "__call__", attention)
-    for cls in classes["mlp"]:
-        mlp_call(cls)
+            def wrapper(self, *args, **kwargs):
+                state["inside"] = True
+                try:
+                    out = original(self, *args, **kwargs)
+                finally:
+                    state["inside"] = False
+                taps[tap_names.tap(state["layer"], "output")] = _first(out)
+                return out
 
-    def topk(args, out):
-        # get_topk(gate_logits, pre_bias_logits, ...): DeepSeek V3 adds its routing bias to
-        # the scores it selects by, which transformers' router logits have not
-        put("router_logits", args[0] if args[1] is None else args[1])
-        put("experts", out[1])
+            scoped.enter_context(patches.temporarily(cls, "__call__", wrapper))
 
-    wrap(moe.RoutedMoE, "get_topk", topk)
-    checkpoint = jax.checkpoint
-    jax.checkpoint = lambda fun, **_: fun
-    try:
+        def mlp_call(cls: type) -> None:
+            # Only the outermost MLP call is the layer's MLP: DeepSeek's MoE calls its shared
+            # experts, an MlpBlock, inside.
+            original = cls.__call__
+
+            def wrapper(self, *args, **kwargs):
+                state["mlp_depth"] += 1
+                try:
+                    out = original(self, *args, **kwargs)
+                finally:
+                    state["mlp_depth"] -= 1
+                if state["mlp_depth"] == 0:
+                    put("mlp", _first(out))
+                return out
+
+            scoped.enter_context(patches.temporarily(cls, "__call__", wrapper))
+
+        for cls in classes["layer"]:
+            layer_call(cls)
+        for cls in classes["attention"]:
+            wrap(cls, "__call__", attention)
+        for cls in classes["mlp"]:
+            mlp_call(cls)
+
+        def topk(args, out):
+            # get_topk(gate_logits, pre_bias_logits, ...): DeepSeek V3 adds its routing bias to
+            # the scores it selects by, which transformers' router logits have not
+            put("router_logits", args[0] if args[1] is None else args[1])
+            put("experts", out[1])
+
+        wrap(moe.RoutedMoE, "get_topk", topk)
+        scoped.enter_context(patches.temporarily(jax, "checkpoint", lambda fun, **_: fun))
         yield taps
-    finally:
-        jax.checkpoint = checkpoint
-        for cls, method, original in reversed(originals):
-            if original is None:
-                delattr(cls, method)
-            else:
-                setattr(cls, method, original)
 
 
 def apply_with_taps(config, params: dict) -> tuple[Any, Any]:
