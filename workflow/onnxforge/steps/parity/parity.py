@@ -360,13 +360,16 @@ def run_diagnosis(
     here, in a temporary folder, from the same staged model), and of the reference, on one
     input; each pair compared (``diagnosis.compare_taps``). One side at a time in memory."""
     with tempfile.TemporaryDirectory(prefix="onnxforge-debug-onnx-") as tmp:
-        jax_taps, names = _jax_taps_and_debug_export(family, stage_dir, token_ids, settings, tmp)
+        jax_taps, names, aliases = _jax_taps_and_debug_export(
+            family, stage_dir, token_ids, settings, tmp
+        )
         release_memory()
         session = providers.onnx_session(Path(tmp) / "debug.onnx", settings.provider, threads)
         values = session.run(None, signature.feeds(token_ids))
         del session
         release_memory()
     onnx_taps = dict(zip(names, values[1:], strict=True))
+    onnx_taps |= dict.fromkeys(aliases, values[0])
     _, reference_taps = family.reference_taps(download_dir, stage_dir, token_ids)
     release_memory()
     tolerance = settings.diagnosis["tolerance"]
@@ -381,7 +384,9 @@ def run_diagnosis(
 
 def _jax_taps_and_debug_export(
     family: Family, stage_dir: Path, token_ids: np.ndarray, settings: ParitySettings, out: str
-) -> tuple[dict[str, np.ndarray], list[str]]:
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """JAX's taps, and the debug export of them into ``out``: the names it outputs after the
+    logits, and the taps read off the logits output (``aliases``)."""
     import jax
     import jax.numpy as jnp
 
@@ -393,14 +398,26 @@ def _jax_taps_and_debug_export(
     taps = {name: np.array(taps[name]) for name in names}
     del logits
 
+    # A tap that is the logits themselves (an LM head with no soft cap after it) is one value
+    # with two names, which the export cannot take: it is read off the logits output instead.
+    aliases: list[str] = []
+
+    def find_aliases(ids):
+        logits, found = model.apply(model.params, ids)
+        aliases[:] = [name for name in names if found[name] is logits]
+        return logits
+
+    jax.eval_shape(find_aliases, token_ids)
+    exported = [name for name in names if name not in aliases]
+
     def forward(ids):
         logits, found = model.apply(model.params, ids)
-        return (logits, *(found[name] for name in names))
+        return (logits, *(found[name] for name in exported))
 
     model_ir = tracing.trace(
-        forward, f"{family.name}-debug", settings.opset, output_names=[signature.LOGITS, *names]
+        forward, f"{family.name}-debug", settings.opset, output_names=[signature.LOGITS, *exported]
     )
     tracing.save(model_ir, Path(out), onnx_file="debug.onnx", data_file="debug.onnx.data")
     del model_ir  # the model itself goes with this frame
     jax.clear_caches()
-    return taps, names
+    return taps, exported, aliases
