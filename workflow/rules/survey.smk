@@ -24,5 +24,4 @@ rule maxtext_survey:
     message:
         "Survey MaxText's model configs: tiny, exported with jax2onnx, parity with ONNX Runtime"
     shell:
-        "{params.python} -m onnxforge.survey --out {output.md}"
-        " --jobs {threads} > {log} 2>&1"
+        "{params.python} -m onnxforge.survey --out {output.md} --jobs {threads} > {log} 2>&1"
