@@ -2,17 +2,21 @@
 
 Each must fail at the step it names, with its one-line error in that step's log and on the
 console, and leave nothing that looks finished: no output of that step or a later one, no
-release. Cases the config schema refuses fail before any rule runs, naming the key.
+release. Cases the config schema refuses fail before any rule runs, naming the key. The bad
+`onnxforge build` command lines (CLI_CASES) are run as a user runs them, and refused before
+Snakemake starts.
 """
 
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import yaml
 
-from bad_inputs import CASES, ENTRY_CASES, STAGE_CASES, BadInput, source_of
+from bad_inputs import CASES, CLI_CASES, ENTRY_CASES, STAGE_CASES, BadCommand, BadInput, source_of
 from conftest import REPO, snakemake
 from onnxforge.core import paths
 from onnxforge.core.errors import InputError
@@ -63,7 +67,21 @@ def corpus_run(tiny_checkpoint, tmp_path_factory):
 
 def test_the_corpus_has_forty_cases_or_more():
     assert len(ALL) >= 40
-    assert len({case.name for case in ALL}) == len(ALL)
+    names = [case.name for case in ALL + CLI_CASES]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=lambda case: case.name)
+def test_the_build_command_line_is_refused_in_one_line(case: BadCommand, tiny_checkpoint, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "onnxforge", "build", *case.arguments(tiny_checkpoint)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stdout + run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onnxforge build: error: "), run.stderr
+    assert case.expected in lines[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / ".snakemake").exists()
 
 
 @pytest.mark.parametrize("case", ALL, ids=lambda case: case.name)
@@ -85,7 +103,8 @@ def test_the_case_fails_at_its_step_with_one_clear_line(corpus_run, case):
     assert lines, f"the console does not show {case.expected!r}"
     assert all(".tmp-" not in line for line in lines)
     if case.step != "parity_gate":
-        assert any(line.startswith(f"onnxforge {case.step}: error: ") for line in lines), lines
+        # (in the line: parallel jobs' output may share a console line with Snakemake's own)
+        assert any(f"onnxforge {case.step}: error: " in line for line in lines), lines
     step_outputs = {
         "download": target.download,
         "stage": target.stage,

@@ -373,6 +373,33 @@ def _with_entry(**entry: Any):
     return make
 
 
+def _rope_theta(value: Any):
+    """config.json's rope_theta set to ``value``, wherever the file keeps it (top level, or in
+    rope_parameters / rope_scaling)."""
+
+    def make(good: Path, dest: Path) -> None:
+        _copy(good, dest)
+        config = json.loads((dest / "config.json").read_text())
+        config["rope_theta"] = value
+        for key in ("rope_parameters", "rope_scaling"):
+            if isinstance(config.get(key), dict) and "rope_theta" in config[key]:
+                config[key]["rope_theta"] = value
+        (dest / "config.json").write_text(json.dumps(config))
+
+    return make
+
+
+def _shards_without_index(good: Path, dest: Path) -> None:
+    """The weights in two shards (each tensor in one), without model.safetensors.index.json."""
+    path = _copy(good, dest)
+    tensors = _load(path)
+    path.unlink()
+    names = sorted(tensors)
+    half = len(names) // 2
+    _save(dest / "model-00001-of-00002.safetensors", {n: tensors[n] for n in names[:half]})
+    _save(dest / "model-00002-of-00002.safetensors", {n: tensors[n] for n in names[half:]})
+
+
 def _cast(name: str, dtype) -> Callable[[dict[str, np.ndarray]], None]:
     return lambda tensors: tensors.update({name: tensors[name].astype(dtype)})
 
@@ -430,6 +457,41 @@ STAGE_CASES: list[BadInput] = [
     BadInput("no-config-json", _config_text(None), "config.json: missing", "stage"),
     BadInput("config-not-json", _config_text("{vocab_size: 256"), "not valid JSON", "stage"),
     BadInput("config-is-a-list", _config_text("[1, 2]"), "expected a JSON object", "stage"),
+    # numbers transformers refuses at parity (and zeros that are a log of zero later): stage
+    BadInput(
+        "vocab-size-a-string",
+        _edit_config(vocab_size="256"),
+        "vocab_size is '256'; expected a number (int) written without quotes",
+        "stage",
+    ),
+    BadInput(
+        "vocab-size-a-float",
+        _edit_config(vocab_size=256.0),
+        "vocab_size is 256.0; expected a number (int) without a decimal point",
+        "stage",
+    ),
+    BadInput(
+        "sliding-window-zero",
+        _edit_config(sliding_window=0),
+        "sliding_window is 0; expected at least 1",
+        "stage",
+    ),
+    BadInput(
+        "rope-theta-zero", _rope_theta(0), "rope_theta is 0.0; expected a number above 0", "stage"
+    ),
+    BadInput(
+        "more-experts-per-token-than-experts",
+        _edit_config(num_experts_per_tok=5),
+        "num_experts_per_tok is 5; expected 1 to num_local_experts (4)",
+        "stage",
+    ),
+    BadInput(
+        "two-shards-without-an-index",
+        _shards_without_index,
+        "2 safetensors shards (model-00001-of-00002.safetensors, "
+        "model-00002-of-00002.safetensors) but no model.safetensors.index.json",
+        "stage",
+    ),
 ]
 
 # Cases in the catalog entry rather than the folder (the DAG runner takes them).
@@ -451,5 +513,49 @@ ENTRY_CASES: list[BadInput] = [
         _source("synthetic://gpt_oss?seed=abc"),
         "seed is 'abc'; expected a whole number >= 0",
         "download",
+    ),
+]
+
+
+# --- `onnxforge build` command lines refused before anything runs ----------------------------
+
+
+@dataclass(frozen=True)
+class BadCommand:
+    """``arguments(checkpoint_dir)``: the arguments after ``onnxforge build`` for a good
+    checkpoint folder; ``expected``: a fragment of the one line it must print, after
+    ``onnxforge build: error: ``, exit status 2, with nothing written under results/."""
+
+    name: str
+    arguments: Callable[[Path], list[str]]
+    expected: str
+
+
+CLI_CASES: list[BadCommand] = [
+    BadCommand(
+        "name-of-a-catalog-model",
+        lambda folder: [str(folder), "--name", "tiny-gpt-oss"],
+        "--name 'tiny-gpt-oss' is a catalog model's name (config.yaml models.tiny-gpt-oss)",
+    ),
+    BadCommand("empty-name", lambda folder: [str(folder), "--name", ""], "--name is empty"),
+    BadCommand(
+        "name-with-a-path-separator",
+        lambda folder: [str(folder), "--name", "a/b"],
+        "--name 'a/b' holds a path separator",
+    ),
+    BadCommand(
+        "name-too-long-for-the-results-tree",
+        lambda folder: [str(folder), "--name", "n" * 300],
+        "--name is 300 characters long",
+    ),
+    BadCommand(
+        "name-reserved-by-the-results-tree",
+        lambda folder: [str(folder), "--name", "release"],
+        "--name 'release' is reserved for results/release",
+    ),
+    BadCommand(
+        "name-for-a-catalog-model",
+        lambda folder: ["tiny-gpt-oss", "--name", "mine"],
+        "--name 'mine' names a checkpoint folder or hf:// source",
     ),
 ]

@@ -16,7 +16,12 @@ rule download:
         source=source_of,
         source_state=download_source_state,
         flags=download_arguments,
+        # every variant's release of this checkpoint: withdrawn when the download starts
+        withdraw=lambda w: os.path.dirname(paths.RELEASE).format(**w),
     message:
         "Download {wildcards.model}/{wildcards.checkpoint} from {params.source}"
     shell:
-        onnxforge_step("download --source {params.source:q} {params.flags:q} --out {output:q}")
+        onnxforge_step(
+            "download --source {params.source:q} {params.flags:q}"
+            " --withdraw {params.withdraw:q} --out {output:q}"
+        )

@@ -23,12 +23,13 @@ rule export:
         decoder=lambda w: variant_of(w)["decoder"],
         ops=lambda w: variant_of(w)["ops"],
         flags=export_arguments,
+        withdraw=RELEASE,  # this variant's release: withdrawn when the export starts
     message:
         "Export {wildcards.model}/{wildcards.checkpoint} variant {wildcards.variant} to ONNX"
     shell:
         onnxforge_step(
             "export --family {params.family:q} --stage {input.stage:q} --dtype {params.dtype:q}"
             " --opset {params.opset:q} --decoder {params.decoder:q} --ops {params.ops:q}"
-            " {params.flags:q}"
+            " {params.flags:q} --withdraw {params.withdraw:q}"
             " --threads {threads} --out {output:q}"
         )

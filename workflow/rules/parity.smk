@@ -32,6 +32,7 @@ rule parity_report:
         family=lambda w: family_of(w).name,
         settings=parity_settings_json,
         target=target_name,
+        withdraw=RELEASE,  # this variant's release: withdrawn when parity starts
     message:
         "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
         "ONNX Runtime vs JAX vs reference"
@@ -40,6 +41,7 @@ rule parity_report:
             "parity --family {params.family:q} --target {params.target:q}"
             " --checkpoint {input.checkpoint:q} --stage {input.stage:q}"
             " --export {input.export:q} --settings {params.settings:q}"
+            " --withdraw {params.withdraw:q}"
             " --threads {threads} --out {output:q}"
         )
 

@@ -21,10 +21,13 @@ rule stage:
             checkpoint_entry(config, w.model, w.checkpoint).get("subdir", "."),
         ),
         flags=stage_arguments,
+        # every variant's release of this checkpoint: withdrawn when the stage starts
+        withdraw=lambda w: os.path.dirname(paths.RELEASE).format(**w),
     message:
         "Stage {wildcards.model}/{wildcards.checkpoint}: checkpoint -> JAX parameters (Orbax)"
     shell:
         onnxforge_step(
             "stage --family {params.family:q} --checkpoint {params.checkpoint:q} {params.flags:q}"
-            " --options {params.options:q} --threads {threads} --out {output:q}"
+            " --options {params.options:q} --withdraw {params.withdraw:q}"
+            " --threads {threads} --out {output:q}"
         )

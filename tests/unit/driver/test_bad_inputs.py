@@ -1,5 +1,7 @@
 """Every case of the bad-input corpus (tests/support/bad_inputs.py) is refused by the module
-function behind the step it names, with its one-line message; the steps before it accept it."""
+function behind the step it names, with its one-line message; the steps before it accept it.
+(STAGE_CASES go through the stage step in tests/unit/families/test_stage_errors.py.) Every
+CLI_CASES command line is refused by ``onnxforge build``'s main before anything runs."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bad_inputs import CASES, BadInput, source_of
+from bad_inputs import CASES, CLI_CASES, BadCommand, BadInput, source_of
 from onnxforge.core.errors import InputError
 from onnxforge.core.safetensors_stream import CheckpointReader
+from onnxforge.driver import build
 from onnxforge.driver.cli import main
 from onnxforge.steps.parity.metrics import check_gates, compare_logits, summarize
 
@@ -77,3 +80,18 @@ def test_cases_have_unique_names_and_leave_the_good_checkpoint_alone(tiny_checkp
         case.make(tiny_checkpoint, tmp_path / case.name)
     assert {p.name: p.read_bytes() for p in tiny_checkpoint.iterdir()} == before
     assert {case.step for case in CASES} == {"download", "stage", "parity_gate"}
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=lambda case: case.name)
+def test_the_build_command_refuses_it(
+    case: BadCommand, tiny_checkpoint, tmp_path, monkeypatch, capsys
+):
+    def no_snakemake(*args, **kwargs):
+        raise AssertionError("Snakemake must not run")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(build.subprocess, "Popen", no_snakemake)
+    assert build.main(case.arguments(tiny_checkpoint)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("onnxforge build: error: ") and case.expected in line, line
+    assert not (tmp_path / "results").exists()

@@ -12,6 +12,7 @@ command line, from which checkout, how long it took) in its ``volatile`` block: 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -29,6 +30,8 @@ from typing import Any
 from onnxforge.core import checkout, processes
 
 MANIFEST = "manifest.json"
+# What Ctrl-C prints (a step's, `onnxforge build`'s): what was complete is kept, the rest redone.
+INTERRUPTED = "interrupted; run the same command again to resume"
 _TRACKED_PACKAGES = (
     "jax",
     "jaxlib",
@@ -118,6 +121,46 @@ def copy_file(source: Path, target: Path, chunk: int = 1 << 22) -> str:
                 dst.write(block)
             return digest.hexdigest()
     return sha256_file(target, chunk)
+
+
+def free_space_for(destination: Path, needed: int, what: str) -> None:
+    """Refuse, before anything is written, to write ``needed`` bytes at ``destination`` (a path
+    that may not exist yet) when its file system has less free: an ENOSPC naming ``what`` (the
+    file or folder to be written), rather than a disk filled half way."""
+    probe = Path(destination)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: it needs {_size(needed)}, the file system of {probe} "
+            f"has {_size(free)} free",
+            str(what),
+        )
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e9:.2f} GB" if count >= 1e8 else f"{count / 1e6:.1f} MB"
+
+
+def describe_os_error(err: OSError, where: Path | str | None = None) -> str:
+    """One line for a failed file operation: the file (``where`` when the error names none:
+    a ``write`` that hit a full disk names no file), what happened, and what to do."""
+    name = err.filename if err.filename else where
+    prefix = f"{name}: " if name else ""
+    if err.errno == errno.ENOSPC:
+        remedy = "free some space (or point results/ elsewhere) and run again"
+    elif err.errno == errno.EROFS:
+        remedy = (
+            "the file system is read-only: run from a writable folder (results/ is written "
+            "in the current directory) or mount it writable"
+        )
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        remedy = "check the path and its permissions (results/ must be writable), then run again"
+    else:
+        remedy = "check the path and its permissions, then run again"
+    return f"{prefix}{err.strerror or err}; {remedy}"
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -236,6 +236,22 @@ def _check_index(directory: Path, tensors: dict[str, TensorInfo]) -> None:
             )
 
 
+def check_shards_indexed(directory: Path) -> None:
+    """A Hugging Face checkpoint of several ``*.safetensors`` shards has the index that maps
+    each tensor to its shard: transformers (parity's reference) reads shards only through it,
+    so shards without one are refused now, naming them, rather than at parity."""
+    directory = Path(directory)
+    shards = sorted(f.name for f in directory.glob("*.safetensors"))
+    if len(shards) > 1 and not (directory / INDEX).is_file():
+        listed = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+        raise InputError(
+            f"{directory}: {len(shards)} safetensors shards ({listed}) but no {INDEX}; "
+            f"expected the index published with the shards (transformers reads shards only "
+            "through it). Download the checkpoint again with its index, or save it again with "
+            "save_pretrained"
+        )
+
+
 class CheckpointReader:
     """All tensors of a checkpoint directory (one or many ``*.safetensors`` files).
 

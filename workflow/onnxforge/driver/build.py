@@ -16,13 +16,14 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import yaml
 
-from onnxforge.core import checkout, paths, providers
+from onnxforge.core import checkout, outputs, paths, providers, runlock
 from onnxforge.core.errors import InputError
 from onnxforge.driver import catalog, recognize
 
@@ -183,7 +184,92 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_writable(directory: Path) -> None:
+    """results/ (and Snakemake's .snakemake/) can be written in ``directory``: a read-only
+    folder is one line now, before anything runs."""
+    results = Path(directory) / paths.RESULTS
+    probe = results if results.is_dir() else Path(directory)
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(probe)) from None
+
+
+def holding_build(targets: list[catalog.Target]) -> str | None:
+    """When another live Snakemake run in this folder (another ``onnxforge build``, say) holds
+    Snakemake's lock on files of ``targets``: a line saying so; else None. A lock that no live
+    run holds is stale and left for the workflow to remove (core/runlock.py)."""
+    locks = Path(".snakemake") / runlock.LOCKS
+    if not locks.is_dir():
+        return None
+    live = runlock.live_drivers()
+    if not live:
+        return None
+    roots = {}
+    for target in targets:
+        name = f"{target.model}/{target.checkpoint}"
+        roots[target.root] = roots[str(Path(target.release).parent)] = name
+    for lock in sorted(locks.glob("*.lock")):
+        try:
+            keys = lock.read_text().splitlines()
+        except OSError:
+            continue  # removed meanwhile: that run ended
+        for key in (k.strip() for k in keys):
+            key = os.path.relpath(key) if os.path.isabs(key) else key
+            for root, name in roots.items():
+                if key == root or key.startswith(f"{root}/"):
+                    pid = live[0][0].get("pid")
+                    return (
+                        f"another build in {os.getcwd()} (process {pid}) is building {name} now; "
+                        "wait for it to end, then run the same command again (it resumes "
+                        "where that one left off)"
+                    )
+    return None
+
+
+def run_snakemake(command: list[str]) -> int:
+    """Snakemake's exit status; on Ctrl-C (which Snakemake gets too: it stops its jobs and
+    removes its lock) it is given time to end cleanly, then KeyboardInterrupt goes on."""
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        try:
+            process.wait(timeout=60)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            process.kill()
+            process.wait()
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"\nonnxforge build: {outputs.INTERRUPTED}", file=sys.stderr)
+        return 130
+    except OSError as err:  # a read-only folder, a full disk: the file and what to do
+        print(f"onnxforge build: error: {outputs.describe_os_error(err)}", file=sys.stderr)
+        return 2
+
+
+def _check_name(name: str, sources: list[str], config: dict) -> None:
+    recognize.check_name(name, config["models"])
+    checkpoints = [s for s in sources if s not in config["models"]]
+    if not checkpoints:
+        raise InputError(
+            f"--name {name!r} names a checkpoint folder or hf:// source, and {sources[0]!r} is a "
+            "catalog model (its name is its own); leave --name out"
+        )
+    if len(checkpoints) > 1:
+        raise InputError(
+            f"--name {name!r} is for one checkpoint, and {len(checkpoints)} are given "
+            f"({', '.join(checkpoints)}); build them one at a time, each with its --name"
+        )
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     snakemake_args = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -202,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     overlays: list[Path] = []
     try:
         config = _config(args.configfile)
+        if args.name is not None:
+            _check_name(args.name, args.sources, config)
+        check_writable(Path.cwd())
         for source in args.sources:
             if source not in config["models"]:
                 if not recognize.is_checkpoint_source(source):
@@ -217,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                 source = found.model
             check_environment(config, source, snakemake_args)
             targets += model_targets(config, source, args.variant)
+        if held := holding_build(targets):
+            raise InputError(held)
     except InputError as err:
         print(f"onnxforge build: error: {err}", file=sys.stderr)
         return 2
@@ -229,8 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         "--configfile", *configfiles,
     ]  # fmt: skip
     started = time.time()
-    result = subprocess.run(command, check=False)
-    all_passed = print_verdicts(targets, started, result.returncode == 0)
-    if result.returncode:
-        return result.returncode
+    returncode = run_snakemake(command)
+    if returncode and (held := holding_build(targets)):  # it started meanwhile
+        print(f"onnxforge build: error: {held}", file=sys.stderr)
+        return 2
+    all_passed = print_verdicts(targets, started, returncode == 0)
+    if returncode:
+        return returncode
     return 0 if all_passed else 1

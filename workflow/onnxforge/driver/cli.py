@@ -7,7 +7,6 @@ manifest of its inputs' hashes and the versions used.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import os
 import sys
@@ -35,6 +34,9 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_stage(args: argparse.Namespace) -> None:
     options = json.loads(args.options)
+    # What it can size: the staged parameters take about what the checkpoint's weights do.
+    weights = sum(f.stat().st_size for f in Path(args.checkpoint).glob("*.safetensors"))
+    outputs.free_space_for(args.out, weights, args.out)
     with outputs.atomic_directory(args.out) as tmp:
         # sha256 of the files it wrote, where the family hashed them as it wrote them, and
         # of every parameter's values (equal for equal values, whatever the file format)
@@ -118,13 +120,15 @@ def cmd_parity(args: argparse.Namespace) -> None:
 
 def cmd_gate(args: argparse.Namespace) -> None:
     """Fail unless the report passed; the report itself stays for reading either way."""
+    from onnxforge.steps.promote import withdraw
+
     report = json.loads(Path(args.report).read_text())
     if args.release:
         outputs.remove_stale_temporaries(args.release)  # a withdrawal cut short, say
     if report["status"] != "PASS":
-        if args.release and args.release.exists():
+        if args.release:
             # An earlier release of this target no longer matches what now fails.
-            outputs.remove_tree(args.release)
+            withdraw(args.release)
         reasons = "\n  ".join(report["failures"])
         html = Path(args.report).with_name(paths.REPORT_HTML)
         plots = f" (and {paths.REPORT_HTML}, with the plots)" if html.exists() else ""
@@ -264,7 +268,29 @@ def parser() -> argparse.ArgumentParser:
     for name, step in steps.choices.items():
         if name in ("stage", "export", "parity"):
             step.add_argument("--threads", type=int, help="threads the step may use (the rule's)")
+        if name in WITHDRAWING:
+            step.add_argument(
+                "--withdraw",
+                type=Path,
+                action="append",
+                default=[],
+                metavar="RELEASE",
+                help="a release folder (or a folder of them) made from what this step remakes: "
+                "withdrawn when the step starts, so a rebuild that fails leaves no release",
+            )
     return p
+
+
+# The steps a release depends on: each withdraws it when it starts (its rule says which).
+WITHDRAWING = ("download", "stage", "export", "parity")
+
+
+def withdraw_releases(releases: list[Path], step: str) -> None:
+    from onnxforge.steps.promote import withdraw
+
+    for release in releases:
+        for gone in withdraw(release):
+            print(f"withdrawn (its {step} step is being remade): {gone}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,26 +311,24 @@ def main(argv: list[str] | None = None) -> int:
     out = getattr(args, "out", None) or getattr(args, "stage", None)
     progress.begin(args.step, "/".join(paths.wildcards_of(str(out or "")).values()))
     try:
+        withdraw_releases(getattr(args, "withdraw", []), args.step)
         if hasattr(args, "family"):  # every step is handed the family object, not its name
             from onnxforge.families import get_family
 
             args.family = get_family(args.family)
         args.run(args)
+    except KeyboardInterrupt:
+        print(f"onnxforge {args.step}: {outputs.INTERRUPTED}", file=sys.stderr)
+        return 130
     except InputError as err:
         print(f"onnxforge {args.step}: error: {err}", file=sys.stderr)
         return 2
     except ParityGateFailed as err:
         print(f"onnxforge {args.step}: {err}", file=sys.stderr)
         return 1
-    except OSError as err:  # disk full, permissions, ...: the file and what to do, one line
-        where = f"{err.filename}: " if err.filename else ""
-        remedy = (
-            "free some space (or point results/ elsewhere) and run again"
-            if err.errno == errno.ENOSPC
-            else "check the path and its permissions, then run again"
-        )
-        print(f"onnxforge {args.step}: error: {where}{err.strerror or err}; {remedy}",
-              file=sys.stderr)  # fmt: skip
+    except OSError as err:  # disk full, read-only, ...: the file and what to do, one line
+        line = outputs.describe_os_error(err, where=out)
+        print(f"onnxforge {args.step}: error: {line}", file=sys.stderr)
         return 2
     return 0
 

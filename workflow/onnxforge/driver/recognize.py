@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxforge.core import paths
 from onnxforge.core.errors import InputError
 from onnxforge.steps.download.sources import parse_source
 
@@ -28,6 +30,14 @@ HUB_EXCLUDE = [
     "*.ckpt", "consolidated.*", "onnx/*", "*.onnx", "*.onnx_data",
 ]  # fmt: skip
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# A --name is one folder under results/ (and results/release/), whose steps' paths, logs and
+# temporaries append to it: short enough for any file system's 255-byte names.
+NAME_MAX = 100
+# results/ entries that are not models' folders
+RESERVED = (
+    "release", paths.CROSSCHECK_DIR, "logs", Path(paths.INDEX_HTML).name,
+    Path(paths.INDEX_JSON).name, f"{Path(paths.SURVEY).name}.md", f"{Path(paths.SURVEY).name}.json",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,32 @@ class Recognized:
         if self.options:
             model["options"] = self.options
         return {"models": {self.model: model}}
+
+
+def check_name(name: str, catalog_models: Iterable[str] = ()) -> None:
+    """A ``--name`` the results tree can hold and that names no catalog model; else one line
+    naming --name, what it must be and what to do."""
+    rule = (
+        "a results/ name is one folder name of letters, digits, '.', '_' and '-', starting with "
+        f"a letter or digit, at most {NAME_MAX} characters"
+    )
+    if not name:
+        raise InputError(
+            f"--name is empty; {rule}: give one, or leave --name out to name it from SOURCE"
+        )
+    if "/" in name or "\\" in name:
+        raise InputError(f"--name {name!r} holds a path separator; {rule}: give a name without '/'")
+    if len(name) > NAME_MAX:
+        raise InputError(f"--name is {len(name)} characters long; {rule}: give a shorter name")
+    if safe_name(name) != name:
+        raise InputError(f"--name {name!r}: {rule}; give such a name")
+    if name in RESERVED:
+        raise InputError(f"--name {name!r} is reserved for results/{name}; give another name")
+    if name in catalog_models:
+        raise InputError(
+            f"--name {name!r} is a catalog model's name (config.yaml models.{name}); give "
+            f"another name, or build the catalog model itself: onnxforge build {name}"
+        )
 
 
 def is_checkpoint_source(text: str) -> bool:
@@ -166,11 +202,7 @@ def recognize(
     family_name, options, others = detect(hf_config, where, family, forced)
     model, checkpoint = results_names(source)
     if name is not None:
-        if safe_name(name) != name or name == "release":
-            raise InputError(
-                f"--name {name!r}: a results/ name is letters, digits, '.', '_' and '-', "
-                "starting with a letter or digit, and not 'release'"
-            )
+        check_name(name)
         model = name
     model_type = str(hf_config.get("model_type"))
     return Recognized(source, model, checkpoint, family_name, options, entry, model_type, others)

@@ -76,7 +76,7 @@ class GptOssFamily:
         from flax import nnx
 
         from onnxforge.core import params_store
-        from onnxforge.core.safetensors_stream import CheckpointReader
+        from onnxforge.core.safetensors_stream import CheckpointReader, check_shards_indexed
         from onnxforge.families import staging
         from onnxforge.families.gpt_oss import hf_checkpoint, openai_checkpoint
 
@@ -91,6 +91,7 @@ class GptOssFamily:
         if openai_checkpoint.MARKER in reader:
             quantized, rules = True, openai_checkpoint.tensor_rules(config)
         else:
+            check_shards_indexed(checkpoint_dir)  # the reference reads the shards at parity
             quantized = "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
             rules = hf_checkpoint.tensor_rules(config, quantized)
         if quantized:
@@ -127,6 +128,9 @@ class GptOssFamily:
             params=state,
             vocab_size=config.vocab_size,
         )
+
+    def genai_type(self, hf_config: dict[str, Any], source: str) -> str | None:
+        return "gptoss"  # GenAI's own GPT-OSS driver (its builder's name for the model)
 
     def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
         from flax import nnx

@@ -61,20 +61,41 @@ class GptOssConfig:
                 "is this a GptOss config.json?"
             )
 
-        def number(key: str, kind=int, default: Any = None, minimum: float | None = 1):
-            value = hf.get(key, default)
-            if value is None and default is None and key not in required:
+        def number(
+            key: str,
+            kind=int,
+            default: Any = None,
+            minimum: float | None = 1,
+            table: dict[str, Any] = hf,
+            above: float | None = None,
+        ):
+            value = table.get(key)
+            value = default if value is None else value
+            if value is None and key not in required:
                 return None
-            try:
-                if isinstance(value, bool) or (kind is int and float(value) != int(value)):
-                    raise ValueError
-                result = kind(value)
-            except (TypeError, ValueError):
+            if table is not hf:
+                key = f"{rope_key}.{key}"
+            # JSON numbers only: transformers refuses "300" (and 300.0 for an int) at parity
+            hint = ""
+            if isinstance(value, str):
+                hint = " written without quotes"
+            elif kind is int and isinstance(value, float):
+                hint = " without a decimal point"
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or hint or not math.isfinite(value):
                 raise InputError(
-                    f"{source}: {key} is {value!r}; expected a number ({kind.__name__})"
-                ) from None
+                    f"{source}: {key} is {value!r}; expected a number ({kind.__name__}){hint}. "
+                    "Fix config.json"
+                )
+            result = kind(value)
             if minimum is not None and result < minimum:
-                raise InputError(f"{source}: {key} is {result}; expected at least {minimum}")
+                raise InputError(
+                    f"{source}: {key} is {result}; expected at least {minimum}. Fix config.json"
+                )
+            if above is not None and result <= above:
+                raise InputError(
+                    f"{source}: {key} is {result}; expected a number above {above}. Fix config.json"
+                )
             return result
 
         n_layers = number("num_hidden_layers")
@@ -93,10 +114,23 @@ class GptOssConfig:
             raise InputError(
                 f"{source}: layer_types has {unknown}; expected sliding_attention or full_attention"
             )
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        rope_key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+        rope = hf.get(rope_key) or {}
         if not isinstance(rope, dict):
-            raise InputError(f"{source}: rope_parameters is {rope!r}; expected an object")
+            raise InputError(f"{source}: {rope_key} is {rope!r}; expected an object")
         hidden = number("hidden_size")
+        experts = number("num_local_experts")
+        per_token = number("num_experts_per_tok")
+        if per_token > experts:
+            raise InputError(
+                f"{source}: num_experts_per_tok is {per_token}; expected 1 to "
+                f"num_local_experts ({experts}): each token picks that many of the experts. "
+                "Fix config.json"
+            )
+        has_sliding = "sliding_attention" in layer_types[:n_layers]
+        window = number("sliding_window", minimum=1 if has_sliding else 0)
+        # YaRN's and RoPE's numbers: a zero base or factor is a log of zero further on
+        theta_table = rope if "rope_theta" in rope else hf
         return cls(
             vocab_size=number("vocab_size"),
             hidden_size=hidden,
@@ -105,20 +139,20 @@ class GptOssConfig:
             num_attention_heads=heads,
             num_key_value_heads=number("num_key_value_heads"),
             head_dim=number("head_dim") or hidden // heads,
-            num_local_experts=number("num_local_experts"),
-            num_experts_per_tok=number("num_experts_per_tok"),
-            sliding_window=number("sliding_window", minimum=0) or 0,
+            num_local_experts=experts,
+            num_experts_per_tok=per_token,
+            sliding_window=window or 0,
             layer_types=tuple(layer_types[:n_layers]),
             rms_norm_eps=number("rms_norm_eps", float, 1e-5, minimum=0),
             swiglu_alpha=number("swiglu_alpha", float, 1.702, minimum=None),
             swiglu_limit=number("swiglu_limit", float, 7.0, minimum=None),
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 150000.0))),
+            rope_theta=number("rope_theta", float, 150000.0, None, theta_table, above=0),
             rope_type=str(rope.get("rope_type", "yarn")),
-            rope_factor=float(rope.get("factor", 32.0)),
-            rope_beta_fast=float(rope.get("beta_fast", 32.0)),
-            rope_beta_slow=float(rope.get("beta_slow", 1.0)),
-            rope_original_max_position_embeddings=int(
-                rope.get("original_max_position_embeddings", 4096)
+            rope_factor=number("factor", float, 32.0, None, rope, above=0),
+            rope_beta_fast=number("beta_fast", float, 32.0, None, rope, above=0),
+            rope_beta_slow=number("beta_slow", float, 1.0, None, rope, above=0),
+            rope_original_max_position_embeddings=number(
+                "original_max_position_embeddings", int, 4096, 1, rope
             ),
             rope_truncate=bool(rope.get("truncate", False)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
