@@ -63,10 +63,7 @@ def convert_llama_like(
     try:
         weights = mt.convert_to_jax_weights(str(checkpoint_dir), name, huggingface_ckpt=True)
     except KeyError as err:
-        raise InputError(
-            f"{checkpoint_dir}: MaxText's converter does not know tensor {err}; "
-            "is this a Llama/Mistral/Mixtral checkpoint in the Hugging Face layout?"
-        ) from err
+        raise _converter_key_error(Path(checkpoint_dir), err) from err
     return unroll(weights, hf_config["num_hidden_layers"])
 
 
@@ -270,3 +267,21 @@ def _merge(into: dict[str, Any], tree: dict[str, Any]) -> None:
             _merge(into.setdefault(key, {}), value)
         else:
             into[key] = value
+
+
+def _converter_key_error(checkpoint_dir: Path, err: KeyError) -> InputError:
+    """MaxText's converter looked up a tensor name: one the checkpoint lacks (missing), or one
+    of the checkpoint's that it has no place for (another architecture's)."""
+    from onnxforge.core.safetensors_stream import read_header
+
+    name = str(err.args[0]) if err.args else str(err)
+    held = {n for f in sorted(checkpoint_dir.glob("*.safetensors")) for n in read_header(f)}
+    if name not in held:
+        return InputError(
+            f"{checkpoint_dir}: tensor {name!r} is missing (MaxText's Llama/Mistral converter "
+            "needs it); is the checkpoint complete, and config.json its own?"
+        )
+    return InputError(
+        f"{checkpoint_dir}: MaxText's converter does not know tensor {name!r}; is this a "
+        "Llama/Mistral/Mixtral checkpoint in the Hugging Face layout?"
+    )
