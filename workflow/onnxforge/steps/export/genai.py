@@ -17,13 +17,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from onnxforge.core import paths
 from onnxforge.core.errors import InputError
 from onnxforge.core.hf_config import read_config_json
 from onnxforge.core.paths import ONNX_FILE
 from onnxforge.families.base import Family, LoadedDecoder
 from onnxforge.graph import signature
 
-CONFIG_FILE = "genai_config.json"
+CONFIG_FILE = paths.GENAI_CONFIG
 # What GenAI's tokenizer (onnxruntime-extensions) reads; tokenizer.json is the one it needs.
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -32,7 +33,7 @@ TOKENIZER_FILES = (
     "tokenizer.model",
     "chat_template.jinja",
 )
-REQUIRED_TOKENIZER = "tokenizer.json"
+REQUIRED_TOKENIZER = paths.TOKENIZER
 
 
 def _token_ids(value: Any) -> list[int]:
@@ -124,16 +125,13 @@ def write_folder(
     share_buffer: bool = False,
 ) -> list[str]:
     """Write genai_config.json and copy the tokenizer files into ``out_dir``; returns the
-    names written. ``share_buffer``: every layer's cache goes through GroupQueryAttention. A
-    checkpoint without tokenizer.json is refused, and one whose architecture GenAI has no
-    model type for: GenAI cannot run either."""
+    names written. ``share_buffer``: every layer's cache goes through GroupQueryAttention.
+    Without the checkpoint's tokenizer.json nothing is written (GenAI needs it; the graph
+    runs in ONNX Runtime and Optimum as it is: parity's report says so); an architecture
+    GenAI has no model type for is refused."""
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / REQUIRED_TOKENIZER).is_file():
-        raise InputError(
-            f"{checkpoint_dir / REQUIRED_TOKENIZER}: missing; a kv export is run by ONNX "
-            "Runtime GenAI, which needs the checkpoint's tokenizer (include tokenizer*.json "
-            "in the download)"
-        )
+        return []
     hf_config = read_config_json(stage_dir)
     genai_type = model_type(family, hf_config, str(Path(stage_dir) / "config.json"))
     generation_path = checkpoint_dir / "generation_config.json"

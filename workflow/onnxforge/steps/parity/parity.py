@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxforge.core import progress, providers, texts
+from onnxforge.core import paths, progress, providers, texts
 from onnxforge.families.base import Family
 from onnxforge.graph import signature
 from onnxforge.steps.parity import diagnosis, metrics
@@ -331,6 +331,8 @@ def run_parity(
         "decode": decode,
         **({"generation": generation_record} if generation_record else {}),
     }
+    if settings.decoder == "kv":
+        report["genai"] = genai_note(Path(onnx_path).parent, download_dir)
     if failures or settings.diagnosis["run"] == "always":
         with progress.phase("diagnosis (per-layer taps)"):
             report["diagnosis"] = run_diagnosis(
@@ -341,6 +343,17 @@ def run_parity(
             if name in failures_by_comparison(failures):
                 report["failures"].append(f"diagnosis ({name}): {found['sentence']}")
     return report, saved_logits(inputs, jax_logits, reference_logits)
+
+
+def genai_note(export_dir: Path, checkpoint_dir: Path) -> str:
+    """One line of the report: whether ONNX Runtime GenAI runs the KV export's folder."""
+    if (Path(export_dir) / paths.GENAI_CONFIG).is_file():
+        return f"ONNX Runtime GenAI runs this folder as it is ({paths.GENAI_CONFIG}, tokenizer)"
+    return (
+        f"no ONNX Runtime GenAI folder: {Path(checkpoint_dir) / paths.TOKENIZER} is missing, "
+        "and GenAI needs the tokenizer (include tokenizer*.json in the checkpoint); the model "
+        "runs in ONNX Runtime and Optimum's ORT classes as it is"
+    )
 
 
 def failures_by_comparison(failures: list[str]) -> set[str]:

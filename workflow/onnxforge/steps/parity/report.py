@@ -170,6 +170,7 @@ def _generation(report: dict[str, Any]) -> Section | None:
             f"transformers: {decode['reference']}",
             f"left-padded batch of prompts of lengths {batch['lengths']}, {batch['steps']} "
             "steps, vs each alone",
+            *([report["genai"]] if "genai" in report else []),
         ],
         header=["gate", *columns, "passed"],
         rows=rows,
