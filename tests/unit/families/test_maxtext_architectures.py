@@ -308,3 +308,23 @@ def test_rope_is_read_one_way_rope_parameters_over_rope_scaling_key_by_key():
     assert rope_type(theta_only) == "llama3"
     config = tiny("llama3.1", rope_theta=1.0, rope_parameters={"rope_theta": 2.0})
     assert maxtext_overrides(config)["rope_max_timescale"] == 2.0
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_a_tied_head_is_the_table_itself_but_in_gemma(name):
+    """MaxText divides tied logits by sqrt(emb_dim) unless told not to; only Gemma's converters
+    scale the table to match. A tied Llama 3.2 read with Gemma's division fails its gate
+    (max abs 2.6 against transformers)."""
+    config = {**tiny(name), "tie_word_embeddings": True}
+    overrides = ARCHITECTURES[name].maxtext_overrides(config)
+    assert overrides["logits_via_embedding"] is True
+    assert overrides["normalize_embedding_logits"] is name.startswith("gemma")
+    untied = ARCHITECTURES[name].maxtext_overrides({**config, "tie_word_embeddings": False})
+    assert untied["logits_via_embedding"] is False
+
+
+def test_the_tiny_llama_3_2_ties_its_embeddings_as_published():
+    """meta-llama/Llama-3.2-1B's config.json: tie_word_embeddings true, llama3 RoPE factor 32."""
+    variant = ARCHITECTURES["llama3.1"].variants["llama3.2"]
+    assert variant["tie_word_embeddings"] is True
+    assert variant["rope_scaling"]["factor"] == 32.0

@@ -96,8 +96,22 @@ def common_overrides(hf_config: HfConfig) -> dict[str, Any]:
         "vocab_size": hf_config["vocab_size"],
         "normalization_layer_epsilon": hf_config.get("rms_norm_eps", 1e-6),
         "rope_max_timescale": rope_theta(hf_config),
-        "logits_via_embedding": bool(hf_config.get("tie_word_embeddings", False)),
+        **tied_head(hf_config),
     }
+
+
+# Gemma's converters scale the embedding table by sqrt(emb_dim) (its input normalizer), so its
+# tied logits are divided by it again: MaxText's default, normalize_embedding_logits. Every
+# other tied head is the table itself (Qwen3's MaxText configs set it false).
+GEMMA_TIED_HEAD = {"normalize_embedding_logits": True}
+
+
+def tied_head(hf_config: HfConfig) -> dict[str, Any]:
+    """The logits through the embedding table where config.json ties them (Llama 3.2, small
+    Qwen3 and Gemma), unscaled: a Gemma architecture adds GEMMA_TIED_HEAD over this."""
+    if not hf_config.get("tie_word_embeddings", False):
+        return {"logits_via_embedding": False}
+    return {"logits_via_embedding": True, "normalize_embedding_logits": False}
 
 
 def local_experts(hf_config: HfConfig) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
+    GEMMA_TIED_HEAD,
     TINY,
     Architecture,
     HfConfig,
@@ -17,7 +18,7 @@ from onnxforge.families.maxtext.architectures.base import (
 
 
 def settings(hf_config: HfConfig) -> dict[str, Any]:
-    return {}  # the common ones are all
+    return dict(GEMMA_TIED_HEAD)  # besides the common ones
 
 
 def refusals(hf_config: HfConfig, model_name: str) -> list[str]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
+    GEMMA_TIED_HEAD,
     TINY,
     Architecture,
     HfConfig,
@@ -45,6 +46,7 @@ def settings(hf_config: HfConfig) -> dict[str, Any]:
         "base_num_decoder_layers": hf_config["num_hidden_layers"] // 2,
         "sliding_window_size": sliding_window(hf_config) or 4096,
         **soft_caps(hf_config),
+        **GEMMA_TIED_HEAD,
     }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
+    GEMMA_TIED_HEAD,
     GENAI_DECODER_ONLY,
     TINY,
     Architecture,
@@ -56,6 +57,7 @@ def settings(hf_config: HfConfig) -> dict[str, Any]:
         if full["rope_type"] == "linear"
         else 1.0,
         **soft_caps(hf_config),
+        **GEMMA_TIED_HEAD,
     }
 
 

@@ -77,8 +77,14 @@ LLAMA3 = Architecture(
     tiny={**TINY, "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE_SCALING},
     hf_model_types=("llama",),
     hf_rope_types=("llama3",),
-    # Llama 3.2 (1B, 3B): the same layers, RoPE factor 32 (runtime.py's patch)
-    variants={"llama3.2": {"rope_scaling": {**LLAMA3_ROPE_SCALING, "factor": 32.0}}},
+    # Llama 3.2 (1B, 3B): the same layers, RoPE factor 32 (runtime.py's patch) and the LM head
+    # tied to the embedding, as meta-llama/Llama-3.2-1B's config.json has them
+    variants={
+        "llama3.2": {
+            "rope_scaling": {**LLAMA3_ROPE_SCALING, "factor": 32.0},
+            "tie_word_embeddings": True,
+        }
+    },
 )
 
 ENTRIES = (LLAMA3,)
