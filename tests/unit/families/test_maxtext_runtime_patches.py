@@ -13,6 +13,18 @@ from onnxforge.core import checkout
 
 MAXTEXT_PYTHON = checkout.local_python("maxtext", REPO)
 
+
+def run_in_maxtext(script: str, done_line: str) -> None:
+    """``script`` in the maxtext environment (one process); it must print ``done_line``."""
+    if not MAXTEXT_PYTHON.exists():
+        pytest.fail(f"{MAXTEXT_PYTHON} is missing: run `make env-maxtext`", pytrace=False)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "workflow"), JAX_PLATFORMS="cpu")
+    done = subprocess.run(
+        [MAXTEXT_PYTHON, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done_line in done.stdout, done.stdout + done.stderr[-3000:]
+
+
 YARN_CHECK = r"""
 import itertools
 import numpy as np
@@ -45,13 +57,7 @@ print("yarn ok")
 
 @pytest.mark.maxtext
 def test_yarn_in_real_arithmetic_equals_maxtexts_complex_rotation():
-    if not MAXTEXT_PYTHON.exists():
-        pytest.fail(f"{MAXTEXT_PYTHON} is missing: run `make env-maxtext`", pytrace=False)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "workflow"), JAX_PLATFORMS="cpu")
-    done = subprocess.run(
-        [MAXTEXT_PYTHON, "-c", YARN_CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0 and "yarn ok" in done.stdout, done.stdout + done.stderr[-3000:]
+    run_in_maxtext(YARN_CHECK, "yarn ok")
 
 
 REGISTRY_CHECK = r"""
@@ -82,10 +88,4 @@ print("registry ok")
 def test_every_maxtext_patch_is_registered_applied_once_and_restored():
     """The 13 attributes onnxforge replaces in MaxText: one registry (target, replacement,
     why), applied by group, idempotent, and MaxText's own code back after ``restore``."""
-    if not MAXTEXT_PYTHON.exists():
-        pytest.fail(f"{MAXTEXT_PYTHON} is missing: run `make env-maxtext`", pytrace=False)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "workflow"), JAX_PLATFORMS="cpu")
-    done = subprocess.run(
-        [MAXTEXT_PYTHON, "-c", REGISTRY_CHECK], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0 and "registry ok" in done.stdout, done.stdout + done.stderr[-3000:]
+    run_in_maxtext(REGISTRY_CHECK, "registry ok")

@@ -130,6 +130,18 @@ def local_experts(hf_config: HfConfig) -> dict[str, Any]:
 # checkpoint rather than fail parity on numbers alone).
 
 
+def refuse_all_but_default_rope_and_global_attention(
+    hf_config: HfConfig, model_name: str
+) -> list[str]:
+    """The refusals of a model with plain RoPE, global attention and no biases (Gemma, Qwen3,
+    Qwen3 MoE): any RoPE scaling, any sliding window, any bias."""
+    return (
+        refuse_rope(hf_config, model_name)
+        + refuse_window(hf_config, model_name)
+        + refuse_biases(hf_config, model_name)
+    )
+
+
 def refuse_rope(hf_config: HfConfig, model_name: str, honored=("default",)) -> list[str]:
     kind = rope_type(hf_config)
     if kind in honored:

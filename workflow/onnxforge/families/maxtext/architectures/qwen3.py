@@ -10,9 +10,7 @@ from onnxforge.families.maxtext.architectures.base import (
     TINY,
     Architecture,
     HfConfig,
-    refuse_biases,
-    refuse_rope,
-    refuse_window,
+    refuse_all_but_default_rope_and_global_attention,
 )
 
 
@@ -20,12 +18,7 @@ def settings(hf_config: HfConfig) -> dict[str, Any]:
     return {}  # the common ones are all
 
 
-def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
-    return (
-        refuse_rope(hf_config, model_name)
-        + refuse_window(hf_config, model_name)
-        + refuse_biases(hf_config, model_name)
-    )
+refusals = refuse_all_but_default_rope_and_global_attention
 
 
 QWEN3 = Architecture(

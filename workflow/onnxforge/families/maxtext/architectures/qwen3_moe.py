@@ -11,9 +11,7 @@ from onnxforge.families.maxtext.architectures.base import (
     TINY,
     Architecture,
     HfConfig,
-    refuse_biases,
-    refuse_rope,
-    refuse_window,
+    refuse_all_but_default_rope_and_global_attention,
 )
 
 
@@ -30,11 +28,7 @@ def settings(hf_config: HfConfig) -> dict[str, Any]:
 
 
 def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
-    reasons = (
-        refuse_rope(hf_config, model_name)
-        + refuse_window(hf_config, model_name)
-        + refuse_biases(hf_config, model_name)
-    )
+    reasons = refuse_all_but_default_rope_and_global_attention(hf_config, model_name)
     if hf_config.get("mlp_only_layers") or hf_config.get("decoder_sparse_step", 1) != 1:
         reasons.append(
             "mlp_only_layers / decoder_sparse_step: MaxText's qwen3_moe makes every layer MoE"
