@@ -137,3 +137,18 @@ def write_params(
         files={f"{prefix}/{name}": digest for name, digest in writer.hashes.items()},
         values=dict(sorted(writer.values.items())),
     )
+
+
+def check_checkpoint_values(checkpoint_dir: Path) -> int:
+    """Every tensor of the checkpoint's ``*.safetensors`` read once, before a converter that is
+    not ours (MaxText's) sees them: headers against the spec (a truncated file is named), and
+    every float finite (a NaN or infinity is refused naming the tensor and its first index,
+    which MaxText's converters would carry into the staged weights). One tensor in memory at
+    a time. Returns the number of tensors checked."""
+    reader = CheckpointReader(checkpoint_dir, finite=True)
+    names = list(reader)
+    with progress.phase("check values (finite)", items=len(names), item="tensors") as checked:
+        for name in names:
+            reader.read(name)  # raises on the first non-finite value
+            checked.advance(items=1)
+    return len(names)

@@ -106,6 +106,7 @@ class MaxTextFamily:
         layers: int | None = None,
         options: dict[str, Any] | None = None,
     ) -> Staged:
+        from onnxforge.families import staging
         from onnxforge.families.maxtext import checkpoint
 
         options = options or {}
@@ -121,6 +122,7 @@ class MaxTextFamily:
             {**arch.maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
+        staging.check_checkpoint_values(Path(checkpoint_dir))  # NaN, truncation: named here
         with progress.phase("convert (MaxText's converter)"):
             weights = arch.convert(Path(checkpoint_dir), hf_config)
         flat = checkpoint.flatten(weights)
