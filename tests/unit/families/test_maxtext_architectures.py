@@ -26,6 +26,7 @@ from onnxforge.families.maxtext.architectures import (
     rope_type,
     unsupported,
 )
+from onnxforge.families.maxtext.architectures.base import rope_parameters as rope_parameters_of
 from onnxforge.steps.export import genai
 
 
@@ -299,15 +300,36 @@ def test_genai_refuses_an_architecture_without_a_genai_type_and_an_unknown_model
         genai.model_type(MAXTEXT, {"model_type": "qwen2"}, "config.json")  # never a silent "llama"
 
 
-def test_rope_is_read_one_way_rope_parameters_over_rope_scaling_key_by_key():
+def test_rope_is_read_one_way_as_transformers_reads_it():
     assert rope_type({}) == "default"
     assert rope_type({"rope_scaling": {"type": "yarn"}}) == "yarn"  # before transformers 4.45
-    both = {"rope_scaling": {"rope_type": "llama3"}, "rope_parameters": {"rope_type": "yarn"}}
-    assert rope_type(both) == "yarn"
     theta_only = {"rope_scaling": {"rope_type": "llama3"}, "rope_parameters": {"rope_theta": 5.0}}
     assert rope_type(theta_only) == "llama3"
     config = tiny("llama3.1", rope_theta=1.0, rope_parameters={"rope_theta": 2.0})
     assert maxtext_overrides(config)["rope_max_timescale"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("rope_parameters", "rope_scaling"),
+    [
+        ({"rope_type": "default", "rope_theta": 10000.0}, {"type": "linear", "factor": 4.0}),
+        ({"rope_type": "yarn", "factor": 2.0}, {"rope_type": "linear", "factor": 4.0}),
+        ({"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0}, None),
+    ],
+)
+def test_both_rope_fields_read_as_transformers_does(tmp_path, rope_parameters, rope_scaling):
+    """The independent reading: transformers' own config class on the same config.json (a
+    rope_parameters of type default beside a legacy linear rope_scaling is linear)."""
+    import json
+
+    import transformers
+
+    config = {**tiny("llama"), "rope_parameters": rope_parameters, "rope_scaling": rope_scaling}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    theirs = transformers.AutoConfig.from_pretrained(tmp_path).rope_parameters
+    ours = rope_parameters_of(config)
+    assert rope_type(config) == theirs["rope_type"]
+    assert ours.get("factor") == theirs.get("factor")
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

@@ -49,12 +49,17 @@ def decoder_layers(names) -> list[str]:
 
 # RoPE. Before transformers 5 config.json keeps its scaling as ``rope_scaling`` (``type`` in
 # older files, ``rope_type`` since); transformers 5 writes ``rope_parameters``, which also
-# holds ``rope_theta``. Where a file has both, rope_parameters wins key by key.
+# holds ``rope_theta``. Where a file has both, it reads them as transformers (5.23) does: the
+# legacy rope_scaling wins key by key, its ``type`` naming the scaling (a rope_parameters of
+# type default beside rope_scaling {type: linear, factor: 4} is linear, factor 4).
 
 
 def rope_parameters(hf_config: HfConfig) -> dict[str, Any]:
-    """config.json's RoPE settings, ``rope_scaling`` overlaid with ``rope_parameters``."""
-    return {**(hf_config.get("rope_scaling") or {}), **(hf_config.get("rope_parameters") or {})}
+    """config.json's RoPE settings, ``rope_parameters`` overlaid with ``rope_scaling``."""
+    legacy = dict(hf_config.get("rope_scaling") or {})
+    if "type" in legacy and "rope_type" not in legacy:
+        legacy["rope_type"] = legacy["type"]
+    return {**(hf_config.get("rope_parameters") or {}), **legacy}
 
 
 def scaling_type(parameters: dict[str, Any]) -> str:
