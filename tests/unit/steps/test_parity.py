@@ -61,7 +61,9 @@ def test_diagnosis_runs_on_a_passing_target_only_when_always(
     layers = FAMILY.read_config(tiny_stage).num_hidden_layers
     for found in comparisons.values():
         assert found["first_divergence"] is None
-        assert found["sentence"] == "no divergence: every layer within tolerance"
+        assert found["sentence"] == (
+            "no divergence: every layer, the final norm and the LM head within tolerance"
+        )
         assert [entry["layer"] for entry in found["layers"]] == list(range(layers))
     assert SETTINGS.diagnosis["run"] == "on_failure"
     report, _ = parity.run_parity(FAMILY, tiny_checkpoint, tiny_stage, onnx, SETTINGS, threads=1)

@@ -409,18 +409,13 @@ def _jax_taps_and_debug_export(
     logits, taps = jax.jit(model.apply)(model.params, token_ids)
     names = sorted(taps)
     taps = {name: np.array(taps[name]) for name in names}
+    logits = np.asarray(logits)
+    # A tap that is the logits themselves (an LM head with no soft cap after it) would be one
+    # value with two names, which the export cannot take: it is read off the logits output.
+    aliases = [
+        n for n in names if taps[n].shape == logits.shape and np.array_equal(taps[n], logits)
+    ]
     del logits
-
-    # A tap that is the logits themselves (an LM head with no soft cap after it) is one value
-    # with two names, which the export cannot take: it is read off the logits output instead.
-    aliases: list[str] = []
-
-    def find_aliases(ids):
-        logits, found = model.apply(model.params, ids)
-        aliases[:] = [name for name in names if found[name] is logits]
-        return logits
-
-    jax.eval_shape(find_aliases, token_ids)
     exported = [name for name in names if name not in aliases]
 
     def forward(ids):
