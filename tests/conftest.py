@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # The helpers every test folder shares (registry, bad_inputs, hub_server, images, slurm_cluster).
@@ -74,9 +75,10 @@ def tiny_export(tiny_stage, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def registry_build(tmp_path_factory) -> Path:
-    """Every registry example through download -> ... -> promote, in one Snakemake call."""
+    """Every registry example, in each variant it declares, through download -> ... -> promote,
+    in one Snakemake call (one download and stage per example, shared by its variants)."""
     workdir = tmp_path_factory.mktemp("registry")
-    releases = [target(example).release for _, example in EXAMPLES]
+    releases = [target(e, variant).release for _, e in EXAMPLES for variant in e.variants]
     releases += [paths.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
     run = snakemake(workdir, *releases, config=examples_config(), timeout=3600)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
@@ -85,19 +87,20 @@ def registry_build(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    """The same, after each family perturbed one tensor of each example's stage (and, for each
-    family's first MoE example, the attention and the router in copies of it, checkpoints
-    perturb-<part>):
-    every target must now fail its gate, and its report's diagnosis name the perturbed layer
-    and part (one Snakemake call, --keep-going). Returns what was perturbed, by target name."""
+    """The same, after each family perturbed one tensor of its first dense and first MoE
+    example's stage (and of the MoE one's attention and router in copies of it, checkpoints
+    perturb-<part>; registry.PERTURBED): each such f32 target must now fail its gate, and its
+    report's diagnosis name the perturbed layer and part (one Snakemake call, --keep-going).
+    Returns what was perturbed, by target name."""
     workdir = tmp_path_factory.mktemp("perturbed") / "work"
     shutil.copytree(registry_build, workdir, symlinks=True)
-    perturbed, releases = {}, []
+    releases = []
     for name in CLEAN_COPIES:  # built and verified already: copied, never perturbed
         built, clean = paths.Target(name, "hf", F32), paths.Target(name, CLEAN, F32)
         for step in ("download", "stage", "export", "parity"):
             shutil.copytree(workdir / getattr(built, step), workdir / getattr(clean, step))
     releases += [paths.CROSSCHECK_PASSED.format(name=name) for name in crosschecks()]
+    jobs = {}  # target name -> (family, its stage, the part to perturb)
     for family, example in EXAMPLES:
         built = target(example)
         for checkpoint, part in perturbed_checkpoints(example).items():
@@ -105,8 +108,11 @@ def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, s
             if checkpoint != built.checkpoint:  # the same download and stage, copied
                 for step in ("download", "stage"):
                     shutil.copytree(workdir / getattr(built, step), workdir / getattr(t, step))
-            perturbed[t.name] = perturb(family, workdir / t.stage, part)
+            jobs[t.name] = (family, workdir / t.stage, part)
             releases.append(t.release)
+    with ThreadPoolExecutor(2) as pool:  # each a process of its own: two at a time, two cores
+        done = {name: pool.submit(perturb, *job) for name, job in jobs.items()}
+    perturbed = {name: future.result() for name, future in done.items()}
     run = snakemake(
         workdir, "--keep-going", *releases, config=examples_config(perturbed=True), timeout=3600
     )

@@ -1,7 +1,7 @@
 """Tests the family registry generates: every example of every family is synthesized, staged,
-exported and verified through the real DAG (PASS), and fails its gate once the family has
-perturbed one staged tensor (FAIL). A new family or architecture brings its examples, and so
-its tests."""
+exported and verified through the real DAG (PASS); a dense and a MoE example of each family
+fail their gate once the family has perturbed one staged tensor (FAIL). A new family or
+architecture brings its examples, and so its tests."""
 
 from __future__ import annotations
 
@@ -11,7 +11,17 @@ import pytest
 
 from onnxforge.core import paths
 from onnxforge.families import FAMILIES
-from registry import CLEAN, CONFIG, EXAMPLES, crosschecks, example_params, python_for, target
+from registry import (
+    CLEAN,
+    CONFIG,
+    EXAMPLES,
+    PERTURBED,
+    crosschecks,
+    example_params,
+    python_for,
+    target,
+    variant_params,
+)
 
 pytestmark = pytest.mark.dag
 
@@ -32,9 +42,11 @@ def test_every_family_declares_examples_and_config_builds_them_by_default():
     assert CONFIG["crosschecks"] == crosschecks()
 
 
-@pytest.mark.parametrize(("family", "example"), example_params())
-def test_example_passes_every_gate(registry_build, family, example):
-    t = target(example)
+@pytest.mark.parametrize(("family", "example", "variant"), variant_params())
+def test_example_passes_every_gate_in_each_variant_it_declares(
+    registry_build, family, example, variant
+):
+    t = target(example, variant)
     report = json.loads((registry_build / t.parity / paths.REPORT_JSON).read_text())
     assert report["status"] == "PASS", report["failures"]
     for comparison in ("onnx_vs_jax", "jax_vs_reference"):
@@ -47,10 +59,13 @@ def test_example_passes_every_gate(registry_build, family, example):
     assert stage["family"] == family.name
     released = {p.name for p in (registry_build / t.release).iterdir()}
     assert set(paths.RELEASED) | {"manifest.json"} <= released
+    if CONFIG["variants"][variant]["decoder"] == "kv":  # the four generation gates too
+        assert all(gate["passed"] for gate in report["generation"].values()), report["generation"]
+        assert "genai_config.json" in released
     python_for(family)  # the environment the jobs ran in exists
 
 
-@pytest.mark.parametrize(("family", "example"), example_params())
+@pytest.mark.parametrize(("family", "example"), example_params(only=PERTURBED))
 def test_a_perturbed_stage_fails_the_gate_and_is_not_released(perturbed_build, family, example):
     workdir, perturbed = perturbed_build
     assert perturbed[target(example).name]  # the family named the tensor it scaled

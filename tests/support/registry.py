@@ -29,10 +29,28 @@ EXAMPLES: list[tuple[Family, Example]] = [
 ]
 
 
-def example_params() -> list:
+def example_params(only: set[str] | None = None) -> list:
+    """(family, example) for each example (``only``: those named)."""
     return [
         pytest.param(family, example, id=example.name, marks=MARKS.get(family.environment, []))
         for family, example in EXAMPLES
+        if only is None or example.name in only
+    ]
+
+
+def variant_params() -> list:
+    """(family, example, variant) for each variant each example declares (Example.variants):
+    what the registry build builds."""
+    return [
+        pytest.param(
+            family,
+            example,
+            variant,
+            id=f"{example.name}-{variant}",
+            marks=MARKS.get(family.environment, []),
+        )
+        for family, example in EXAMPLES
+        for variant in example.variants
     ]
 
 
@@ -40,19 +58,29 @@ def target(example: Example, variant: str = F32, checkpoint: str = "hf") -> path
     return paths.Target(example.name, checkpoint, variant)
 
 
-# Each example's `hf` stage is perturbed in place (its MLP; a MoE's experts); each family's
-# first MoE example also gets these parts perturbed in checkpoints of their own
-# (perturb-<part>): one per family keeps CI's perturbed build short.
+# The perturbed build (conftest.perturbed_build) perturbs, per family, its first dense example
+# (an MLP tensor) and its first MoE example (an expert in its `hf` stage; the attention and the
+# router in copies, checkpoints perturb-<part>), and the twin of a checkpoint that another
+# implementation builds too (an expert; the crosscheck then has one odd one out against the
+# clean copy, CLEAN below): each kind of layer and each part the diagnosis names, in every
+# family, at 8 targets rather than 18, each a re-export and a parity run (most of CI's time
+# went there). Every architecture is held to the gates by the clean registry build.
 MOE_PARTS = ("attention", "router")
-EVERY_PART = {
-    next(e.name for e in family.examples if e.moe)
-    for family in FAMILIES.values()
-    if any(e.moe for e in family.examples)
-}
+
+
+def _first(family: Family, moe: bool) -> str | None:
+    return next((e.name for e in family.examples if e.moe == moe), None)
+
+
+EVERY_PART = {_first(family, moe=True) for family in FAMILIES.values()} - {None}
+PERTURBED = EVERY_PART | {_first(family, moe=False) for family in FAMILIES.values()} - {None}
+PERTURBED |= {e.name for _, e in EXAMPLES if e.same_checkpoint_as}
 
 
 def perturbed_checkpoints(example: Example) -> dict[str, str]:
-    """checkpoint name -> the part its stage has perturbed."""
+    """checkpoint name -> the part its stage has perturbed (none: not in the perturbed build)."""
+    if example.name not in PERTURBED:
+        return {}
     if not example.moe:
         return {"hf": PERTURB_DEFAULT}
     if example.name not in EVERY_PART:
@@ -67,14 +95,15 @@ CLEAN_COPIES = {e.same_checkpoint_as for _, e in EXAMPLES if e.same_checkpoint_a
 
 
 def examples_config(perturbed: bool = False) -> dict:
-    """A config overlay with one catalog model per example, each a default target, and their
-    crosschecks; with ``perturbed``, the MoE examples' extra checkpoints and the clean copies
-    too (not default targets), and the crosschecks of the clean copies."""
+    """A config overlay with one catalog model per example, each of its variants a default
+    target, and their crosschecks; with ``perturbed``, the MoE examples' extra checkpoints and
+    the clean copies too (not default targets), and the crosschecks of the clean copies."""
 
     def checkpoints(example: Example) -> list[str]:
         if not perturbed:
             return ["hf"]
-        return [*perturbed_checkpoints(example), *([CLEAN] if example.name in CLEAN_COPIES else [])]
+        extra = [CLEAN] if example.name in CLEAN_COPIES else []
+        return [*dict.fromkeys(["hf", *perturbed_checkpoints(example)]), *extra]
 
     models = {
         example.name: {
@@ -84,7 +113,11 @@ def examples_config(perturbed: bool = False) -> dict:
         }
         for family, example in EXAMPLES
     }
-    targets = [{"model": e.name, "checkpoint": "hf", "variant": F32} for _, e in EXAMPLES]
+    targets = [
+        {"model": e.name, "checkpoint": "hf", "variant": variant}
+        for _, e in EXAMPLES
+        for variant in e.variants
+    ]
     clean = dict.fromkeys(CLEAN_COPIES, CLEAN) if perturbed else {}
     return {"models": models, "targets": targets, "crosschecks": crosschecks(clean)}
 

@@ -18,8 +18,10 @@ def _config(**changes):
 
 
 def test_shipped_config_is_valid():
+    kv = ("f32", "f32-kv", "f32-kv-plain")
+    declared = {"gpt-oss": kv, "llama": kv, "mixtral": kv, "mistral": ("f32", "f32-kv")}
     assert catalog.default_targets(catalog.validate(copy.deepcopy(CONFIG))) == [
-        f"results/release/tiny-{name}/hf/f32"
+        f"results/release/tiny-{name}/hf/{variant}"
         for name in (
             *("gpt-oss", "llama", "mistral", "mixtral", "gemma"),
             *(
@@ -34,6 +36,7 @@ def test_shipped_config_is_valid():
                 "gpt_oss",
             ),
         )
+        for variant in declared.get(name, ("f32",))  # each example's (Example.variants)
     ] + ["results/crosscheck/tiny-gpt-oss-implementations.passed.json"]
 
 
@@ -49,6 +52,18 @@ def test_shipped_config_is_valid():
         (
             {"models": {"m": {"family": "gpt_oss", "checkpoints": {"c": {"source": "s3://x"}}}}},
             r"models\.m\.checkpoints\.c\.source",
+        ),
+        (  # MaxText's configs/models/NAME.yml: a name, never a path out of that folder
+            {
+                "models": {
+                    "m": {
+                        "family": "maxtext",
+                        "options": {"model": "../evil"},
+                        "checkpoints": {"c": {"source": "synthetic://maxtext"}},
+                    }
+                }
+            },
+            r"models\.m\.options\.model: '\.\./evil' does not match",
         ),
     ],
 )
@@ -123,6 +138,13 @@ def test_the_examples_are_spelled_once_in_the_registry():
     ]
     implementations = config["crosschecks"]["tiny-gpt-oss-implementations"]["targets"]
     assert [t["model"] for t in implementations] == ["tiny-gpt-oss", "tiny-gpt_oss"]
+
+
+def test_a_config_with_targets_of_its_own_builds_no_example_by_default():
+    own = [{"model": "gpt-oss-20b", "checkpoint": "hf", "variant": "f32"}]
+    config = catalog.validate(_config(targets=own))
+    assert config["crosschecks"] == {}
+    assert catalog.default_targets(config) == ["results/release/gpt-oss-20b/hf/f32"]
 
 
 def test_examples_in_one_variant_and_a_malformed_examples_item():

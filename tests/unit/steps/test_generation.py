@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import genai_tokens, snakemake
+from conftest import genai_tokens
 from onnxforge.core import paths
 from onnxforge.driver import catalog
 from onnxforge.families.gpt_oss import FAMILY
@@ -26,13 +26,11 @@ GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "le
 
 
 @pytest.fixture(scope="module")
-def kv_build(tmp_path_factory) -> Path:
-    """tiny-gpt-oss's KV targets (both operator sets) through download -> ... -> promote, in
-    one Snakemake call."""
-    workdir = tmp_path_factory.mktemp("kv")
-    run = snakemake(workdir, TARGET.release, PLAIN.release, timeout=1500)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    return workdir
+def kv_build(registry_build) -> Path:
+    """tiny-gpt-oss's KV targets (both operator sets), which it declares (Example.variants):
+    built by the registry build, beside its f32 target, on the same stage."""
+    assert {KV, PLAIN.variant} <= set(FAMILY.examples[0].variants)
+    return registry_build
 
 
 @pytest.fixture(scope="module")

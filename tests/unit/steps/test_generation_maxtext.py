@@ -1,6 +1,7 @@
-"""The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: tiny Llama,
-tiny Mixtral (sparse MoE) and tiny Mistral (sliding window) pass the four generation gates, in one
-Snakemake call; and MaxText's decoder steps agree with its full-sequence forward in JAX."""
+"""The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: each the
+examples declare (tiny Llama, tiny Mixtral's sparse MoE, tiny Mistral's sliding window) passes
+the four generation gates, in the registry build's one Snakemake call; and MaxText's decoder
+steps agree with its full-sequence forward in JAX."""
 
 from __future__ import annotations
 
@@ -9,28 +10,30 @@ from pathlib import Path
 
 import pytest
 
-from conftest import genai_tokens, snakemake
+from conftest import genai_tokens
 from onnxforge.core import paths
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
 from registry import python_for
 
 KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
-BUILDS = (
-    *((model, variant) for model in ("tiny-llama", "tiny-mixtral") for variant in (KV, KV_PLAIN)),
-    ("tiny-mistral", KV),  # MaxText's sliding window as GroupQueryAttention's, decoded past it
+# The KV variants the maxtext examples declare (Example.variants), built by the registry build:
+# tiny Llama and tiny Mixtral (sparse MoE) in both, tiny Mistral's sliding window as
+# GroupQueryAttention's, decoded past it.
+BUILDS = tuple(
+    (example.name, variant)
+    for example in MAXTEXT.examples
+    for variant in example.variants
+    if variant in (KV, KV_PLAIN)
 )
 GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
 
 
 @pytest.fixture(scope="module")
-def maxtext_kv_build(tmp_path_factory) -> Path:
+def maxtext_kv_build(registry_build) -> Path:
     python_for(MAXTEXT)
-    workdir = tmp_path_factory.mktemp("maxtext-kv")
-    targets = [paths.Target(model, "hf", variant).release for model, variant in BUILDS]
-    run = snakemake(workdir, *targets, timeout=2400)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    return workdir
+    assert {"tiny-llama", "tiny-mixtral", "tiny-mistral"} <= {model for model, _ in BUILDS}
+    return registry_build
 
 
 @pytest.mark.dag

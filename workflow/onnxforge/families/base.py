@@ -88,8 +88,8 @@ class Example:
     # Another family's example whose checkpoint, byte for byte, this one builds with another
     # implementation: the two are crosschecked (config `crosschecks`, the tests' builds).
     same_checkpoint_as: str = ""
-    # The variants it is built in by default (config.yaml's ``targets: [{examples: declared}]``;
-    # the registry DAG test still builds f32 only): each one it supports.
+    # The variants it is built in by default (config.yaml's ``targets: [{examples: declared}]``)
+    # and in the registry DAG test: each one it is known to pass.
     variants: tuple[str, ...] = ("f32",)
 
 

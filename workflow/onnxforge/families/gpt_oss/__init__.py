@@ -34,7 +34,14 @@ def is_mxfp4(name: str) -> bool:
 class GptOssFamily:
     name = "gpt_oss"
     environment = "jax"  # envs/jax.lock.txt, image config.images.jax
-    examples = (Example("tiny-gpt-oss", "synthetic://gpt_oss?seed=0", moe=True),)
+    examples = (
+        Example(
+            "tiny-gpt-oss",
+            "synthetic://gpt_oss?seed=0",
+            moe=True,
+            variants=("f32", "f32-kv", "f32-kv-plain"),
+        ),
+    )
     model_types = ("gpt_oss",)
 
     def recognize(self, hf_config: dict[str, Any], source: str, forced: dict[str, Any]):

@@ -19,6 +19,7 @@ LLAMA2 = Architecture(
     refusals=llama_refusals,
     tiny={**TINY, "num_key_value_heads": 4},  # llama2-7b: one kv head per query head
     hf_model_types=("llama",),
+    export_variants=("f32", "f32-kv", "f32-kv-plain"),
 )
 
 ENTRIES = (LLAMA2,)

@@ -38,6 +38,8 @@ MISTRAL = Architecture(
     refusals=refusals,
     tiny={**TINY, "sliding_window": 8},  # shorter than parity's long input: it is tested
     hf_model_types=("mistral",),
+    # its sliding window as GroupQueryAttention's, decoded past it
+    export_variants=("f32", "f32-kv"),
 )
 
 ENTRIES = (MISTRAL,)

@@ -32,6 +32,7 @@ MIXTRAL = Architecture(
     refusals=refusals,  # Mistral's
     tiny={**TINY, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2},
     hf_model_types=("mixtral",),
+    export_variants=("f32", "f32-kv", "f32-kv-plain"),
 )
 
 ENTRIES = (MIXTRAL,)
