@@ -29,13 +29,15 @@ from onnxforge.families.base import (
     Staged,
     write_stage_config,
 )
-from onnxforge.families.maxtext import architectures
+from onnxforge.families.maxtext import architectures, imports
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
 from onnxforge.families.reference import (
     transformers_generate,
     transformers_logits,
     transformers_taps,
 )
+
+imports.skip_unused()  # before any of MaxText's: TensorFlow's start-up, for nothing (imports.py)
 
 MAXTEXT_JSON = "maxtext.json"
 CHECKPOINT = "checkpoint"
@@ -65,6 +67,7 @@ class MaxTextFamily:
             {"model": arch.default_model},
             moe=arch.moe,
             same_checkpoint_as=arch.same_checkpoint_as,
+            variants=arch.export_variants,
         )
         for arch in ARCHITECTURES.values()
         for name, query in [
