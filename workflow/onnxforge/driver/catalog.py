@@ -71,8 +71,9 @@ def with_examples(config: dict[str, Any], source: str = "config") -> dict[str, A
     the config: each is a catalog model (merged under the config's own entry of that name,
     which may add to it: parity settings, another checkpoint), ``{examples: declared}`` in
     ``targets`` becomes each example in each variant it declares (``{examples: VARIANT}``:
-    each in VARIANT), and examples that build one checkpoint with several implementations are
-    crosschecked. In place; returns ``config``."""
+    each in VARIANT), and, where the targets have the examples, examples that build one
+    checkpoint with several implementations are crosschecked (a config with targets of its own
+    builds no example by default). In place; returns ``config``."""
     from onnxforge.families import FAMILIES
 
     examples = [(f, e) for f in FAMILIES.values() for e in f.examples]
@@ -85,13 +86,14 @@ def with_examples(config: dict[str, Any], source: str = "config") -> dict[str, A
             entry["options"] = copy.deepcopy(example.options)
         models[example.name] = deep_update(entry, models.get(example.name) or {})
     targets = config.get("targets")
+    wanted_examples = False
     if isinstance(targets, list):
         expanded = []
         for i, item in enumerate(targets):
             if not (isinstance(item, dict) and EXAMPLES_KEY in item):
                 expanded.append(item)
                 continue
-            wanted = item[EXAMPLES_KEY]
+            wanted, wanted_examples = item[EXAMPLES_KEY], True
             if set(item) != {EXAMPLES_KEY} or not isinstance(wanted, str):
                 raise InputError(
                     f"{source}: targets[{i}]: expected {{examples: {DECLARED}}} or "
@@ -104,6 +106,8 @@ def with_examples(config: dict[str, Any], source: str = "config") -> dict[str, A
             ]
         config["targets"] = expanded
     crosschecks = config.setdefault("crosschecks", {})
+    if not wanted_examples:
+        return config
     groups: dict[str, list[str]] = {}
     for _, example in examples:
         if example.same_checkpoint_as:
