@@ -68,3 +68,15 @@ def test_diagnosis_runs_on_a_passing_target_only_when_always(
     assert SETTINGS.diagnosis["run"] == "on_failure"
     report, _ = parity.run_parity(FAMILY, tiny_checkpoint, tiny_stage, onnx, SETTINGS, threads=1)
     assert report["status"] == "PASS" and "diagnosis" not in report
+
+
+def test_the_logits_tap_is_an_alias_even_when_the_weights_overflowed():
+    """Overflowing weights make NaN logits: the LM head's tap is still the logits output (one
+    value with two names would break the debug export), and a tap that differs is not."""
+    logits = np.array([[[1.0, np.nan], [np.inf, 2.0]]], np.float32)
+    taps = {
+        "final.lm_head": logits.copy(),
+        "final.norm": np.ones((1, 2, 4), np.float32),
+        "layer.0": logits + 1.0,
+    }
+    assert parity.logits_aliases(taps, logits) == ["final.lm_head"]

@@ -395,6 +395,17 @@ def run_diagnosis(
     }
 
 
+def logits_aliases(taps: dict[str, np.ndarray], logits: np.ndarray) -> list[str]:
+    """The taps that are the logits themselves (an LM head with no soft cap after it): one
+    value with two names, which the debug export cannot take, so they are read off the logits
+    output. NaNs count as equal: weights that overflow make NaN logits, the tap's too."""
+    return [
+        name
+        for name, value in taps.items()
+        if value.shape == logits.shape and np.array_equal(value, logits, equal_nan=True)
+    ]
+
+
 def _jax_taps_and_debug_export(
     family: Family, stage_dir: Path, token_ids: np.ndarray, settings: ParitySettings, out: str
 ) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
@@ -410,11 +421,7 @@ def _jax_taps_and_debug_export(
     names = sorted(taps)
     taps = {name: np.array(taps[name]) for name in names}
     logits = np.asarray(logits)
-    # A tap that is the logits themselves (an LM head with no soft cap after it) would be one
-    # value with two names, which the export cannot take: it is read off the logits output.
-    aliases = [
-        n for n in names if taps[n].shape == logits.shape and np.array_equal(taps[n], logits)
-    ]
+    aliases = logits_aliases(taps, logits)
     del logits
     exported = [name for name in names if name not in aliases]
 
