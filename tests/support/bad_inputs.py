@@ -558,4 +558,14 @@ CLI_CASES: list[BadCommand] = [
         lambda folder: ["tiny-gpt-oss", "--name", "mine"],
         "--name 'mine' names a checkpoint folder or hf:// source",
     ),
+    BadCommand(
+        "maxtext-model-that-is-a-path",
+        lambda folder: [str(folder), "--maxtext-model", "../evil"],
+        "--maxtext-model '../evil': expected the NAME of MaxText's configs/models/NAME.yml",
+    ),
+    BadCommand(
+        "maxtext-model-for-another-family",
+        lambda folder: [str(folder), "--family", "gpt_oss", "--maxtext-model", "llama2-7b"],
+        "--maxtext-model llama2-7b is for --family maxtext, not --family gpt_oss",
+    ),
 ]

@@ -30,6 +30,7 @@ HUB_EXCLUDE = [
     "*.ckpt", "consolidated.*", "onnx/*", "*.onnx", "*.onnx_data",
 ]  # fmt: skip
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAXTEXT_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a file name, never a path
 # A --name is one folder under results/ (and results/release/), whose steps' paths, logs and
 # temporaries append to it: short enough for any file system's 255-byte names.
 NAME_MAX = 100
@@ -191,6 +192,11 @@ def recognize(
         if family not in (None, "maxtext"):
             raise InputError(
                 f"--maxtext-model {maxtext_model} is for --family maxtext, not --family {family}"
+            )
+        if not MAXTEXT_MODEL.fullmatch(maxtext_model):
+            raise InputError(
+                f"--maxtext-model {maxtext_model!r}: expected the NAME of MaxText's "
+                "configs/models/NAME.yml (letters, digits, '.', '_', '-'), e.g. llama2-7b"
             )
         family, forced = "maxtext", {"model": maxtext_model}
     if parse_source(source).scheme == "hf":
