@@ -92,6 +92,21 @@ def test_a_window_maxtext_cannot_apply_is_refused():
     assert unsupported(tiny("qwen3", use_sliding_window=False, sliding_window=64), "q") == []
 
 
+@pytest.mark.parametrize("name", ["mistral", "llama"])
+def test_a_head_dim_apart_from_the_width_is_refused_where_the_converter_cannot_lay_it_out(name):
+    """Mistral-Nemo's shape (head_dim 128 x 32 heads over hidden 5120), as a tiny config:
+    llama_or_mistral_ckpt reshapes every attention kernel to hidden = heads x head_dim."""
+    config = tiny(name)
+    heads = config["num_attention_heads"]
+    wide = dict(config, head_dim=2 * config["hidden_size"] // heads)
+    (reason,) = unsupported(wide, "mistral-7b")
+    assert reason.startswith(f"head_dim {wide['head_dim']}: MaxText's converter for mistral-7b")
+    assert unsupported(dict(config, head_dim=config["hidden_size"] // heads), "m") == []
+    # Mixtral's converter (to_maxtext) has no such limit: not refused for it.
+    mixtral = tiny("mixtral")
+    assert unsupported(dict(mixtral, head_dim=2 * mixtral["hidden_size"] // heads), "m") == []
+
+
 def test_gemma2_layers_are_pairs_and_its_settings_follow_the_config():
     overrides = maxtext_overrides(tiny("gemma2"))
     assert overrides["base_num_decoder_layers"] == 2  # 4 Hugging Face layers

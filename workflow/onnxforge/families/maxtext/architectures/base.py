@@ -162,6 +162,20 @@ def refuse_window(hf_config: HfConfig, model_name: str) -> list[str]:
     return [f"sliding_window {window}: MaxText's {model_name} attends globally in every layer"]
 
 
+def refuse_head_dim(hf_config: HfConfig, model_name: str) -> list[str]:
+    """For checkpoints MaxText's llama_or_mistral_ckpt converter stages: it lays every attention
+    kernel out as hidden_size = num_attention_heads x head_dim, which a config.json that sets
+    head_dim apart (Mistral-Nemo: 32 heads of 128 over hidden 5120) breaks."""
+    heads, hidden = hf_config["num_attention_heads"], hf_config["hidden_size"]
+    head_dim = hf_config.get("head_dim")
+    if not head_dim or head_dim * heads == hidden:
+        return []
+    return [
+        f"head_dim {head_dim}: MaxText's converter for {model_name} (llama_or_mistral_ckpt) "
+        f"needs num_attention_heads x head_dim = hidden_size ({heads} x {head_dim} != {hidden})"
+    ]
+
+
 def refuse_biases(hf_config: HfConfig, model_name: str) -> list[str]:
     """For MaxText models whose projections have no biases."""
     return [

@@ -4,8 +4,19 @@
 from __future__ import annotations
 
 from onnxforge.families.maxtext import convert
-from onnxforge.families.maxtext.architectures.base import TINY, Architecture
+from onnxforge.families.maxtext.architectures.base import (
+    TINY,
+    Architecture,
+    HfConfig,
+    refuse_head_dim,
+)
 from onnxforge.families.maxtext.architectures.llama3 import llama_refusals, llama_settings
+
+
+def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
+    """Llama's, and its converter's (llama_or_mistral_ckpt)."""
+    return llama_refusals(hf_config, model_name) + refuse_head_dim(hf_config, model_name)
+
 
 LLAMA2 = Architecture(
     model_type="llama",
@@ -16,7 +27,7 @@ LLAMA2 = Architecture(
     genai_type="llama",
     # config.json's model_type "llama" is Llama 3's too: one reading of it (llama3.py)
     settings=llama_settings,
-    refusals=llama_refusals,
+    refusals=refusals,
     tiny={**TINY, "num_key_value_heads": 4},  # llama2-7b: one kv head per query head
     hf_model_types=("llama",),
     export_variants=("f32", "f32-kv", "f32-kv-plain"),

@@ -11,6 +11,7 @@ from onnxforge.families.maxtext.architectures.base import (
     Architecture,
     HfConfig,
     refuse_biases,
+    refuse_head_dim,
     refuse_rope,
     sliding_window,
 )
@@ -27,6 +28,11 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
     return refuse_rope(hf_config, model_name) + refuse_biases(hf_config, model_name)
 
 
+def llama_or_mistral_refusals(hf_config: HfConfig, model_name: str) -> list[str]:
+    """Mistral's, and its converter's (Mixtral's, to_maxtext, has no such limit)."""
+    return refusals(hf_config, model_name) + refuse_head_dim(hf_config, model_name)
+
+
 MISTRAL = Architecture(
     model_type="mistral",
     transformers_class="MistralForCausalLM",
@@ -35,7 +41,7 @@ MISTRAL = Architecture(
     converter=convert.convert_llama_like,
     genai_type="mistral",
     settings=windowed_attention,
-    refusals=refusals,
+    refusals=llama_or_mistral_refusals,
     tiny={**TINY, "sliding_window": 8},  # shorter than parity's long input: it is tested
     hf_model_types=("mistral",),
     # its sliding window as GroupQueryAttention's, decoded past it
