@@ -16,14 +16,26 @@ import sys
 import pytest
 import yaml
 
-from bad_inputs import CASES, CLI_CASES, ENTRY_CASES, STAGE_CASES, BadCommand, BadInput, source_of
+from bad_inputs import (
+    CASES,
+    CLI_CASES,
+    ENTRY_CASES,
+    MAXTEXT_CASES,
+    STAGE_CASES,
+    BadCommand,
+    BadInput,
+    source_of,
+)
 from conftest import REPO, snakemake
 from onnxforge.core import paths
 from onnxforge.core.errors import InputError
 from onnxforge.driver import catalog
+from onnxforge.families import FAMILIES
+from registry import MARKS
 
 pytestmark = pytest.mark.dag
-ALL = CASES + STAGE_CASES + ENTRY_CASES
+ALL = CASES + STAGE_CASES + ENTRY_CASES + MAXTEXT_CASES
+FAMILY = {case.name: case.family for case in ALL}
 LOG = {"download": "download", "stage": "stage", "parity_gate": "gate"}  # paths.TARGET_STEPS
 # What exists after each step: a step that fails leaves its own output and every later one out.
 OUTPUTS = ("download", "stage", "export", "parity", "passed")
@@ -38,7 +50,7 @@ def _entry(case: BadInput, good, root) -> dict:
 def _config(entries: dict[str, dict]) -> dict:
     return {
         "models": {
-            name: {"family": "gpt_oss", "checkpoints": {"hf": entry}}
+            name: {"family": FAMILY[name], "checkpoints": {"hf": entry}}
             for name, entry in entries.items()
         },
         "targets": [{"model": name, "checkpoint": "hf", "variant": "f32"} for name in entries],
@@ -57,7 +69,9 @@ def _valid(config: dict) -> bool:
 @pytest.fixture(scope="module")
 def corpus_run(tiny_checkpoint, tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    entries = {case.name: _entry(case, tiny_checkpoint, root / "inputs") for case in ALL}
+    good = {"gpt_oss": tiny_checkpoint, "maxtext": root / "tiny-llama"}
+    FAMILIES["maxtext"].synthesize(good["maxtext"], seed=0, overrides={"arch": "llama"})
+    entries = {case.name: _entry(case, good[case.family], root / "inputs") for case in ALL}
     valid = {name: e for name, e in entries.items() if _valid(_config({name: e}))}
     workdir = root / "work"
     workdir.mkdir()
@@ -65,8 +79,9 @@ def corpus_run(tiny_checkpoint, tmp_path_factory):
     return workdir, valid, entries, run
 
 
-def test_the_corpus_has_forty_cases_or_more():
-    assert len(ALL) >= 40
+def test_the_corpus_has_seventy_cases_or_more_in_both_families():
+    assert len(ALL + CLI_CASES) >= 70
+    assert {"gpt_oss", "maxtext"} <= {case.family for case in ALL}
     names = [case.name for case in ALL + CLI_CASES]
     assert len(set(names)) == len(names)
 
@@ -84,7 +99,11 @@ def test_the_build_command_line_is_refused_in_one_line(case: BadCommand, tiny_ch
     assert not (tmp_path / "results").exists() and not (tmp_path / ".snakemake").exists()
 
 
-@pytest.mark.parametrize("case", ALL, ids=lambda case: case.name)
+def _marked(case: BadInput):
+    return pytest.param(case, id=case.name, marks=MARKS.get(FAMILIES[case.family].environment, []))
+
+
+@pytest.mark.parametrize("case", [_marked(case) for case in ALL])
 def test_the_case_fails_at_its_step_with_one_clear_line(corpus_run, case):
     workdir, valid, entries, run = corpus_run
     console = run.stdout + run.stderr

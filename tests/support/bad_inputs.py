@@ -5,8 +5,9 @@ For a runner, a case is:
 
 - ``name``: an identifier (test ids, folder names).
 - ``make(good_checkpoint_dir, dest_dir)``: writes the broken checkpoint folder at
-  ``dest_dir`` (which does not exist yet) from a good one (the tiny GPT-OSS checkpoint of
-  ``tests/conftest.py``, a Hugging Face layout) and returns the checkpoint entry's overrides
+  ``dest_dir`` (which does not exist yet) from a good one of its ``family`` (the tiny GPT-OSS
+  checkpoint of ``tests/conftest.py``; for ``maxtext``, a tiny Llama; each a Hugging Face
+  layout written by transformers) and returns the checkpoint entry's overrides
   for the config (``{"source": "hf://..."}``, say), or None for ``{"source":
   "file://<dest_dir>"}``. It never touches ``good_checkpoint_dir``.
 - ``step``: the rule that must fail: ``download``, ``stage`` or ``parity_gate`` (where a
@@ -43,6 +44,7 @@ class BadInput:
     make: Callable[[Path, Path], dict[str, Any] | None]
     expected: str
     step: str
+    family: str = "gpt_oss"  # whose tiny checkpoint ``make`` breaks, and who stages it
 
     def __post_init__(self):
         assert self.step in STEPS, self.step
@@ -514,6 +516,99 @@ ENTRY_CASES: list[BadInput] = [
         "seed is 'abc'; expected a whole number >= 0",
         "download",
     ),
+]
+
+
+# The maxtext family's stage, on a tiny Llama (MaxText's llama2-7b): what its own checks refuse
+# before MaxText's converter sees the files (which would crash, or stage another model than
+# the checkpoint), and what that converter refuses.
+MAXTEXT_CASES: list[BadInput] = [
+    BadInput(f"maxtext-{name}", make, expected, "stage", family="maxtext")
+    for name, make, expected in [
+        (
+            "nan-weight",
+            _with_value("model.layers.1.self_attn.q_proj.weight", np.nan, (3, 5)),
+            "tensor 'model.layers.1.self_attn.q_proj.weight': 1 of 4096 values are not finite "
+            "(first: nan at [3, 5])",
+        ),
+        (
+            "inf-weight",
+            _with_value("model.norm.weight", -np.inf),
+            "values are not finite (first: -inf at [0])",
+        ),
+        ("truncated-data", _truncate(0.5), "the file is truncated"),
+        (
+            "int32-weight",
+            _edit_tensors(_cast("model.norm.weight", np.int32)),
+            "tensor 'model.norm.weight' is stored as int32; expected a floating-point dtype",
+        ),
+        (
+            "fewer-layers-in-config-than-weights",
+            _edit_config(num_hidden_layers=1),
+            "is of layer 1, but config.json's num_hidden_layers is 1",
+        ),
+        (
+            "missing-tensor",
+            _edit_tensors(lambda t: t.pop("model.layers.1.mlp.down_proj.weight")),
+            "is missing (MaxText's Llama/Mistral converter needs it)",
+        ),
+        (
+            "tensor-nothing-uses",
+            _edit_tensors(lambda t: t.update(extra=np.zeros(3, np.float32))),
+            "MaxText's converter does not know tensor 'extra'",
+        ),
+        (
+            "wrong-shape",
+            _edit_tensors(lambda t: t.update({"model.norm.weight": np.ones(3, np.float32)})),
+            "MaxText parameter decoder/decoder_norm/scale converted to shape (3,)",
+        ),
+        (
+            "linear-rope",
+            _edit_config(rope_scaling={"rope_type": "linear", "factor": 2.0}),
+            "cannot honor rope_scaling type 'linear': MaxText's llama2-7b has no such RoPE",
+        ),
+        (
+            "attention-bias",
+            _edit_config(attention_bias=True),
+            "cannot honor attention_bias: MaxText's llama2-7b has no such biases",
+        ),
+        (
+            "head-dim-apart-from-the-width",  # Mistral-Nemo's shape
+            _edit_config(head_dim=32),
+            "cannot honor head_dim 32: MaxText's converter for llama2-7b (llama_or_mistral_ckpt)",
+        ),
+        (
+            "window-on-a-global-model",
+            _edit_config(sliding_window=8),
+            "cannot honor sliding_window 8: MaxText's llama2-7b attends globally in every layer",
+        ),
+        (
+            "model-type-no-architecture-stages",
+            _edit_config(model_type="qwen2"),
+            "model_type 'qwen2' is not one the maxtext family stages",
+        ),
+        ("no-config-json", _config_text(None), "config.json: missing"),
+        (
+            "vocab-size-a-string",
+            _edit_config(vocab_size="256"),
+            "vocab_size is '256'; expected a number (int) written without quotes",
+        ),
+        (
+            "zero-layers",
+            _edit_config(num_hidden_layers=0),
+            "num_hidden_layers is 0; expected at least 1",
+        ),
+        (
+            "rope-theta-zero",
+            _rope_theta(0),
+            "rope_parameters.rope_theta is 0.0; expected a number above 0",
+        ),
+        (
+            "width-not-a-number",
+            _edit_config(hidden_size="sixty-four"),
+            "hidden_size is 'sixty-four'; expected a number (int)",
+        ),
+    ]
 ]
 
 

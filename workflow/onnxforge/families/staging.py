@@ -7,6 +7,7 @@ checkpoint per parameter) before the next is read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -139,14 +140,35 @@ def write_params(
     )
 
 
-def check_checkpoint_values(checkpoint_dir: Path) -> int:
+def check_checkpoint_values(checkpoint_dir: Path, num_layers: int | None = None) -> int:
     """Every tensor of the checkpoint's ``*.safetensors`` read once, before a converter that is
     not ours (MaxText's) sees them: headers against the spec (a truncated file is named), and
-    every float finite (a NaN or infinity is refused naming the tensor and its first index,
-    which MaxText's converters would carry into the staged weights). One tensor in memory at
-    a time. Returns the number of tensors checked."""
+    every tensor a float (an integer weight refused, naming it) and finite (a NaN or infinity
+    is refused naming the tensor and its first index, which MaxText's converters would carry
+    into the staged weights). One tensor in memory at
+    a time. With ``num_layers`` (config.json's), a tensor of a layer past it is refused too: a
+    converter that maps by the config would drop it, and the release would be another model
+    than the checkpoint. Returns the number of tensors checked."""
     reader = CheckpointReader(checkpoint_dir, finite=True)
     names = list(reader)
+    for name in names:  # MaxText's converters would cast an integer weight to float silently
+        info = reader.info(name)
+        if not (info.dtype.kind in FLOAT_KINDS or info.dtype.name == "bfloat16"):
+            raise InputError(
+                f"{info.file}: tensor {name!r} is stored as {info.dtype}; expected a "
+                "floating-point dtype (F32, BF16, F16). Was the checkpoint written by a converter "
+                "that changed its dtypes?"
+            )
+    if num_layers is not None:
+        for name in names:
+            layer = re.match(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)\.", name)
+            if layer and int(layer.group(1)) >= num_layers:
+                raise InputError(
+                    f"{checkpoint_dir}: tensor {name!r} is of layer {layer.group(1)}, but "
+                    f"config.json's num_hidden_layers is {num_layers}: the weights and the "
+                    "config are of different models. Fix config.json (or pass layers: N to "
+                    "keep the first N layers)"
+                )
     with progress.phase("check values (finite)", items=len(names), item="tensors") as checked:
         for name in names:
             reader.read(name)  # raises on the first non-finite value

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from onnxforge.core.errors import InputError
+from onnxforge.core.hf_config import config_number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,28 +76,7 @@ class GptOssConfig:
                 return None
             if table is not hf:
                 key = f"{rope_key}.{key}"
-            # JSON numbers only: transformers refuses "300" (and 300.0 for an int) at parity
-            hint = ""
-            if isinstance(value, str):
-                hint = " written without quotes"
-            elif kind is int and isinstance(value, float):
-                hint = " without a decimal point"
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok or hint or not math.isfinite(value):
-                raise InputError(
-                    f"{source}: {key} is {value!r}; expected a number ({kind.__name__}){hint}. "
-                    "Fix config.json"
-                )
-            result = kind(value)
-            if minimum is not None and result < minimum:
-                raise InputError(
-                    f"{source}: {key} is {result}; expected at least {minimum}. Fix config.json"
-                )
-            if above is not None and result <= above:
-                raise InputError(
-                    f"{source}: {key} is {result}; expected a number above {above}. Fix config.json"
-                )
-            return result
+            return config_number(value, key, source, kind, minimum, above)
 
         n_layers = number("num_hidden_layers")
         heads = number("num_attention_heads")

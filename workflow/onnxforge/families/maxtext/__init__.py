@@ -31,6 +31,7 @@ from onnxforge.families.base import (
 )
 from onnxforge.families.maxtext import architectures, imports
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, architecture
+from onnxforge.families.maxtext.architectures.base import check_numbers
 from onnxforge.families.reference import (
     transformers_generate,
     transformers_logits,
@@ -114,8 +115,10 @@ class MaxTextFamily:
 
         options = options or {}
         source = Path(checkpoint_dir) / "config.json"
-        hf_config = write_stage_config(read_config_json(checkpoint_dir), source, out_dir, layers)
+        original = read_config_json(checkpoint_dir)
+        hf_config = write_stage_config(original, source, out_dir, layers)
         arch = architecture(hf_config, str(source), options.get("model"))
+        check_numbers(hf_config, str(source))
         model_name = options.get("model", arch.default_model)
         refused = arch.unsupported(hf_config, model_name)
         if refused:
@@ -125,7 +128,10 @@ class MaxTextFamily:
             {**arch.maxtext_overrides(hf_config), **options.get("overrides", {})},
             hf_config,
         )
-        staging.check_checkpoint_values(Path(checkpoint_dir))  # NaN, truncation: named here
+        # NaN, truncation, a layer past config.json's (DeepSeek V3's multi-token prediction
+        # layers are past it by design): named here
+        stored = original["num_hidden_layers"] + (original.get("num_nextn_predict_layers") or 0)
+        staging.check_checkpoint_values(Path(checkpoint_dir), num_layers=stored)
         with progress.phase("convert (MaxText's converter)"):
             weights = arch.convert(Path(checkpoint_dir), hf_config)
         flat = checkpoint.flatten(weights)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from onnxforge.core.errors import InputError
+from onnxforge.core.hf_config import config_number
 from onnxforge.families.maxtext import convert
 
 HfConfig = dict[str, Any]
@@ -84,6 +86,57 @@ def sliding_window(hf_config: HfConfig) -> int | None:
     if hf_config.get("use_sliding_window") is False:
         return None
     return int(window) if window else None
+
+
+# The config.json numbers every architecture reads (check_numbers), and those some have.
+REQUIRED_NUMBERS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+)
+OPTIONAL_NUMBERS = (
+    "num_key_value_heads",
+    "head_dim",
+    "num_local_experts",
+    "n_routed_experts",
+    "moe_intermediate_size",
+)
+
+
+def check_numbers(hf_config: HfConfig, source: str) -> None:
+    """The numbers of config.json that the architectures read, each refused in one line naming
+    it where it is not a number, or out of range (before MaxText's converter trips on it)."""
+    missing = [key for key in REQUIRED_NUMBERS if key not in hf_config]
+    if missing:
+        raise InputError(
+            f"{source}: missing key(s) {missing}; expected a Hugging Face config.json of a "
+            "decoder-only model"
+        )
+    for key in REQUIRED_NUMBERS + OPTIONAL_NUMBERS:
+        if hf_config.get(key) is not None:
+            config_number(hf_config[key], key, source)
+    if hf_config.get("rms_norm_eps") is not None:
+        config_number(hf_config["rms_norm_eps"], "rms_norm_eps", source, float, minimum=0)
+    if hf_config.get("sliding_window") is not None:
+        config_number(hf_config["sliding_window"], "sliding_window", source)
+    parameters = rope_parameters(hf_config)
+    for key, table, where in (
+        ("rope_theta", parameters, "rope_parameters.rope_theta"),
+        ("rope_theta", hf_config, "rope_theta"),
+        ("factor", parameters, "rope_scaling.factor"),
+    ):
+        if isinstance(table.get(key), int | float | str | bool):
+            config_number(table[key], where, source, float, minimum=None, above=0)
+    experts = hf_config.get("num_local_experts") or hf_config.get("n_routed_experts")
+    per_token = hf_config.get("num_experts_per_tok")
+    picked = per_token is not None and config_number(per_token, "num_experts_per_tok", source)
+    if experts and picked and picked > experts:
+        raise InputError(
+            f"{source}: num_experts_per_tok is {per_token}; expected 1 to the number of "
+            f"experts ({experts}): each token picks that many of them. Fix config.json"
+        )
 
 
 def common_overrides(hf_config: HfConfig) -> dict[str, Any]:
