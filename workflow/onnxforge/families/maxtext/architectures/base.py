@@ -215,18 +215,26 @@ def refuse_window(hf_config: HfConfig, model_name: str) -> list[str]:
     return [f"sliding_window {window}: MaxText's {model_name} attends globally in every layer"]
 
 
-def refuse_head_dim(hf_config: HfConfig, model_name: str) -> list[str]:
+def llama_or_mistral_ckpt_refusals(hf_config: HfConfig, model_name: str) -> list[str]:
     """For checkpoints MaxText's llama_or_mistral_ckpt converter stages: it lays every attention
     kernel out as hidden_size = num_attention_heads x head_dim, which a config.json that sets
-    head_dim apart (Mistral-Nemo: 32 heads of 128 over hidden 5120) breaks."""
+    head_dim apart (Mistral-Nemo: 32 heads of 128 over hidden 5120) breaks, and reads an LM
+    head of its own (output.weight), which tied embeddings do not have."""
+    reasons = []
     heads, hidden = hf_config["num_attention_heads"], hf_config["hidden_size"]
     head_dim = hf_config.get("head_dim")
-    if not head_dim or head_dim * heads == hidden:
-        return []
-    return [
-        f"head_dim {head_dim}: MaxText's converter for {model_name} (llama_or_mistral_ckpt) "
-        f"needs num_attention_heads x head_dim = hidden_size ({heads} x {head_dim} != {hidden})"
-    ]
+    if head_dim and head_dim * heads != hidden:
+        reasons.append(
+            f"head_dim {head_dim}: MaxText's converter for {model_name} (llama_or_mistral_ckpt) "
+            f"needs num_attention_heads x head_dim = hidden_size ({heads} x {head_dim} != {hidden})"
+        )
+    if hf_config.get("tie_word_embeddings"):
+        reasons.append(
+            f"tie_word_embeddings true: MaxText's converter for {model_name} "
+            "(llama_or_mistral_ckpt) reads an LM head of its own (lm_head.weight), which a "
+            "checkpoint with tied embeddings does not have"
+        )
+    return reasons
 
 
 def refuse_biases(hf_config: HfConfig, model_name: str) -> list[str]:
@@ -270,6 +278,10 @@ class Architecture:
     # routed_score_func), its router tap holds scores: the reference's logits are compared
     # through the same function ("softmax").
     router_scores: str = ""
+    # (config.json's key, the MLP activation MaxText's model computes): another value is
+    # refused (MaxText would keep its own, silently); None where the layers have their own
+    # (GPT-OSS's clamped SwiGLU).
+    activation: tuple[str, str] | None = ("hidden_act", "silu")
     # The config variants its tiny examples are built in by default, and so tested in (the
     # registry build): each one it is known to pass. A KV variant lands here once its export
     # passes the generation gates (issue 23 tracks the rest).
@@ -284,7 +296,13 @@ class Architecture:
 
     def unsupported(self, hf_config: HfConfig, model_name: str) -> list[str]:
         """The config.json fields MaxText's ``model_name`` cannot honor, each with why."""
-        return self.refusals(hf_config, model_name)
+        reasons = self.refusals(hf_config, model_name)
+        if self.activation is not None:  # MaxText's model keeps its own: refused, not ignored
+            key, computed = self.activation
+            value = hf_config.get(key) or hf_config.get("hidden_act")
+            if value is not None and value != computed:
+                reasons.append(f"{key} {value!r}: MaxText's {model_name} computes {computed!r}")
+        return reasons
 
     def convert(self, checkpoint_dir: Path, hf_config: HfConfig) -> dict[str, Any]:
         """MaxText's parameters of the checkpoint, by its converter (given MaxText's settings

@@ -23,6 +23,7 @@ refusals = refuse_all_but_default_rope_and_global_attention
 
 
 GEMMA = Architecture(
+    activation=("hidden_activation", "gelu_pytorch_tanh"),  # hidden_act where unset
     model_type="gemma",
     transformers_class="GemmaForCausalLM",
     config_class="GemmaConfig",

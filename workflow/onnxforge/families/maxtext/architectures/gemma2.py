@@ -61,6 +61,7 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 
 GEMMA2 = Architecture(
+    activation=("hidden_activation", "gelu_pytorch_tanh"),
     model_type="gemma2",
     transformers_class="Gemma2ForCausalLM",
     config_class="Gemma2Config",

@@ -88,6 +88,7 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 
 GEMMA3 = Architecture(
+    activation=("hidden_activation", "gelu_pytorch_tanh"),
     model_type="gemma3",
     transformers_class="Gemma3ForCausalLM",
     config_class="Gemma3TextConfig",

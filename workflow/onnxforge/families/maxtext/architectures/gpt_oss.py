@@ -52,6 +52,7 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 # as tiny-gpt-oss). `onnxforge build` gives gpt_oss configs to the gpt_oss family (registry
 # order); --family maxtext picks this one.
 GPT_OSS = Architecture(
+    activation=None,  # its clamped SwiGLU, whatever hidden_act says
     model_type="gpt_oss",
     transformers_class="GptOssForCausalLM",
     config_class="GptOssConfig",

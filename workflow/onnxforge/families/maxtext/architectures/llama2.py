@@ -8,14 +8,16 @@ from onnxforge.families.maxtext.architectures.base import (
     TINY,
     Architecture,
     HfConfig,
-    refuse_head_dim,
+    llama_or_mistral_ckpt_refusals,
 )
 from onnxforge.families.maxtext.architectures.llama3 import llama_refusals, llama_settings
 
 
 def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
     """Llama's, and its converter's (llama_or_mistral_ckpt)."""
-    return llama_refusals(hf_config, model_name) + refuse_head_dim(hf_config, model_name)
+    return llama_refusals(hf_config, model_name) + llama_or_mistral_ckpt_refusals(
+        hf_config, model_name
+    )
 
 
 LLAMA2 = Architecture(

@@ -10,8 +10,8 @@ from onnxforge.families.maxtext.architectures.base import (
     TINY,
     Architecture,
     HfConfig,
+    llama_or_mistral_ckpt_refusals,
     refuse_biases,
-    refuse_head_dim,
     refuse_rope,
     sliding_window,
 )
@@ -28,9 +28,9 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
     return refuse_rope(hf_config, model_name) + refuse_biases(hf_config, model_name)
 
 
-def llama_or_mistral_refusals(hf_config: HfConfig, model_name: str) -> list[str]:
+def mistral_refusals(hf_config: HfConfig, model_name: str) -> list[str]:
     """Mistral's, and its converter's (Mixtral's, to_maxtext, has no such limit)."""
-    return refusals(hf_config, model_name) + refuse_head_dim(hf_config, model_name)
+    return refusals(hf_config, model_name) + llama_or_mistral_ckpt_refusals(hf_config, model_name)
 
 
 MISTRAL = Architecture(
@@ -41,7 +41,7 @@ MISTRAL = Architecture(
     converter=convert.convert_llama_like,
     genai_type="mistral",
     settings=windowed_attention,
-    refusals=llama_or_mistral_refusals,
+    refusals=mistral_refusals,
     tiny={**TINY, "sliding_window": 8},  # shorter than parity's long input: it is tested
     hf_model_types=("mistral",),
     # its sliding window as GroupQueryAttention's, decoded past it

@@ -23,7 +23,7 @@ def settings(hf_config: HfConfig) -> dict[str, Any]:
         "num_experts_per_tok": hf_config["num_experts_per_tok"],
         "base_moe_mlp_dim": hf_config["moe_intermediate_size"],
         "base_mlp_dim": hf_config["moe_intermediate_size"],
-        "norm_topk_prob": bool(hf_config.get("norm_topk_prob", False)),
+        "norm_topk_prob": True,  # MaxText renormalizes either way (refusals)
     }
 
 
@@ -32,6 +32,11 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
     if hf_config.get("mlp_only_layers") or hf_config.get("decoder_sparse_step", 1) != 1:
         reasons.append(
             "mlp_only_layers / decoder_sparse_step: MaxText's qwen3_moe makes every layer MoE"
+        )
+    if not hf_config.get("norm_topk_prob", False):  # transformers' default: off
+        reasons.append(
+            f"norm_topk_prob false: MaxText's {model_name} weighs the top-k experts by a "
+            "softmax over their router logits (renormalized), whatever norm_topk_prob says"
         )
     return reasons
 

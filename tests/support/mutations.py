@@ -1,0 +1,185 @@
+"""The config.json fields that change a model's math, each mutated in a tiny checkpoint that
+transformers writes with it: the maxtext family must honour it (its JAX logits equal those
+of transformers run on the same files) or refuse it at stage in one line naming the field.
+A field that passes stage and then differs is "caught" only by the parity gate: a mistake in
+the family, which the test fails on, with the error it measured.
+
+Run in the maxtext environment, every mutation in this one process (MaxText imported once):
+
+    .venv-maxtext/bin/python tests/support/mutations.py OUT.json [NAME ...]
+
+``tests/dag/test_mutations.py`` runs it and prints the table; ``MUTATIONS`` is the list.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HONOURED, REFUSED, CAUGHT = "honoured", "refused", "caught by the gate only"
+TOLERANCE = 1e-4  # float32, tiny models: honest errors are ~1e-6 (README: gates)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    arch: str  # families/maxtext/architectures: its tiny config is the baseline
+    field: str  # the config.json field that changes (named in a refusal)
+    changes: dict[str, Any]  # what the tiny config gets
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-{self.field}"
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+MUTATIONS = [
+    # RoPE: base, type, factor and sub-fields
+    Mutation("llama", "rope_theta", {"rope_theta": 500000.0}),
+    Mutation(
+        "llama", "rope_scaling.linear", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}
+    ),
+    Mutation(
+        "llama", "rope_scaling.dynamic", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}
+    ),
+    Mutation(
+        "llama3.1",
+        "rope_scaling.factor",
+        {"rope_scaling": {**LLAMA3_ROPE, "factor": 16.0, "original_max_position_embeddings": 64}},
+    ),
+    Mutation(
+        "llama3.1",
+        "rope_scaling.high_freq_factor",
+        {
+            "rope_scaling": {
+                **LLAMA3_ROPE,
+                "high_freq_factor": 2.0,
+                "factor": 8.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+    ),
+    # norms, widths, heads
+    Mutation("llama", "rms_norm_eps", {"rms_norm_eps": 0.5}),
+    Mutation("llama", "num_key_value_heads", {"num_key_value_heads": 2}),
+    Mutation("llama", "head_dim", {"head_dim": 32}),
+    # biases and tied embeddings
+    Mutation("llama", "attention_bias", {"attention_bias": True}),
+    Mutation("llama", "mlp_bias", {"mlp_bias": True}),
+    Mutation("llama", "tie_word_embeddings", {"tie_word_embeddings": True}),
+    # activation
+    Mutation("llama", "hidden_act", {"hidden_act": "gelu_pytorch_tanh"}),
+    # windows
+    Mutation("mistral", "sliding_window", {"sliding_window": 4}),
+    Mutation("llama", "sliding_window", {"sliding_window": 4}),
+    Mutation("qwen3", "use_sliding_window", {"use_sliding_window": True, "sliding_window": 4}),
+    # soft caps and scalars (Gemma 2)
+    Mutation("gemma2", "final_logit_softcapping", {"final_logit_softcapping": 3.0}),
+    Mutation("gemma2", "attn_logit_softcapping", {"attn_logit_softcapping": 2.0}),
+    Mutation("gemma2", "query_pre_attn_scalar", {"query_pre_attn_scalar": 64}),
+    # routing
+    Mutation("mixtral", "num_experts_per_tok", {"num_experts_per_tok": 1}),
+    Mutation("qwen3_moe", "norm_topk_prob", {"norm_topk_prob": False}),
+]
+
+
+def write_checkpoint(mutation: Mutation, out: Path, seed: int = 0) -> None:
+    """The architecture's tiny checkpoint with the mutation, written by transformers."""
+    import torch
+    import transformers
+
+    from onnxforge.core import texts
+    from onnxforge.families.maxtext.architectures import ARCHITECTURES
+    from onnxforge.families.synthetic import randomize_torch_model
+
+    arch = ARCHITECTURES[mutation.arch]
+    config = getattr(transformers, arch.config_class)(**{**arch.tiny, **mutation.changes})
+    torch.manual_seed(seed)
+    model = getattr(transformers, arch.transformers_class)(config)
+    randomize_torch_model(model, 0.1)
+    model.save_pretrained(out)
+    texts.write_tiny_tokenizer(out, config.vocab_size)
+
+
+def run_one(mutation: Mutation, scratch: Path) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from onnxforge.core.errors import InputError
+    from onnxforge.families.maxtext import FAMILY
+
+    started = time.monotonic()
+    # Folders named by number: a refusal names its path, which must not spell the field.
+    index = MUTATIONS.index(mutation)
+    checkpoint, stage = scratch / f"{index}-checkpoint", scratch / f"{index}-stage"
+    write_checkpoint(mutation, checkpoint)
+    try:
+        FAMILY.stage(checkpoint, stage, options={})
+    except InputError as error:
+        line = str(error)
+        return {
+            "outcome": REFUSED,
+            "line": line,
+            "names_the_field": mutation.field.split(".")[0] in line,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+    ids = np.random.default_rng(0).integers(0, 256, (1, 48), dtype=np.int32)
+    model = FAMILY.load(stage, jnp.float32)
+    ours = np.asarray(jax.jit(model.apply)(model.params, ids), np.float32)
+    (reference,) = FAMILY.reference_logits(checkpoint, stage, [ids])
+    error = float(np.max(np.abs(ours - reference)))
+    return {
+        "outcome": HONOURED if error < TOLERANCE else CAUGHT,
+        "max_abs": error,
+        "logits_scale": float(np.max(np.abs(reference))),
+        # Had the family ignored the field: transformers with the tiny config's own values on
+        # the same weights; the parity gate must see that (None: the shapes change with it).
+        "if_ignored_max_abs": if_ignored(mutation, checkpoint, ids, reference),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def if_ignored(mutation: Mutation, checkpoint: Path, ids, reference) -> float | None:
+    import numpy as np
+    import transformers
+
+    from onnxforge.families.maxtext.architectures import ARCHITECTURES
+    from onnxforge.families.reference import transformers_logits
+
+    arch = ARCHITECTURES[mutation.arch]
+    config = transformers.AutoConfig.from_pretrained(checkpoint)
+    baseline = getattr(transformers, arch.config_class)(**arch.tiny)
+    for key in mutation.changes:
+        setattr(config, key, getattr(baseline, key, None))
+    if key in ("rope_theta", "rope_scaling"):  # transformers 5 reads RoPE from here
+        config.rope_parameters = baseline.rope_parameters
+    try:
+        (ignored,) = transformers_logits(arch.transformers_class, checkpoint, config, [ids])
+    except Exception:  # the weights no longer fit: the field sets a shape
+        return None
+    return float(np.max(np.abs(ignored - reference)))
+
+
+def main(argv: list[str]) -> int:
+    out, wanted = Path(argv[0]), set(argv[1:])
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="onnxforge-mutations-") as scratch:
+        for mutation in MUTATIONS:
+            if wanted and mutation.name not in wanted:
+                continue
+            try:
+                results[mutation.name] = run_one(mutation, Path(scratch))
+            except Exception as error:  # a crash is a finding: the table names it
+                results[mutation.name] = {"outcome": "crashed", "line": repr(error)[:500]}
+            print(mutation.name, results[mutation.name], flush=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
