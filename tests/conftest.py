@@ -28,6 +28,7 @@ from registry import (
     REPO,
     crosschecks,
     examples_config,
+    only_f32,
     perturb,
     perturbed_checkpoints,
     target,
@@ -93,7 +94,7 @@ def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, s
     report's diagnosis name the perturbed layer and part (one Snakemake call, --keep-going).
     Returns what was perturbed, by target name."""
     workdir = tmp_path_factory.mktemp("perturbed") / "work"
-    shutil.copytree(registry_build, workdir, symlinks=True)
+    shutil.copytree(registry_build, workdir, symlinks=True, ignore=only_f32)
     releases = []
     for name in CLEAN_COPIES:  # built and verified already: copied, never perturbed
         built, clean = paths.Target(name, "hf", F32), paths.Target(name, CLEAN, F32)

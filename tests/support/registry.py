@@ -113,10 +113,10 @@ def examples_config(perturbed: bool = False) -> dict:
         }
         for family, example in EXAMPLES
     }
-    targets = [
+    targets = [  # the perturbed build: f32 only (its copy of the registry build has no other)
         {"model": e.name, "checkpoint": "hf", "variant": variant}
         for _, e in EXAMPLES
-        for variant in e.variants
+        for variant in ((F32,) if perturbed else e.variants)
     ]
     clean = dict.fromkeys(CLEAN_COPIES, CLEAN) if perturbed else {}
     return {"models": models, "targets": targets, "crosschecks": crosschecks(clean)}
@@ -139,6 +139,19 @@ def crosschecks(checkpoint: dict[str, str] | None = None) -> dict:
             ]
         }
         for first, names in groups.items()
+    }
+
+
+def only_f32(directory: str, names: list[str]) -> set[str]:
+    """``shutil.copytree``'s ignore: the other variants' folders, files and logs (the perturbed
+    build copies the registry build's f32 targets only: a perturbed stage would make the
+    rest stale, and rebuilt by any rule that reads the default targets)."""
+    others = {v for _, e in EXAMPLES for v in e.variants} - {F32}
+    return {
+        name
+        for name in names
+        for v in others
+        if name == v or name.startswith(f"{v}.") or f"-{v}." in name
     }
 
 
