@@ -4,9 +4,10 @@ of transformers run on the same files) or refuse it at stage in one line naming 
 A field that passes stage and then differs is "caught" only by the parity gate: a mistake in
 the family, which the test fails on, with the error it measured.
 
-Run in the maxtext environment, every mutation in this one process (MaxText imported once):
+Run in the family's environment, every mutation of it in one process (MaxText imported once):
 
-    .venv-maxtext/bin/python tests/support/mutations.py OUT.json [NAME ...]
+    .venv-maxtext/bin/python tests/support/mutations.py OUT.json maxtext [NAME ...]
+    .venv/bin/python tests/support/mutations.py OUT.json gpt_oss [NAME ...]
 
 ``tests/dag/test_mutations.py`` runs it and prints the table; ``MUTATIONS`` is the list.
 """
@@ -30,10 +31,11 @@ class Mutation:
     arch: str  # families/maxtext/architectures: its tiny config is the baseline
     field: str  # the config.json field that changes (named in a refusal)
     changes: dict[str, Any]  # what the tiny config gets
+    family: str = "maxtext"  # who stages it (gpt_oss: our Flax GPT-OSS, on arch gpt_oss's)
 
     @property
     def name(self) -> str:
-        return f"{self.arch}-{self.field}"
+        return f"{self.family}:{self.arch}-{self.field}"
 
 
 LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0}
@@ -85,6 +87,30 @@ MUTATIONS = [
     Mutation("mixtral", "num_experts_per_tok", {"num_experts_per_tok": 1}),
     Mutation("qwen3_moe", "norm_topk_prob", {"norm_topk_prob": False}),
 ]
+# GPT-OSS, in both of its implementations: YaRN's fields, its window and layer types, its
+# clamped SwiGLU, its routing.
+GPT_OSS_YARN = {
+    "rope_type": "yarn",
+    "factor": 32.0,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "original_max_position_embeddings": 4096,
+    "truncate": False,
+}
+MUTATIONS += [
+    Mutation("gpt_oss", field, changes, family)
+    for family in ("gpt_oss", "maxtext")
+    for field, changes in [
+        ("rope_theta", {"rope_theta": 50000.0}),
+        ("rope_scaling.factor", {"rope_scaling": {**GPT_OSS_YARN, "factor": 8.0}}),
+        ("rope_scaling.beta_fast", {"rope_scaling": {**GPT_OSS_YARN, "beta_fast": 8.0}}),
+        ("sliding_window", {"sliding_window": 4}),
+        ("layer_types", {"layer_types": ["full_attention", "full_attention"]}),
+        ("swiglu_limit", {"swiglu_limit": 0.5}),
+        ("rms_norm_eps", {"rms_norm_eps": 0.5}),
+        ("num_experts_per_tok", {"num_experts_per_tok": 1}),
+    ]
+]
 
 
 def write_checkpoint(mutation: Mutation, out: Path, seed: int = 0) -> None:
@@ -111,7 +137,9 @@ def run_one(mutation: Mutation, scratch: Path) -> dict[str, Any]:
     import numpy as np
 
     from onnxforge.core.errors import InputError
-    from onnxforge.families.maxtext import FAMILY
+    from onnxforge.families import FAMILIES
+
+    family = FAMILIES[mutation.family]
 
     started = time.monotonic()
     # Folders named by number: a refusal names its path, which must not spell the field.
@@ -119,7 +147,7 @@ def run_one(mutation: Mutation, scratch: Path) -> dict[str, Any]:
     checkpoint, stage = scratch / f"{index}-checkpoint", scratch / f"{index}-stage"
     write_checkpoint(mutation, checkpoint)
     try:
-        FAMILY.stage(checkpoint, stage, options={})
+        family.stage(checkpoint, stage, options={})
     except InputError as error:
         line = str(error)
         return {
@@ -129,9 +157,9 @@ def run_one(mutation: Mutation, scratch: Path) -> dict[str, Any]:
             "seconds": round(time.monotonic() - started, 1),
         }
     ids = np.random.default_rng(0).integers(0, 256, (1, 48), dtype=np.int32)
-    model = FAMILY.load(stage, jnp.float32)
+    model = family.load(stage, jnp.float32)
     ours = np.asarray(jax.jit(model.apply)(model.params, ids), np.float32)
-    (reference,) = FAMILY.reference_logits(checkpoint, stage, [ids])
+    (reference,) = family.reference_logits(checkpoint, stage, [ids])
     error = float(np.max(np.abs(ours - reference)))
     return {
         "outcome": HONOURED if error < TOLERANCE else CAUGHT,
@@ -166,11 +194,13 @@ def if_ignored(mutation: Mutation, checkpoint: Path, ids, reference) -> float | 
 
 
 def main(argv: list[str]) -> int:
-    out, wanted = Path(argv[0]), set(argv[1:])
+    """OUT.json FAMILY [NAME ...]: the family's mutations (those NAMEd), in this process, which
+    must be that family's environment (its transformers is the reference)."""
+    out, family, wanted = Path(argv[0]), argv[1], set(argv[2:])
     results = {}
     with tempfile.TemporaryDirectory(prefix="onnxforge-mutations-") as scratch:
         for mutation in MUTATIONS:
-            if wanted and mutation.name not in wanted:
+            if mutation.family != family or (wanted and mutation.name not in wanted):
                 continue
             try:
                 results[mutation.name] = run_one(mutation, Path(scratch))

@@ -1,5 +1,5 @@
 """Every config.json field that changes the math, mutated in a tiny checkpoint transformers
-writes (tests/support/mutations.py, in the maxtext environment, one process): the maxtext
+writes (tests/support/mutations.py, in each family's environment, one process each): the
 family honours it (its logits equal transformers' on the mutated checkpoint) or its stage
 refuses it in one line naming the field. Where honoured, the field ignored would have moved
 the logits past the parity gate: the gate sees that mistake."""
@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from onnxforge.families.maxtext import FAMILY as MAXTEXT
+from onnxforge.families import FAMILIES
 from registry import CONFIG, REPO, python_for
 
 pytestmark = pytest.mark.maxtext
@@ -22,16 +22,20 @@ GATE = CONFIG["gates"]["float32"]["max_abs"]
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("mutations") / "table.json"
-    run = subprocess.run(
-        [str(python_for(MAXTEXT)), str(MUTATIONS), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = json.loads(out.read_text())
+    """Each family's mutations, in its own environment (its transformers is the reference)."""
+    results = {}
+    for family in FAMILIES.values():
+        out = tmp_path_factory.mktemp("mutations") / f"{family.name}.json"
+        run = subprocess.run(
+            [str(python_for(family)), str(MUTATIONS), str(out), family.name],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        results |= json.loads(out.read_text())
+    assert {name.split(":")[0] for name in results} == set(FAMILIES)
     for name, result in results.items():  # the table, in the test log (-s or on failure)
         print(f"{name:45} {result['outcome']:10} {result.get('max_abs', result.get('line'))}")
     return results

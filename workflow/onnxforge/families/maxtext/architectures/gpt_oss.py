@@ -45,7 +45,19 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
                 "layer_types: MaxText's GPT-OSS alternates sliding and full attention, "
                 "starting with sliding"
             )
+    limit = hf_config.get("swiglu_limit", REFERENCE_SWIGLU_LIMIT)
+    if limit != REFERENCE_SWIGLU_LIMIT:  # MaxText would honour it; nothing could check it
+        reasons.append(
+            f"swiglu_limit {limit}: the maxtext environment's transformers (the reference) "
+            f"clamps at {REFERENCE_SWIGLU_LIMIT} whatever the config says; build it with the "
+            "gpt_oss family (--family gpt_oss), whose reference reads it"
+        )
     return reasons
+
+
+# transformers 5.17 (envs/maxtext.lock.txt) hard-codes GptOssExperts.limit = 7.0; 5.23 reads
+# config.swiglu_limit (found by tests/support/mutations.py).
+REFERENCE_SWIGLU_LIMIT = 7.0
 
 
 # The gpt_oss family's own tiny checkpoint (synthetic.py delegates to its writer: the same bytes
