@@ -22,19 +22,23 @@ GATE = CONFIG["gates"]["float32"]["max_abs"]
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory) -> dict:
-    """Each family's mutations, in its own environment (its transformers is the reference)."""
-    results = {}
-    for family in FAMILIES.values():
-        out = tmp_path_factory.mktemp("mutations") / f"{family.name}.json"
-        run = subprocess.run(
-            [str(python_for(family)), str(MUTATIONS), str(out), family.name],
-            capture_output=True,
+    """Each family's mutations, in its own environment (its transformers is the reference),
+    the families side by side (a process each, one core each)."""
+    folder = tmp_path_factory.mktemp("mutations")
+    runs = {
+        family.name: subprocess.Popen(
+            [str(python_for(family)), str(MUTATIONS), str(folder / family.name), family.name],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=1200,
-            check=False,
         )
-        assert run.returncode == 0, run.stderr[-3000:]
-        results |= json.loads(out.read_text())
+        for family in FAMILIES.values()
+    }
+    results = {}
+    for name, run in runs.items():
+        _, stderr = run.communicate(timeout=1200)
+        assert run.returncode == 0, stderr[-3000:]
+        results |= json.loads((folder / name).read_text())
     assert {name.split(":")[0] for name in results} == set(FAMILIES)
     for name, result in results.items():  # the table, in the test log (-s or on failure)
         print(f"{name:45} {result['outcome']:10} {result.get('max_abs', result.get('line'))}")
