@@ -86,6 +86,57 @@ MUTATIONS = [
     # routing
     Mutation("mixtral", "num_experts_per_tok", {"num_experts_per_tok": 1}),
     Mutation("qwen3_moe", "norm_topk_prob", {"norm_topk_prob": False}),
+    Mutation("qwen3", "rope_theta", {"rope_theta": 10000.0}),
+    Mutation("qwen3", "rms_norm_eps", {"rms_norm_eps": 0.5}),
+    # Gemma: its head width apart from hidden / heads, eps, an untied head
+    Mutation("gemma", "head_dim", {"head_dim": 32}),
+    Mutation("gemma", "rms_norm_eps", {"rms_norm_eps": 0.5}),
+    Mutation("gemma", "tie_word_embeddings", {"tie_word_embeddings": False}),
+    Mutation("gemma2", "sliding_window", {"sliding_window": 4}),
+    # Gemma 3: its window, both RoPEs, its query scalar
+    Mutation("gemma3", "sliding_window", {"sliding_window": 4}),
+    Mutation(
+        "gemma3",
+        "rope_parameters.full_attention.factor",
+        {
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
+            }
+        },
+    ),
+    Mutation(
+        "gemma3",
+        "rope_parameters.sliding_attention.rope_theta",
+        {
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0},
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+            }
+        },
+    ),
+    Mutation("gemma3", "query_pre_attn_scalar", {"query_pre_attn_scalar": 32}),
+    # DeepSeek: routing and YaRN's attention scale
+    Mutation("deepseek_v3", "routed_scaling_factor", {"routed_scaling_factor": 1.0}),
+    Mutation("deepseek_v3", "topk_group", {"topk_group": 2}),
+    Mutation("deepseek_v3", "norm_topk_prob", {"norm_topk_prob": False}),
+    Mutation("deepseek_v2", "num_experts_per_tok", {"num_experts_per_tok": 1}),
+    Mutation(
+        "deepseek_v2",
+        "rope_parameters.mscale_all_dim",
+        {
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 40.0,
+                "original_max_position_embeddings": 4096,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+            }
+        },
+    ),
 ]
 # GPT-OSS, in both of its implementations: YaRN's fields, its window and layer types, its
 # clamped SwiGLU, its routing.
@@ -153,7 +204,7 @@ def run_one(mutation: Mutation, scratch: Path) -> dict[str, Any]:
         return {
             "outcome": REFUSED,
             "line": line,
-            "names_the_field": mutation.field.split(".")[0] in line,
+            "names_the_field": any(part in line for part in mutation.field.split(".")),
             "seconds": round(time.monotonic() - started, 1),
         }
     ids = np.random.default_rng(0).integers(0, 256, (1, 48), dtype=np.int32)
@@ -184,8 +235,8 @@ def if_ignored(mutation: Mutation, checkpoint: Path, ids, reference) -> float | 
     baseline = getattr(transformers, arch.config_class)(**arch.tiny)
     for key in mutation.changes:
         setattr(config, key, getattr(baseline, key, None))
-    if key in ("rope_theta", "rope_scaling"):  # transformers 5 reads RoPE from here
-        config.rope_parameters = baseline.rope_parameters
+    if any(k in ("rope_theta", "rope_scaling", "rope_parameters") for k in mutation.changes):
+        config.rope_parameters = baseline.rope_parameters  # transformers 5 reads RoPE here
     try:
         (ignored,) = transformers_logits(arch.transformers_class, checkpoint, config, [ids])
     except Exception:  # the weights no longer fit: the field sets a shape
