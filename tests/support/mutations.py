@@ -93,6 +93,8 @@ MUTATIONS = [
     Mutation("gemma", "rms_norm_eps", {"rms_norm_eps": 0.5}),
     Mutation("gemma", "tie_word_embeddings", {"tie_word_embeddings": False}),
     Mutation("gemma2", "sliding_window", {"sliding_window": 4}),
+    Mutation("gemma2", "rms_norm_eps", {"rms_norm_eps": 0.5}),
+    Mutation("gemma3", "rms_norm_eps", {"rms_norm_eps": 0.5}),
     # Gemma 3: its window, both RoPEs, its query scalar
     Mutation("gemma3", "sliding_window", {"sliding_window": 4}),
     Mutation(

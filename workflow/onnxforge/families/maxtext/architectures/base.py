@@ -282,6 +282,11 @@ class Architecture:
     # refused (MaxText would keep its own, silently); None where the layers have their own
     # (GPT-OSS's clamped SwiGLU).
     activation: tuple[str, str] | None = ("hidden_act", "silu")
+    # Where MaxText's layers fix their RMSNorm epsilon rather than read the config (Gemma's
+    # 1e-6), and where its model always ties the LM head to the embedding (Gemma): another
+    # config.json is refused (found by tests/support/mutations.py).
+    fixed_norm_epsilon: float | None = None
+    always_tied: bool = False
     # The config variants its tiny examples are built in by default, and so tested in (the
     # registry build): each one it is known to pass. A KV variant lands here once its export
     # passes the generation gates (issue 23 tracks the rest).
@@ -302,6 +307,17 @@ class Architecture:
             value = hf_config.get(key) or hf_config.get("hidden_act")
             if value is not None and value != computed:
                 reasons.append(f"{key} {value!r}: MaxText's {model_name} computes {computed!r}")
+        eps = hf_config.get("rms_norm_eps")
+        if self.fixed_norm_epsilon is not None and eps not in (None, self.fixed_norm_epsilon):
+            reasons.append(
+                f"rms_norm_eps {eps}: MaxText's {model_name} normalizes its layers with epsilon "
+                f"{self.fixed_norm_epsilon}, whatever the config says"
+            )
+        if self.always_tied and hf_config.get("tie_word_embeddings") is False:
+            reasons.append(
+                f"tie_word_embeddings false: MaxText's {model_name} reads its logits through the "
+                "embedding table; it has no LM head of its own"
+            )
         return reasons
 
     def convert(self, checkpoint_dir: Path, hf_config: HfConfig) -> dict[str, Any]:

@@ -23,6 +23,8 @@ refusals = refuse_all_but_default_rope_and_global_attention
 
 
 GEMMA = Architecture(
+    fixed_norm_epsilon=1e-6,
+    always_tied=True,
     activation=("hidden_activation", "gelu_pytorch_tanh"),  # hidden_act where unset
     model_type="gemma",
     transformers_class="GemmaForCausalLM",

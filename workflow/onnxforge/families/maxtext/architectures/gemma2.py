@@ -61,6 +61,8 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 
 GEMMA2 = Architecture(
+    fixed_norm_epsilon=1e-6,
+    always_tied=True,
     activation=("hidden_activation", "gelu_pytorch_tanh"),
     model_type="gemma2",
     transformers_class="Gemma2ForCausalLM",

@@ -88,6 +88,8 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 
 GEMMA3 = Architecture(
+    fixed_norm_epsilon=1e-6,
+    always_tied=True,
     activation=("hidden_activation", "gelu_pytorch_tanh"),
     model_type="gemma3",
     transformers_class="Gemma3ForCausalLM",
