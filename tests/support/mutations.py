@@ -78,7 +78,7 @@ MUTATIONS = [
     # windows
     Mutation("mistral", "sliding_window", {"sliding_window": 4}),
     Mutation("llama", "sliding_window", {"sliding_window": 4}),
-    Mutation("qwen3", "use_sliding_window", {"use_sliding_window": True, "sliding_window": 4}),
+    Mutation("qwen3", "sliding_window", {"use_sliding_window": True, "sliding_window": 4}),
     # soft caps and scalars (Gemma 2)
     Mutation("gemma2", "final_logit_softcapping", {"final_logit_softcapping": 3.0}),
     Mutation("gemma2", "attn_logit_softcapping", {"attn_logit_softcapping": 2.0}),
