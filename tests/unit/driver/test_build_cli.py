@@ -141,6 +141,12 @@ def test_results_names_are_stable_and_filesystem_safe(tmp_path, monkeypatch):
     assert recognize.results_names(f"file://{hostile}")[0] == name
     assert recognize.results_names(str(hostile) + "/")[0] == name
     assert recognize.results_names(str(tmp_path / "other" / hostile.name))[0] != name
+    # A folder name longer than a results name may be (the file system's limit is 255): cut,
+    # the hash of its path kept.
+    long = tmp_path / ("f" * 250)
+    long.mkdir()
+    name, _ = recognize.results_names(str(long))
+    assert len(name) == recognize.NAME_MAX and name.startswith("fff") and name[-9] == "-"
 
 
 def test_name_overrides_the_derived_one_and_is_checked(tmp_path):

@@ -109,15 +109,17 @@ def results_names(source: str) -> tuple[str, str]:
 
     ``hf://org/repo@rev``: ``org--repo`` / ``rev`` (``main`` when none). A folder: its name
     and the first 8 hex of the sha256 of its absolute path (two folders of one name stay
-    apart; the same folder, however it is written, gets the same name) / ``local``."""
+    apart; the same folder, however it is written, gets the same name) / ``local``. A name
+    is cut to NAME_MAX characters (a folder's: before its hash), as --name is held to."""
     parsed = parse_source(source)
     if parsed.scheme == "hf":
         org, name = parsed.location.split("/")
         revision = parsed.options["revision"] or DEFAULT_REVISION
-        return safe_name(f"{org}--{name}"), safe_name(revision)
+        return safe_name(f"{org}--{name}")[:NAME_MAX], safe_name(revision)[:NAME_MAX]
     folder = Path(parsed.location).resolve()
     digest = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
-    return f"{safe_name(folder.name or 'root')}-{digest}", LOCAL_CHECKPOINT
+    stem = safe_name(folder.name or "root")[: NAME_MAX - len(digest) - 1]
+    return f"{stem}-{digest}", LOCAL_CHECKPOINT
 
 
 def _folder_config(source: str) -> tuple[dict[str, Any], str, str]:
