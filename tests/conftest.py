@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).with_name("support")))
 
 import images
+import mutation_runs
 import pytest
 import yaml
 
@@ -125,16 +126,20 @@ def perturbed_build(registry_build, tmp_path_factory) -> tuple[Path, dict[str, s
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
     """The container tests run last, and their images start building now, in the background:
-    a build is mostly downloads and unpacking, which overlap the DAG tests' computing."""
+    a build is mostly downloads and unpacking, which overlap the DAG tests' computing. The
+    mutation test's runs start now too (mutation_runs.py)."""
     containers = [item for item in items if item.get_closest_marker("container")]
     if containers and not config.option.collectonly:
         items[:] = [item for item in items if not item.get_closest_marker("container")]
         items += containers
         images.start()
+    if not config.option.collectonly and any("test_mutations" in i.nodeid for i in items):
+        mutation_runs.start()  # in the background too: one process per family
 
 
 def pytest_sessionfinish(session, exitstatus):
     images.stop()
+    mutation_runs.stop()
 
 
 def genai_tokens(folder: Path, prompt: list[int], steps: int) -> list[int]:

@@ -6,39 +6,22 @@ the logits past the parity gate: the gate sees that mistake."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-
+import mutation_runs
 import pytest
 
 from onnxforge.families import FAMILIES
-from registry import CONFIG, REPO, python_for
+from registry import CONFIG
 
 pytestmark = pytest.mark.maxtext
 
-MUTATIONS = REPO / "tests" / "support" / "mutations.py"
 GATE = CONFIG["gates"]["float32"]["max_abs"]
 
 
 @pytest.fixture(scope="module")
-def table(tmp_path_factory) -> dict:
-    """Each family's mutations, in its own environment (its transformers is the reference),
-    the families side by side (a process each, one core each)."""
-    folder = tmp_path_factory.mktemp("mutations")
-    runs = {
-        family.name: subprocess.Popen(
-            [str(python_for(family)), str(MUTATIONS), str(folder / family.name), family.name],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for family in FAMILIES.values()
-    }
-    results = {}
-    for name, run in runs.items():
-        _, stderr = run.communicate(timeout=1200)
-        assert run.returncode == 0, stderr[-3000:]
-        results |= json.loads((folder / name).read_text())
+def table() -> dict:
+    """Each family's mutations, in its own environment (its transformers is the reference):
+    runs conftest started in the background at collection (mutation_runs.py)."""
+    results = mutation_runs.results()
     assert {name.split(":")[0] for name in results} == set(FAMILIES)
     for name, result in results.items():  # the table, in the test log (-s or on failure)
         print(f"{name:45} {result['outcome']:10} {result.get('max_abs', result.get('line'))}")
