@@ -118,6 +118,10 @@ MUTATIONS = [
         },
     ),
     Mutation("gemma3", "query_pre_attn_scalar", {"query_pre_attn_scalar": 32}),
+    Mutation("gemma3", "final_logit_softcapping", {"final_logit_softcapping": 3.0}),
+    Mutation("gemma3", "attn_logit_softcapping", {"attn_logit_softcapping": 2.0}),
+    Mutation("gemma", "rope_theta", {"rope_theta": 50000.0}),
+    Mutation("mixtral", "rope_theta", {"rope_theta": 50000.0}),
     # DeepSeek: routing and YaRN's attention scale
     Mutation("deepseek_v3", "routed_scaling_factor", {"routed_scaling_factor": 1.0}),
     Mutation("deepseek_v3", "topk_group", {"topk_group": 2}),

@@ -70,6 +70,11 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
             f"MaxText's {model_name} scales only the global layers' RoPE, linearly"
         )
     reasons += refuse_biases(hf_config, model_name)
+    if hf_config.get("attn_logit_softcapping") is not None:  # Gemma 3 publishes none
+        reasons.append(
+            f"attn_logit_softcapping {hf_config['attn_logit_softcapping']}: transformers' Gemma 3 "
+            "(the reference, 5.17) does not apply it, so nothing could check MaxText's"
+        )
     layer_types = hf_config.get("layer_types")
     pattern = [GEMMA3_PATTERN[i % len(GEMMA3_PATTERN)] for i in range(len(layer_types or []))]
     if layer_types and list(layer_types) != pattern:
