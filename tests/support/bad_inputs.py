@@ -545,7 +545,7 @@ MAXTEXT_CASES: list[BadInput] = [
         (
             "fewer-layers-in-config-than-weights",
             _edit_config(num_hidden_layers=1),
-            "is of layer 1, but config.json's num_hidden_layers is 1",
+            "is of layer 1, but config.json's num_hidden_layers says the files hold 1",
         ),
         (
             "missing-tensor",

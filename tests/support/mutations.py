@@ -14,6 +14,7 @@ Run in the family's environment, every mutation of it in one process (MaxText im
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 import tempfile
@@ -38,7 +39,16 @@ class Mutation:
         return f"{self.family}:{self.arch}-{self.field}"
 
 
-LLAMA3_ROPE = {"rope_type": "llama3", "low_freq_factor": 1.0, "high_freq_factor": 4.0}
+def _rope(arch: str, key: str = "rope_parameters", within: str = "", **changes) -> dict:
+    """{key: the architecture's tiny RoPE table with ``changes``} (``within``: the table of
+    one layer type, in a config that keeps one per type: Gemma 3)."""
+    from onnxforge.families.maxtext.architectures import ARCHITECTURES
+
+    table = copy.deepcopy(ARCHITECTURES[arch].tiny[key])
+    (table[within] if within else table).update(changes)
+    return {key: table}
+
+
 MUTATIONS = [
     # RoPE: base, type, factor and sub-fields
     Mutation("llama", "rope_theta", {"rope_theta": 500000.0}),
@@ -51,19 +61,14 @@ MUTATIONS = [
     Mutation(
         "llama3.1",
         "rope_scaling.factor",
-        {"rope_scaling": {**LLAMA3_ROPE, "factor": 16.0, "original_max_position_embeddings": 64}},
+        _rope("llama3.1", "rope_scaling", factor=16.0, original_max_position_embeddings=64),
     ),
     Mutation(
         "llama3.1",
         "rope_scaling.high_freq_factor",
-        {
-            "rope_scaling": {
-                **LLAMA3_ROPE,
-                "high_freq_factor": 2.0,
-                "factor": 8.0,
-                "original_max_position_embeddings": 64,
-            }
-        },
+        _rope(
+            "llama3.1", "rope_scaling", high_freq_factor=2.0, original_max_position_embeddings=64
+        ),
     ),
     # norms, widths, heads
     Mutation("llama", "rms_norm_eps", {"rms_norm_eps": 0.5}),
@@ -100,22 +105,12 @@ MUTATIONS = [
     Mutation(
         "gemma3",
         "rope_parameters.full_attention.factor",
-        {
-            "rope_parameters": {
-                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0},
-            }
-        },
+        _rope("gemma3", within="full_attention", factor=4.0),
     ),
     Mutation(
         "gemma3",
         "rope_parameters.sliding_attention.rope_theta",
-        {
-            "rope_parameters": {
-                "sliding_attention": {"rope_type": "default", "rope_theta": 50000.0},
-                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
-            }
-        },
+        _rope("gemma3", within="sliding_attention", rope_theta=50000.0),
     ),
     Mutation("gemma3", "query_pre_attn_scalar", {"query_pre_attn_scalar": 32}),
     Mutation("gemma3", "final_logit_softcapping", {"final_logit_softcapping": 3.0}),
@@ -130,18 +125,7 @@ MUTATIONS = [
     Mutation(
         "deepseek_v2",
         "rope_parameters.mscale_all_dim",
-        {
-            "rope_parameters": {
-                "rope_type": "yarn",
-                "rope_theta": 10000.0,
-                "factor": 40.0,
-                "original_max_position_embeddings": 4096,
-                "beta_fast": 32.0,
-                "beta_slow": 1.0,
-                "mscale": 1.0,
-                "mscale_all_dim": 1.0,
-            }
-        },
+        _rope("deepseek_v2", mscale=1.0, mscale_all_dim=1.0),
     ),
 ]
 # GPT-OSS, in both of its implementations: YaRN's fields, its window and layer types, its

@@ -17,7 +17,7 @@ import numpy as np
 from onnxforge.core import params_store, progress
 from onnxforge.core.errors import InputError
 from onnxforge.core.finite import check_finite
-from onnxforge.core.safetensors_stream import CheckpointReader
+from onnxforge.core.safetensors_stream import CheckpointReader, TensorInfo
 from onnxforge.families.base import Staged
 
 ParamPath = tuple[str, ...]
@@ -56,17 +56,21 @@ def check_tensor_set(
             "(num_hidden_layers, tie_word_embeddings, ...) match the weights?"
         )
     for name in wanted:
-        info = reader.info(name)
-        if packed(name):
-            ok, expected = info.dtype == np.uint8, "U8 (MXFP4 blocks and scales)"
-        else:
-            ok = info.dtype.kind in FLOAT_KINDS or info.dtype.name == "bfloat16"
-            expected = "a floating-point dtype (F32, BF16, F16)"
-        if not ok:
-            raise InputError(
-                f"{info.file}: tensor {name!r} is stored as {info.dtype}; expected {expected}. "
-                "Was the checkpoint written by a converter that changed its dtypes?"
-            )
+        check_weight_dtype(reader.info(name), packed(name))
+
+
+def check_weight_dtype(info: TensorInfo, packed: bool = False) -> None:
+    """A weight is stored as a float (``packed``: MXFP4 blocks and scales, as uint8)."""
+    if packed:
+        ok, expected = info.dtype == np.uint8, "U8 (MXFP4 blocks and scales)"
+    else:
+        ok = info.dtype.kind in FLOAT_KINDS or info.dtype.name == "bfloat16"
+        expected = "a floating-point dtype (F32, BF16, F16)"
+    if not ok:
+        raise InputError(
+            f"{info.file}: tensor {info.name!r} is stored as {info.dtype}; expected {expected}. "
+            "Was the checkpoint written by a converter that changed its dtypes?"
+        )
 
 
 def staged_params(
@@ -145,29 +149,22 @@ def check_checkpoint_values(checkpoint_dir: Path, num_layers: int | None = None)
     not ours (MaxText's) sees them: headers against the spec (a truncated file is named), and
     every tensor a float (an integer weight refused, naming it) and finite (a NaN or infinity
     is refused naming the tensor and its first index, which MaxText's converters would carry
-    into the staged weights). One tensor in memory at
-    a time. With ``num_layers`` (config.json's), a tensor of a layer past it is refused too: a
-    converter that maps by the config would drop it, and the release would be another model
-    than the checkpoint. Returns the number of tensors checked."""
+    into the staged weights). One tensor in memory at a time. With ``num_layers`` (the layers
+    config.json says the files hold), a tensor of a layer past them is refused too: a converter
+    that maps by the config would drop it, and the release would be another model than the
+    checkpoint. Returns the number of tensors checked."""
     reader = CheckpointReader(checkpoint_dir, finite=True)
     names = list(reader)
     for name in names:  # MaxText's converters would cast an integer weight to float silently
-        info = reader.info(name)
-        if not (info.dtype.kind in FLOAT_KINDS or info.dtype.name == "bfloat16"):
-            raise InputError(
-                f"{info.file}: tensor {name!r} is stored as {info.dtype}; expected a "
-                "floating-point dtype (F32, BF16, F16). Was the checkpoint written by a converter "
-                "that changed its dtypes?"
-            )
+        check_weight_dtype(reader.info(name))
     if num_layers is not None:
         for name in names:
             layer = re.match(r"(?:model\.)?(?:language_model\.)?layers\.(\d+)\.", name)
             if layer and int(layer.group(1)) >= num_layers:
                 raise InputError(
                     f"{checkpoint_dir}: tensor {name!r} is of layer {layer.group(1)}, but "
-                    f"config.json's num_hidden_layers is {num_layers}: the weights and the "
-                    "config are of different models. Fix config.json (or pass layers: N to "
-                    "keep the first N layers)"
+                    f"config.json's num_hidden_layers says the files hold {num_layers}: the "
+                    "weights and the config are of different models. Fix config.json"
                 )
     with progress.phase("check values (finite)", items=len(names), item="tensors") as checked:
         for name in names:
