@@ -51,7 +51,7 @@ def test_example_passes_every_gate_in_each_variant_it_declares(
     assert report["status"] == "PASS", report["failures"]
     for comparison in ("onnx_vs_jax", "jax_vs_reference"):
         summary = report["summary"][comparison]
-        assert summary["max_abs"] < 1e-3 and summary["top1_agreement"] == 1.0, comparison
+        assert summary["max_abs"] < 1e-3 and summary["kl_max"] < 1e-4, comparison
     assert report["inputs"][f"long_1x{CONFIG['parity']['long_tokens']}"]
     assert report["decode"]["agree"] and len(report["decode"]["onnx"]) >= 8
     stage = json.loads((registry_build / t.stage / "manifest.json").read_text())

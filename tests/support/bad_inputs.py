@@ -483,8 +483,8 @@ STAGE_CASES: list[BadInput] = [
     ),
     BadInput(
         "more-experts-per-token-than-experts",
-        _edit_config(num_experts_per_tok=5),
-        "num_experts_per_tok is 5; expected 1 to num_local_experts (4)",
+        _edit_config(num_experts_per_tok=9),
+        "num_experts_per_tok is 9; expected 1 to num_local_experts (8)",
         "stage",
     ),
     BadInput(

@@ -39,14 +39,12 @@ class Mutation:
         return f"{self.family}:{self.arch}-{self.field}"
 
 
-def _rope(arch: str, key: str = "rope_parameters", within: str = "", **changes) -> dict:
-    """{key: the architecture's tiny RoPE table with ``changes``} (``within``: the table of
-    one layer type, in a config that keeps one per type: Gemma 3)."""
+def _rope(arch: str, key: str, **changes) -> dict:
+    """{key: the architecture's tiny RoPE table (as published: ``rope_scaling``) with
+    ``changes``}."""
     from onnxforge.families.maxtext.architectures import ARCHITECTURES
 
-    table = copy.deepcopy(ARCHITECTURES[arch].tiny[key])
-    (table[within] if within else table).update(changes)
-    return {key: table}
+    return {key: {**copy.deepcopy(ARCHITECTURES[arch].tiny[key]), **changes}}
 
 
 MUTATIONS = [
@@ -102,17 +100,9 @@ MUTATIONS = [
     Mutation("gemma3", "rms_norm_eps", {"rms_norm_eps": 0.5}),
     # Gemma 3: its window, both RoPEs, its query scalar
     Mutation("gemma3", "sliding_window", {"sliding_window": 4}),
-    Mutation(
-        "gemma3",
-        "rope_parameters.full_attention.factor",
-        _rope("gemma3", within="full_attention", factor=4.0),
-    ),
-    Mutation(
-        "gemma3",
-        "rope_parameters.sliding_attention.rope_theta",
-        _rope("gemma3", within="sliding_attention", rope_theta=50000.0),
-    ),
-    Mutation("gemma3", "query_pre_attn_scalar", {"query_pre_attn_scalar": 32}),
+    Mutation("gemma3", "rope_scaling.factor", _rope("gemma3", "rope_scaling", factor=4.0)),
+    Mutation("gemma3", "rope_local_base_freq", {"rope_local_base_freq": 50000.0}),
+    Mutation("gemma3", "query_pre_attn_scalar", {"query_pre_attn_scalar": 64}),
     Mutation("gemma3", "final_logit_softcapping", {"final_logit_softcapping": 3.0}),
     Mutation("gemma3", "attn_logit_softcapping", {"attn_logit_softcapping": 2.0}),
     Mutation("gemma", "rope_theta", {"rope_theta": 50000.0}),
@@ -124,8 +114,8 @@ MUTATIONS = [
     Mutation("deepseek_v2", "num_experts_per_tok", {"num_experts_per_tok": 1}),
     Mutation(
         "deepseek_v2",
-        "rope_parameters.mscale_all_dim",
-        _rope("deepseek_v2", mscale=1.0, mscale_all_dim=1.0),
+        "rope_scaling.mscale_all_dim",
+        _rope("deepseek_v2", "rope_scaling", mscale=1.0, mscale_all_dim=1.0),
     ),
 ]
 # GPT-OSS, in both of its implementations: YaRN's fields, its window and layer types, its

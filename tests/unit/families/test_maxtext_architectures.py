@@ -147,12 +147,15 @@ def test_gemma3_takes_its_window_and_both_ropes_from_either_config_layout():
 
 def test_gemma3_refuses_what_its_maxtext_layers_cannot_do():
     layer_types = ["sliding_attention", "full_attention"] * 3
-    yarn = {**ARCHITECTURES["gemma3"].tiny["rope_parameters"]}
-    yarn["full_attention"] = {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6}
+    yarn = {
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "yarn", "factor": 8.0, "rope_theta": 1e6},
+    }
     config = tiny(
         "gemma3",
         layer_types=layer_types,
-        query_pre_attn_scalar=32,
+        query_pre_attn_scalar=64,
+        rope_scaling=None,
         use_bidirectional_attention=True,
         rope_parameters=yarn,
     )
@@ -164,9 +167,9 @@ def test_gemma3_refuses_what_its_maxtext_layers_cannot_do():
         "query_pre_attn_scalar",
     ]
     assert "five sliding-window layers, then a global one" in reasons[1]
-    # gemma3-27b scales queries by hidden_size / heads (256 / 4 here), not head_dim (16)
+    # gemma3-27b scales queries by hidden_size / heads (256 / 4 here), not head_dim (32)
     assert unsupported(tiny("gemma3", hidden_size=256), "gemma3-27b") == [
-        "query_pre_attn_scalar 16: MaxText's gemma3-27b scales queries by "
+        "query_pre_attn_scalar 32: MaxText's gemma3-27b scales queries by "
         "hidden_size / num_attention_heads (64) ** -0.5"
     ]
     assert (
@@ -176,7 +179,7 @@ def test_gemma3_refuses_what_its_maxtext_layers_cannot_do():
 
 def test_qwen3_moe_is_moe_in_every_layer():
     overrides = maxtext_overrides(tiny("qwen3_moe"))
-    assert overrides["num_experts"] == 4 and overrides["num_experts_per_tok"] == 2
+    assert overrides["num_experts"] == 16 and overrides["num_experts_per_tok"] == 8
     assert overrides["base_moe_mlp_dim"] == overrides["base_mlp_dim"] == 32
     assert overrides["norm_topk_prob"] is True
     (reason,) = unsupported(tiny("qwen3_moe", mlp_only_layers=[0]), "qwen3-30b-a3b")
@@ -196,7 +199,7 @@ def test_gpt_oss_takes_its_window_yarn_and_swiglu_limit_from_the_config():
     assert overrides["rope_factor"] == 32.0 and overrides["rope_truncate"] is False
     assert overrides["rope_max_timescale"] == 150000.0
     assert overrides["mlp_activations_limit"] == 7.0
-    assert overrides["num_experts"] == 4 and overrides["base_moe_mlp_dim"] == 32
+    assert overrides["num_experts"] == 8 and overrides["base_moe_mlp_dim"] == 32
     assert unsupported(config, "gpt-oss-20b") == []
     (reason,) = unsupported({**config, "layer_types": ["full_attention"] * 2}, "gpt-oss-20b")
     assert reason.startswith("layer_types")
@@ -204,15 +207,14 @@ def test_gpt_oss_takes_its_window_yarn_and_swiglu_limit_from_the_config():
 
 def test_deepseek_v2_takes_mla_moe_and_yarn_from_the_config():
     overrides = maxtext_overrides(tiny("deepseek_v2"))
-    assert overrides["first_num_dense_layers"] == 1 and overrides["shared_experts"] == 1
-    assert overrides["num_experts"] == 4 and overrides["base_moe_mlp_dim"] == 32
+    assert overrides["first_num_dense_layers"] == 1 and overrides["shared_experts"] == 2
+    assert overrides["num_experts"] == 16 and overrides["base_moe_mlp_dim"] == 32
     assert overrides["q_lora_rank"] == 0 and overrides["kv_lora_rank"] == 32
     assert overrides["rope_type"] == "yarn" and overrides["rope_factor"] == 40.0
     assert overrides["mscale"] == 0.707
-    # DeepSeek-V2-Lite's config.json (before transformers 5): rope_scaling with "type"
-    lite = tiny("deepseek_v2", rope_parameters=None, rope_theta=10000.0)
-    lite["rope_scaling"] = {**ARCHITECTURES["deepseek_v2"].tiny["rope_parameters"]}
-    lite["rope_scaling"]["type"] = lite["rope_scaling"].pop("rope_type")
+    # DeepSeek-V2-Lite's config.json as published (before transformers 5): rope_scaling, "type"
+    lite = tiny("deepseek_v2")
+    assert lite["rope_scaling"]["type"] == "yarn" and "rope_parameters" not in lite
     assert architecture(lite, "config.json").model_type == "deepseek_v2"
     assert unsupported(lite, "deepseek2-16b") == []
     assert maxtext_overrides(lite)["rope_factor"] == 40.0
@@ -221,6 +223,7 @@ def test_deepseek_v2_takes_mla_moe_and_yarn_from_the_config():
         topk_method="group_limited_greedy",
         scoring_func="sigmoid",
         norm_topk_prob=True,
+        rope_scaling=None,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
     reasons = unsupported(refused, "deepseek2-16b")
@@ -239,9 +242,9 @@ def test_deepseek_v2_takes_mla_moe_and_yarn_from_the_config():
 def test_deepseek_v3_takes_its_groups_and_query_lora_and_refuses_other_routing():
     config = tiny("deepseek_v3")
     overrides = maxtext_overrides(config)
-    assert overrides["n_routing_groups"] == 2 and overrides["topk_routing_group"] == 1
+    assert overrides["n_routing_groups"] == 8 and overrides["topk_routing_group"] == 4
     assert overrides["q_lora_rank"] == 16 and overrides["routed_scaling_factor"] == 2.5
-    assert overrides["num_experts"] == 8 and overrides["mscale"] == 1.0
+    assert overrides["num_experts"] == 32 and overrides["mscale"] == 1.0
     assert "n_routing_groups" not in maxtext_overrides(tiny("deepseek_v2"))
     assert architecture(config, "config.json", "deepseek3-671b").model_type == "deepseek_v3"
     refused = tiny("deepseek_v3", topk_method="greedy", scoring_func="softmax")

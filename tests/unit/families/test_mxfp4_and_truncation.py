@@ -82,7 +82,7 @@ def test_mxfp4_checkpoint_has_the_hub_layout(mxfp4_checkpoint):
     reader = CheckpointReader(mxfp4_checkpoint)
     assert "model.layers.0.mlp.experts.gate_up_proj_blocks" in reader
     assert "model.layers.0.mlp.experts.gate_up_proj" not in reader
-    assert reader.info("model.layers.0.mlp.experts.down_proj_blocks").shape == (4, 64, 1, 16)
+    assert reader.info("model.layers.0.mlp.experts.down_proj_blocks").shape == (8, 64, 1, 16)
     config = json.loads((mxfp4_checkpoint / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "mxfp4"
 

@@ -227,7 +227,7 @@ def test_parity_passes_identical_logits_and_fails_beyond_the_gate():
 def test_the_gates_are_config_yamls_float32_gates(tmp_path):
     assert settings.CONFIG_YAML == REPO / "config.yaml"
     assert settings.float32_gates() == CONFIG_GATES
-    assert CONFIG_GATES == {"max_abs": 1e-3, "kl_max": 1e-4, "top1_min": 1.0}
+    assert CONFIG_GATES == {"max_abs": 1e-3, "kl_max": 1e-4}
     other = tmp_path / "config.yaml"
     other.write_text(yaml.safe_dump({"gates": {"float32": {"max_abs": 0.5, "top1_min": 0.9}}}))
     assert settings.float32_gates(other) == {"max_abs": 0.5, "top1_min": 0.9}

@@ -18,25 +18,27 @@ import numpy as np
 
 from onnxforge.core import texts
 from onnxforge.core.errors import InputError
+from onnxforge.families import fixtures
 from onnxforge.families.gpt_oss import mxfp4
 from onnxforge.families.synthetic import randomize_torch_model
 
 # A tiny model that still has every feature: grouped heads, sinks, a sliding window shorter
 # than the parity inputs, YaRN, several experts with top-k routing. Widths are multiples of
-# 32 so that the MXFP4 layout applies.
-TINY = {
-    "vocab_size": 256,
-    "hidden_size": 64,
-    "intermediate_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "num_local_experts": 4,
-    "num_experts_per_tok": 2,
-    "sliding_window": 16,
-    "max_position_embeddings": 4096,
-}
+# 32 so that the MXFP4 layout applies. It is openai/gpt-oss-20b's config.json, small
+# (fixtures.small): its top-4 routing among 8 experts rather than 32, a head_dim apart from
+# hidden / heads as published (64 over 2880 / 64).
+TINY = fixtures.small(
+    "gpt-oss-20b",
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    num_local_experts=8,
+    sliding_window=16,
+)
 OPTIONS = {"init_std", "tie_word_embeddings", "mxfp4", "original"}
 # As in openai/gpt-oss-20b's config.json.
 MXFP4_CONFIG = {

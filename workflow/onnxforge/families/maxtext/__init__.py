@@ -216,6 +216,11 @@ class MaxTextFamily:
         config = transformers.AutoConfig.from_pretrained(checkpoint_dir)
         config.num_hidden_layers = staged["num_hidden_layers"]
         arch = architecture(staged, str(Path(stage_dir) / "config.json"), model.model_name)
+        # google/gemma-2b's published "gelu" is the tanh approximation, as transformers reads it
+        # before 5 and from 5.23 (GemmaConfig.__post_init__); the maxtext environment's 5.17
+        # computes the exact GELU from it.
+        if getattr(config, "hidden_act", None) in arch.activation_aliases:
+            config.hidden_act = arch.activation_aliases[config.hidden_act]
         return arch.transformers_class, config
 
     def reference_logits(self, checkpoint_dir: Path, stage_dir: Path, inputs: list) -> list:

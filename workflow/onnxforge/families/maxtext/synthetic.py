@@ -47,7 +47,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
             f"synthetic://maxtext: arch {arch_name} has no variant {variant!r}; "
             f"known: {sorted(arch.variants)}"
         )
-    tiny = {**arch.tiny, **arch.variants.get(variant, {})}
+    tiny = arch.variants[variant] if variant else arch.tiny
     init_std = float(settings.pop("init_std", 0.1))
     flax = str(settings.pop("flax", "true")).lower() != "false"  # gemma: also the Flax layout
     unknown = set(settings) - set(tiny)

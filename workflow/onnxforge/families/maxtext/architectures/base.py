@@ -25,8 +25,10 @@ HfConfig = dict[str, Any]
 # and its "llama" driver runs ours; the generation tests check GenAI's tokens against the gate's.
 GENAI_DECODER_ONLY = "llama"
 
-# A tiny config the architectures' test checkpoints start from (each changes what it needs).
-TINY = {
+# The widths and counts the architectures' tiny test checkpoints share (each changes what its
+# published model needs, e.g. a head_dim apart from hidden / heads); every other field is the
+# published model's (fixtures.small).
+SMALL = {
     "vocab_size": 256,
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -34,9 +36,10 @@ TINY = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "head_dim": 16,
-    "max_position_embeddings": 2048,
-    "tie_word_embeddings": False,
 }
+# A head_dim apart from hidden_size / num_attention_heads (64 / 4), for the models that publish
+# one (Gemma 2 9B: 256 over 3584 / 16; Qwen3-30B-A3B: 128 over 2048 / 32; GPT-OSS: 64 over 45).
+APART_HEAD_DIM = 32
 
 # The decoder's unscanned layers: ``layers_N``; DeepSeek's ``dense_layers_N`` then
 # ``moe_layers_N``.
@@ -263,7 +266,8 @@ class Architecture:
     settings: Callable[[HfConfig], dict[str, Any]]
     # ``(config.json, MaxText model name) -> reasons``: the fields that model cannot honor.
     refusals: Callable[[HfConfig, str], list[str]]
-    tiny: dict[str, Any] = field(default_factory=dict)  # a tiny config for tests
+    # The tiny test config: default_model's published config.json, small (fixtures.small).
+    tiny: dict[str, Any] = field(default_factory=dict)
     # What `onnxforge build SOURCE` recognizes as this architecture (``recognize``): the
     # config.json model_types, and the RoPE scalings (``rope_type``; "default": none) whose
     # frequencies default_model reproduces (Llama 2's plain RoPE, not Llama 3's "llama3").
@@ -282,6 +286,9 @@ class Architecture:
     # refused (MaxText would keep its own, silently); None where the layers have their own
     # (GPT-OSS's clamped SwiGLU).
     activation: tuple[str, str] | None = ("hidden_act", "silu")
+    # Values of that key that transformers reads as another (Gemma's published "gelu": its
+    # config class reads the tanh approximation, a legacy of the first releases).
+    activation_aliases: dict[str, str] = field(default_factory=dict)
     # Where MaxText's layers fix their RMSNorm epsilon rather than read the config (Gemma's
     # 1e-6), and where its model always ties the LM head to the embedding (Gemma): another
     # config.json is refused (found by tests/support/mutations.py).
@@ -291,8 +298,8 @@ class Architecture:
     # registry build): each one it is known to pass. A KV variant lands here once its export
     # passes the generation gates (issue 23 tracks the rest).
     export_variants: tuple[str, ...] = ("f32",)
-    # Named changes to ``tiny`` that make more tiny examples of this architecture (tiny-<name>):
-    # another release of it (Llama 3.2 as Llama 3.1 with RoPE factor 32).
+    # More tiny examples of this architecture (tiny-<name>), each another published release of
+    # it, small (Llama 3.2 1B: Llama 3.1's layers with RoPE factor 32 and tied embeddings).
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def maxtext_overrides(self, hf_config: HfConfig) -> dict[str, Any]:
@@ -305,6 +312,7 @@ class Architecture:
         if self.activation is not None:  # MaxText's model keeps its own: refused, not ignored
             key, computed = self.activation
             value = hf_config.get(key) or hf_config.get("hidden_act")
+            value = self.activation_aliases.get(value, value)
             if value is not None and value != computed:
                 reasons.append(f"{key} {value!r}: MaxText's {model_name} computes {computed!r}")
         eps = hf_config.get("rms_norm_eps")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
     GENAI_DECODER_ONLY,
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_biases,
@@ -96,52 +97,30 @@ def v3_refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 # DeepSeek-V2-Lite's shape at a tiny size: no query LoRA, one dense layer first, MLA, MoE with a
 # shared expert, and its YaRN (MaxText's deepseek2-16b.yml: the same numbers).
-V2_TINY = {
-    **TINY,
-    "num_key_value_heads": 4,
+MLA_SIZES = {
+    **SMALL,
+    "num_key_value_heads": 4,  # = num_attention_heads, as published
     "head_dim": 8,  # = qk_rope_head_dim, as transformers has it
     "moe_intermediate_size": 32,
-    "first_k_dense_replace": 1,
-    "n_routed_experts": 4,
-    "num_experts_per_tok": 2,
-    "n_shared_experts": 1,
-    "q_lora_rank": None,
     "kv_lora_rank": 32,
     "qk_nope_head_dim": 16,
     "qk_rope_head_dim": 8,
     "v_head_dim": 16,
-    # DeepSeek-V2-Lite's YaRN (MaxText's deepseek2-16b.yml: the same numbers)
-    "max_position_embeddings": 163840,
-    "rope_parameters": {
-        "rope_type": "yarn",
-        "rope_theta": 10000.0,
-        "factor": 40.0,
-        "original_max_position_embeddings": 4096,
-        "beta_fast": 32.0,
-        "beta_slow": 1.0,
-        "mscale": 0.707,
-        "mscale_all_dim": 0.707,
-    },
 }
+# DeepSeek-V2-Lite (no query LoRA, one dense layer first, 2 shared experts, top-6 softmax
+# routing, its YaRN) with 16 routed experts rather than 64.
+V2_TINY = fixtures.small("deepseek2-16b", **MLA_SIZES, n_routed_experts=16)
 
 # DeepSeek V3's routing at a tiny size: query LoRA, sigmoid scores plus the correction bias
 # (noaux_tc), the best of 2 expert groups searched, renormalized top-2 scaled by 2.5; and its
 # YaRN (MaxText's deepseek3-671b.yml: mscale 1).
-V3_TINY = {
-    **V2_TINY,
-    "q_lora_rank": 16,
-    "n_routed_experts": 8,
-    "n_group": 2,
-    "topk_group": 1,
-    "topk_method": "noaux_tc",
-    "norm_topk_prob": True,
-    "routed_scaling_factor": 2.5,
-    "rope_parameters": {
-        **V2_TINY["rope_parameters"],
-        "mscale": 1.0,
-        "mscale_all_dim": 1.0,
-    },
-}
+V3_TINY = fixtures.small(
+    "deepseek3-671b",
+    **MLA_SIZES,
+    q_lora_rank=16,
+    n_routed_experts=32,  # 8 groups of 4 (256 published: of 32), the best 4 groups searched
+    first_k_dense_replace=1,  # one dense layer, then one MoE (3 of 61 published)
+)
 
 # V2-Lite's shape: no query LoRA, one dense layer first.
 DEEPSEEK_V2 = Architecture(

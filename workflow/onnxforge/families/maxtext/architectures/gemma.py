@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
     GEMMA_TIED_HEAD,
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_all_but_default_rope_and_global_attention,
@@ -25,7 +26,10 @@ refusals = refuse_all_but_default_rope_and_global_attention
 GEMMA = Architecture(
     fixed_norm_epsilon=1e-6,
     always_tied=True,
-    activation=("hidden_activation", "gelu_pytorch_tanh"),  # hidden_act where unset
+    # transformers' Gemma (unlike Gemma 2 and 3) reads hidden_act, and its "gelu" (what the
+    # published config.json says) as the tanh approximation (GemmaConfig.__post_init__).
+    activation=("hidden_act", "gelu_pytorch_tanh"),
+    activation_aliases={"gelu": "gelu_pytorch_tanh"},
     model_type="gemma",
     transformers_class="GemmaForCausalLM",
     config_class="GemmaConfig",
@@ -34,7 +38,7 @@ GEMMA = Architecture(
     genai_type="gemma",
     settings=settings,
     refusals=refusals,
-    tiny={**TINY, "num_key_value_heads": 1, "tie_word_embeddings": True},
+    tiny=fixtures.small("gemma-2b", **{**SMALL, "num_key_value_heads": 1}),  # MQA, as 2b
     hf_model_types=("gemma",),
 )
 

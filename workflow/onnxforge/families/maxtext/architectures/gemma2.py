@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
+    APART_HEAD_DIM,
     GEMMA_TIED_HEAD,
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_biases,
@@ -72,15 +74,16 @@ GEMMA2 = Architecture(
     genai_type="gemma2",
     settings=settings,
     refusals=refusals,
-    tiny={
-        **TINY,
-        "num_hidden_layers": 4,  # two MaxText layers, each a (local, global) pair
-        "tie_word_embeddings": True,
-        "query_pre_attn_scalar": 16,  # = head_dim, as gemma-2-2b and -9b have it
-        "sliding_window": 8,  # shorter than parity's long input: the window is tested
-        "final_logit_softcapping": 30.0,
-        "attn_logit_softcapping": 50.0,
-    },
+    tiny=fixtures.small(
+        "gemma2-9b",
+        **SMALL
+        | {
+            "num_hidden_layers": 4,  # two MaxText layers, each a (local, global) pair
+            "head_dim": APART_HEAD_DIM,
+        },
+        query_pre_attn_scalar=APART_HEAD_DIM,  # = head_dim, as gemma-2-2b and -9b have it
+        sliding_window=8,  # shorter than parity's long input: the window is tested
+    ),
     hf_model_types=("gemma2",),
     sublayers=("_local", "_global"),
 )

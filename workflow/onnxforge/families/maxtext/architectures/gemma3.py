@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
+    APART_HEAD_DIM,
     GEMMA_TIED_HEAD,
     GENAI_DECODER_ONLY,
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_biases,
@@ -104,21 +106,16 @@ GEMMA3 = Architecture(
     genai_type=GENAI_DECODER_ONLY,
     settings=settings,
     refusals=refusals,
-    tiny={
-        **TINY,
-        "num_hidden_layers": 6,  # five local layers, then a global one: both tested
-        "tie_word_embeddings": True,
-        "query_pre_attn_scalar": 16,  # = head_dim, as gemma-3-1b and -4b have it
-        "sliding_window": 8,  # shorter than parity's long input: the window is tested
-        "rope_parameters": {
-            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-            "full_attention": {
-                "rope_type": "linear",
-                "factor": 8.0,
-                "rope_theta": 1000000.0,
-            },
+    tiny=fixtures.small(
+        "gemma3-4b",
+        **SMALL
+        | {
+            "num_hidden_layers": 6,  # five local layers, then a global one: both tested
+            "head_dim": APART_HEAD_DIM,
         },
-    },
+        query_pre_attn_scalar=APART_HEAD_DIM,  # = head_dim, as gemma-3-1b and -4b have it
+        sliding_window=8,  # shorter than parity's long input: the window is tested
+    ),
     hf_model_types=("gemma3_text",),
     hf_rope_types=("default", "linear"),
 )

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     llama_or_mistral_ckpt_refusals,
@@ -30,7 +31,7 @@ LLAMA2 = Architecture(
     # config.json's model_type "llama" is Llama 3's too: one reading of it (llama3.py)
     settings=llama_settings,
     refusals=refusals,
-    tiny={**TINY, "num_key_value_heads": 4},  # llama2-7b: one kv head per query head
+    tiny=fixtures.small("llama2-7b", **{**SMALL, "num_key_value_heads": 4}),  # MHA, as 7b
     hf_model_types=("llama",),
     # plain ONNX's KV decoder is tiny Mixtral's and tiny GPT-OSS's to prove (the same lowering)
     export_variants=("f32", "f32-kv"),

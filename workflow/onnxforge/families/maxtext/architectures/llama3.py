@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_biases,
@@ -74,17 +75,12 @@ LLAMA3 = Architecture(
     genai_type="llama",
     settings=llama_settings,
     refusals=llama_refusals,
-    tiny={**TINY, "rope_theta": 500000.0, "rope_scaling": LLAMA3_ROPE_SCALING},
+    tiny=fixtures.small("llama3.1-8b", **SMALL),
     hf_model_types=("llama",),
     hf_rope_types=("llama3",),
     # Llama 3.2 (1B, 3B): the same layers, RoPE factor 32 (runtime.py's patch) and the LM head
     # tied to the embedding, as meta-llama/Llama-3.2-1B's config.json has them
-    variants={
-        "llama3.2": {
-            "rope_scaling": {**LLAMA3_ROPE_SCALING, "factor": 32.0},
-            "tie_word_embeddings": True,
-        }
-    },
+    variants={"llama3.2": fixtures.small("llama3.2-1b", **SMALL)},
 )
 
 ENTRIES = (LLAMA3,)

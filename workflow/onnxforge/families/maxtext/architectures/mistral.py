@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     llama_or_mistral_ckpt_refusals,
@@ -42,7 +43,7 @@ MISTRAL = Architecture(
     genai_type="mistral",
     settings=windowed_attention,
     refusals=mistral_refusals,
-    tiny={**TINY, "sliding_window": 8},  # shorter than parity's long input: it is tested
+    tiny=fixtures.small("mistral-7b", **SMALL, sliding_window=8),  # < parity's long input
     hf_model_types=("mistral",),
     # its sliding window as GroupQueryAttention's, decoded past it
     export_variants=("f32", "f32-kv"),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     local_experts,
@@ -30,7 +31,7 @@ MIXTRAL = Architecture(
     genai_type="mistral",  # GenAI runs Mixtral's graph with its Mistral driver
     settings=settings,
     refusals=refusals,  # Mistral's
-    tiny={**TINY, "intermediate_size": 64, "num_local_experts": 4, "num_experts_per_tok": 2},
+    tiny=fixtures.small("mixtral-8x7b", **{**SMALL, "intermediate_size": 64}, num_local_experts=4),
     hf_model_types=("mixtral",),
     export_variants=("f32", "f32-kv", "f32-kv-plain"),
 )

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_all_but_default_rope_and_global_attention,
@@ -30,7 +31,7 @@ QWEN3 = Architecture(
     genai_type="qwen3",
     settings=settings,
     refusals=refusals,
-    tiny={**TINY, "rope_theta": 1000000.0},
+    tiny=fixtures.small("qwen3-8b", **SMALL),
     hf_model_types=("qwen3",),
 )
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from onnxforge.families import fixtures
 from onnxforge.families.maxtext import convert
 from onnxforge.families.maxtext.architectures.base import (
+    APART_HEAD_DIM,
     GENAI_DECODER_ONLY,
-    TINY,
+    SMALL,
     Architecture,
     HfConfig,
     refuse_all_but_default_rope_and_global_attention,
@@ -50,14 +52,13 @@ QWEN3_MOE = Architecture(
     genai_type=GENAI_DECODER_ONLY,
     settings=settings,
     refusals=refusals,
-    tiny={
-        **TINY,
-        "moe_intermediate_size": 32,
-        "num_experts": 4,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": True,
-        "rope_theta": 1000000.0,
-    },
+    # 30B-A3B's top-8 routing, among 16 experts rather than 128
+    tiny=fixtures.small(
+        "qwen3-30b-a3b",
+        **SMALL | {"head_dim": APART_HEAD_DIM},
+        moe_intermediate_size=32,
+        num_experts=16,
+    ),
     hf_model_types=("qwen3_moe",),
 )
 
