@@ -8,10 +8,13 @@ ONNX Runtime and transformers, then perturbed to prove the gate bites.
 from __future__ import annotations
 
 import importlib.util
+import json
 
+import numpy as np
 import pytest
 
 from conftest import REPO, snakemake
+from onnxforge.core.errors import InputError
 from onnxforge.driver.catalog import environments_for
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
 from onnxforge.families.maxtext.architectures import ARCHITECTURES, maxtext_overrides
@@ -80,3 +83,17 @@ def test_a_checkpoint_maxtext_cannot_stage_fails_with_a_clear_error(tmp_path):
     log = (workdir / "results/wrong/hf/logs/stage.log").read_text()
     assert "config.json: model_type 'gpt2' is not one the maxtext family stages" in log
     assert not (workdir / "results/wrong/hf/stage").exists()
+
+
+@pytest.mark.parametrize("name", ["deepseek_v2", "deepseek_v3"])
+def test_a_kv_export_of_mla_is_refused_in_one_line_before_anything_is_traced(tmp_path, name):
+    """MaxText's MLA caches a compressed latent the decoder's caches cannot hold: the KV
+    variant is refused naming why (a stage with no checkpoint at all: nothing else is read)."""
+    arch = ARCHITECTURES[name]
+    config = {**arch.tiny, "model_type": arch.converts[0]}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError) as refused:
+        MAXTEXT.load_decoder(tmp_path, np.float32)
+    line = str(refused.value)
+    assert "no KV-cache decoder for MaxText's deepseek" in line and "latent" in line
+    assert "\n" not in line and "f32" in line

@@ -183,17 +183,24 @@ class MaxTextFamily:
         return architectures.genai_type(hf_config, source)  # each architecture's file says
 
     def load_decoder(self, stage_dir: Path, dtype: Any) -> LoadedDecoder:
+        model = self.read_config(stage_dir)
+        arch = architecture(model.hf_config, str(Path(stage_dir) / "config.json"), model.model_name)
+        if arch.kv_refusal:
+            raise InputError(
+                f"{stage_dir}: no KV-cache decoder for MaxText's {model.model_name}: "
+                f"{arch.kv_refusal}; export its full-sequence variant (f32) instead"
+            )
         from onnxforge.families.maxtext import checkpoint, decoder, runtime
 
-        model = self.read_config(stage_dir)
         config = runtime.make_config(model.model_name, model.overrides, np.dtype(dtype).name)
         params = checkpoint.flatten(checkpoint.load(Path(stage_dir) / CHECKPOINT))
-        step, param_state = decoder.step_function(config, params)
+        per_layer = len(arch.sublayers)  # Gemma 2: a (local, global) pair of layers, two caches
+        step, param_state = decoder.step_function(config, params, per_layer)
         return LoadedDecoder(
             step,
             param_state,
             model.vocab_size,
-            num_layers=int(config.num_decoder_layers),
+            num_layers=int(config.num_decoder_layers) * per_layer,
             kv_heads=int(config.num_kv_heads),
             head_dim=int(config.head_dim),
         )

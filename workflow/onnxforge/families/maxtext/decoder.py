@@ -63,8 +63,31 @@ class LayerCache:
         return cls(*children)
 
 
+@jax.tree_util.register_pytree_node_class
+@dataclass
+class LayerCaches:
+    """The caches of a MaxText layer that holds several Hugging Face layers, one per attention
+    in the order the layer calls them (Gemma 2: its local attention, then its global one).
+    MaxText's Gemma 2 layer hands its cache to its first attention only: each later one takes
+    the next cache (``_PENDING``), and the last returns every present, which the layer then
+    returns as its cache."""
+
+    caches: tuple[LayerCache, ...]
+
+    def tree_flatten(self):
+        return (self.caches,), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls(*children)
+
+
 _ACTIVE: contextvars.ContextVar[LayerCache | None] = contextvars.ContextVar(
     "onnxforge_maxtext_layer_cache", default=None
+)
+# Within one layer's call: its LayerCaches and the index of the next attention's cache.
+_PENDING: contextvars.ContextVar[tuple[LayerCaches, int] | None] = contextvars.ContextVar(
+    "onnxforge_maxtext_pending_caches", default=None
 )
 
 
@@ -74,9 +97,19 @@ _ACTIVE: contextvars.ContextVar[LayerCache | None] = contextvars.ContextVar(
     "with a LayerCache: chunked prefill over the cache passed in, its present handed back",
 )
 def _attention_call(self, *args, kv_cache=None, **kwargs):
-    """``Attention.__call__``: with a ``LayerCache``, MaxText's chunked prefill over it."""
+    """``Attention.__call__``: with a ``LayerCache``, MaxText's chunked prefill over it (a
+    layer's ``LayerCaches``: each of its attentions over the next one)."""
+    group = None
+    if isinstance(kv_cache, LayerCaches):  # a layer's first attention
+        _PENDING.set((kv_cache, 0))
     if not isinstance(kv_cache, LayerCache):
-        return patches.original_of(_attention_call)(self, *args, kv_cache=kv_cache, **kwargs)
+        if _PENDING.get() is None:
+            return patches.original_of(_attention_call)(self, *args, kv_cache=kv_cache, **kwargs)
+        group, index = _PENDING.get()
+        kv_cache = group.caches[index]
+        last = index + 1 == len(group.caches)
+        _PENDING.set(None if last else (group, index + 1))
+        group = group if last else None
     # Not every decoder layer forwards previous_chunk (Gemma's does not): the cache carries it.
     kwargs.update(model_mode="prefill", previous_chunk=kv_cache.previous_chunk)
     token = _ACTIVE.set(kv_cache)
@@ -86,6 +119,8 @@ def _attention_call(self, *args, kv_cache=None, **kwargs):
         _ACTIVE.reset(token)
     if kv_cache.present is None:
         raise RuntimeError("MaxText's attention never asked for its KV cache")
+    if group is not None:  # the layer's last attention: every present of the layer
+        return out, tuple(cache.present for cache in group.caches)
     return out, kv_cache.present
 
 
@@ -226,14 +261,19 @@ def to_maxtext_layout(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, 1, 2)  # [b, kv_heads, length, d] <-> [b, length, kv_heads, d]
 
 
-def run_step(model, input_ids, attention_mask, position_ids, past):
-    """One chunk through MaxText's ``model`` (merged, called in ``prefill`` mode)."""
+def run_step(model, input_ids, attention_mask, position_ids, past, per_layer: int = 1):
+    """One chunk through MaxText's ``model`` (merged, called in ``prefill`` mode); ``past``
+    holds one cache per Hugging Face layer, ``per_layer`` of them in each MaxText layer."""
     past_length = past[0][0].shape[2]
     segments = attention_mask.astype(jnp.int32)
     caches = [
         LayerCache(to_maxtext_layout(k), to_maxtext_layout(v), segments, segments[:, :past_length])
         for k, v in past
     ]
+    if per_layer > 1:
+        caches = [
+            LayerCaches(tuple(caches[i : i + per_layer])) for i in range(0, len(caches), per_layer)
+        ]
     logits = model(
         decoder_input_tokens=input_ids.astype(jnp.int32),
         decoder_positions=position_ids.astype(jnp.int32),
@@ -242,15 +282,18 @@ def run_step(model, input_ids, attention_mask, position_ids, past):
         model_mode="prefill",
         kv_caches=caches,  # each entry is replaced by that layer's present
     )
-    if any(isinstance(c, LayerCache) for c in caches):
+    if any(isinstance(c, LayerCache | LayerCaches) for c in caches):
         raise RuntimeError("a MaxText layer did not pass its KV cache through")
+    if per_layer > 1:
+        caches = [present for layer in caches for present in layer]
     present = tuple((to_maxtext_layout(k), to_maxtext_layout(v)) for k, v in caches)
     return logits, present
 
 
-def step_function(config, params) -> tuple[Any, Any]:
+def step_function(config, params, per_layer: int = 1) -> tuple[Any, Any]:
     """``(step(param_state, input_ids, attention_mask, position_ids, past) -> (logits,
-    present), param_state)`` for MaxText's model built from ``config`` with ``params``."""
+    present), param_state)`` for MaxText's model built from ``config`` with ``params``
+    (``per_layer``: the Hugging Face layers, so caches, in each MaxText layer)."""
     from onnxforge.families.maxtext import runtime, sparse_moe
     from onnxforge.graph import jax2onnx_plugins
 
@@ -262,6 +305,6 @@ def step_function(config, params) -> tuple[Any, Any]:
     merge, param_state = runtime.model_function(config, params)
 
     def step(weights, input_ids, attention_mask, position_ids, past):
-        return run_step(merge(weights), input_ids, attention_mask, position_ids, past)
+        return run_step(merge(weights), input_ids, attention_mask, position_ids, past, per_layer)
 
     return step, param_state

@@ -298,6 +298,9 @@ class Architecture:
     # registry build): each one it is known to pass. A KV variant lands here once its export
     # passes the generation gates (issue 23 tracks the rest).
     export_variants: tuple[str, ...] = ("f32",)
+    # Why its KV-cache decoder cannot be exported (empty: it can): the export of a KV variant
+    # is refused in this one line, before anything is traced.
+    kv_refusal: str = ""
     # More tiny examples of this architecture (tiny-<name>), each another published release of
     # it, small (Llama 3.2 1B: Llama 3.1's layers with RoPE factor 32 and tied embeddings).
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
