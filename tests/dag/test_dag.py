@@ -71,7 +71,8 @@ def test_second_run_has_nothing_to_do(built):
 
 
 def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
-    """Stage again with o_proj not transposed (square, so every shape still fits)."""
+    """Stage again with v_proj not transposed (square: 2 kv heads of 32 over hidden 64, so
+    every shape still fits)."""
     workdir = tmp_path / "broken"
     shutil.copytree(built, workdir, symlinks=True)
     original = hf_checkpoint.tensor_rules
@@ -80,7 +81,7 @@ def test_a_broken_weight_mapping_fails_the_gate(built, tmp_path, monkeypatch):
         rules = original(cfg, quantized)
         return [
             hf_checkpoint.TensorRule(r.sources, {p: hf_checkpoint.same for p in r.targets})
-            if r.sources[0].endswith("o_proj.weight")
+            if r.sources[0].endswith("v_proj.weight")
             else r
             for r in rules
         ]

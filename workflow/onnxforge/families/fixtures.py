@@ -100,5 +100,12 @@ def small(model: str, **sizes: Any) -> dict[str, Any]:
         if key not in NOT_MODEL_FIELDS | TOKEN_IDS and key != "model_type"
     } | sizes
     if config.get("layer_types") and "layer_types" not in sizes:
-        config["layer_types"] = config["layer_types"][: config["num_hidden_layers"]]
+        config["layer_types"] = layer_types(model, config["num_hidden_layers"])
     return config
+
+
+def layer_types(model: str, layers: int) -> list[str] | None:
+    """The published model's pattern of layer types (GPT-OSS: sliding, full, ...) for
+    ``layers`` layers, repeated as its own layers repeat it; None where it publishes none."""
+    pattern = published(model).get("layer_types")
+    return [pattern[i % len(pattern)] for i in range(layers)] if pattern else None

@@ -27,8 +27,9 @@ from onnxforge.families.synthetic import randomize_torch_model
 # 32 so that the MXFP4 layout applies. It is openai/gpt-oss-20b's config.json, small
 # (fixtures.small): its top-4 routing among 8 experts rather than 32, a head_dim apart from
 # hidden / heads as published (64 over 2880 / 64).
+PUBLISHED = "gpt-oss-20b"
 TINY = fixtures.small(
-    "gpt-oss-20b",
+    PUBLISHED,
     vocab_size=256,
     hidden_size=64,
     intermediate_size=32,
@@ -63,6 +64,10 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
             f"known: {sorted(TINY)} and {sorted(OPTIONS)}"
         )
     settings = {**TINY, **overrides}
+    if "num_hidden_layers" in overrides and "layer_types" not in overrides:  # as published
+        settings["layer_types"] = fixtures.layer_types(
+            PUBLISHED, int(settings["num_hidden_layers"])
+        )
     init_std = float(settings.pop("init_std", 0.1))
     original = bool(settings.pop("original", False))
     quantize = bool(settings.pop("mxfp4", False)) or original
