@@ -154,7 +154,9 @@ def write_checkpoint(mutation: Mutation, out: Path, seed: int = 0) -> None:
     from onnxforge.families.synthetic import randomize_torch_model
 
     arch = ARCHITECTURES[mutation.arch]
-    config = getattr(transformers, arch.config_class)(**{**arch.tiny, **mutation.changes})
+    config = getattr(transformers, arch.config_class)(
+        **copy.deepcopy({**arch.tiny, **mutation.changes})
+    )
     torch.manual_seed(seed)
     model = getattr(transformers, arch.transformers_class)(config)
     randomize_torch_model(model, 0.1)
@@ -212,7 +214,7 @@ def if_ignored(mutation: Mutation, checkpoint: Path, ids, reference) -> float | 
 
     arch = ARCHITECTURES[mutation.arch]
     config = transformers.AutoConfig.from_pretrained(checkpoint)
-    baseline = getattr(transformers, arch.config_class)(**arch.tiny)
+    baseline = getattr(transformers, arch.config_class)(**copy.deepcopy(arch.tiny))
     for key in mutation.changes:
         setattr(config, key, getattr(baseline, key, None))
     if any(k in ("rope_theta", "rope_scaling", "rope_parameters") for k in mutation.changes):

@@ -6,6 +6,7 @@ config.json is one its architecture stages (none refused but Mistral-Nemo's head
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -34,8 +35,9 @@ CASES.append(
 
 
 def read(config_class: str, config: dict) -> dict:
-    """``config`` as transformers reads it (its RoPE formats, legacy values and defaults)."""
-    kept = {k: v for k, v in config.items() if k not in fixtures.NOT_MODEL_FIELDS}
+    """``config`` as transformers reads it (its RoPE formats, legacy values and defaults), on a
+    copy: its config classes write into the RoPE dicts they are given."""
+    kept = copy.deepcopy({k: v for k, v in config.items() if k not in fixtures.NOT_MODEL_FIELDS})
     return getattr(transformers, config_class)(**kept).to_dict()
 
 

@@ -10,6 +10,7 @@ gpt-oss repositories ship both.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,8 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
             f"synthetic://gpt_oss: unknown parameter(s) {sorted(unknown)}; "
             f"known: {sorted(TINY)} and {sorted(OPTIONS)}"
         )
-    settings = {**TINY, **overrides}
+    # A copy: transformers' config classes write into the RoPE dicts they are given.
+    settings = copy.deepcopy({**TINY, **overrides})
     if "num_hidden_layers" in overrides and "layer_types" not in overrides:  # as published
         settings["layer_types"] = fixtures.layer_types(
             PUBLISHED, int(settings["num_hidden_layers"])

@@ -13,6 +13,7 @@ fine-tuned Gemmas come; stage then writes the Flax layout itself).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
             f"synthetic://maxtext: arch {arch_name} has no variant {variant!r}; "
             f"known: {sorted(arch.variants)}"
         )
-    tiny = arch.variants[variant] if variant else arch.tiny
+    # A copy: transformers' config classes write into the RoPE dicts they are given.
+    tiny = copy.deepcopy(arch.variants[variant] if variant else arch.tiny)
     init_std = float(settings.pop("init_std", 0.1))
     flax = str(settings.pop("flax", "true")).lower() != "false"  # gemma: also the Flax layout
     unknown = set(settings) - set(tiny)
