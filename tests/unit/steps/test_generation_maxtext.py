@@ -1,7 +1,8 @@
-"""The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: each the
-examples declare (tiny Llama, tiny Mixtral's sparse MoE, tiny Mistral's sliding window) passes
-the four generation gates, in the registry build's one Snakemake call; and MaxText's decoder
-steps agree with its full-sequence forward in JAX."""
+"""The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: every
+example whose architecture has a KV decoder (all but DeepSeek's MLA and MaxText's GPT-OSS,
+refused in one line: test_maxtext.py) passes the four generation gates in both, in the registry
+build's one Snakemake call, and ONNX Runtime GenAI generates the gated tokens; and MaxText's
+decoder steps agree with its full-sequence forward in JAX."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from onnxforge.families.maxtext.architectures import ARCHITECTURES
 from registry import python_for
 
 KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
-# The KV variants the maxtext examples declare (Example.variants), built by the registry build:
-# tiny Llama and tiny Mixtral (sparse MoE) in both, tiny Mistral's sliding window as
-# GroupQueryAttention's, decoded past it.
+# The KV variants the maxtext examples declare (Example.variants: Architecture.export_variants),
+# built by the registry build: among them tiny Mixtral's and Qwen3 MoE's sparse experts, the
+# sliding windows of Mistral, Gemma 2 and Gemma 3, decoded past them, and Gemma 2's two
+# attentions per MaxText layer.
 BUILDS = tuple(
     (example.name, variant)
     for example in MAXTEXT.examples
@@ -32,7 +34,9 @@ GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "le
 @pytest.fixture(scope="module")
 def maxtext_kv_build(registry_build) -> Path:
     python_for(MAXTEXT)
-    assert {"tiny-llama", "tiny-mixtral", "tiny-mistral"} <= {model for model, _ in BUILDS}
+    refused = {f"tiny-{a.model_type}" for a in ARCHITECTURES.values() if a.kv_refusal}
+    assert refused == {"tiny-deepseek_v2", "tiny-deepseek_v3", "tiny-gpt_oss"}
+    assert {model for model, _ in BUILDS} == {e.name for e in MAXTEXT.examples} - refused
     return registry_build
 
 

@@ -294,10 +294,6 @@ class Architecture:
     # config.json is refused (found by tests/support/mutations.py).
     fixed_norm_epsilon: float | None = None
     always_tied: bool = False
-    # The config variants its tiny examples are built in by default, and so tested in (the
-    # registry build): each one it is known to pass. A KV variant lands here once its export
-    # passes the generation gates (issue 23 tracks the rest).
-    export_variants: tuple[str, ...] = ("f32",)
     # Why its KV-cache decoder cannot be exported (empty: it can): the export of a KV variant
     # is refused in this one line, before anything is traced.
     kv_refusal: str = ""
@@ -341,6 +337,12 @@ class Architecture:
         ``layers``, in order: ``decoder_layers``), module suffix."""
         block, within = divmod(hf_layer, len(self.sublayers))
         return layers[block], self.sublayers[within]
+
+    @property
+    def export_variants(self) -> tuple[str, ...]:
+        """The config variants its tiny examples are built in by default, and so tested in (the
+        registry build): the full-sequence one, and both KV decoders unless refused."""
+        return ("f32",) if self.kv_refusal else ("f32", "f32-kv", "f32-kv-plain")
 
     @property
     def converts(self) -> tuple[str, ...]:

@@ -86,8 +86,6 @@ GEMMA2 = Architecture(
     ),
     hf_model_types=("gemma2",),
     sublayers=("_local", "_global"),
-    # each MaxText layer's two attentions over two caches (decoder.LayerCaches)
-    export_variants=("f32", "f32-kv"),
 )
 
 ENTRIES = (GEMMA2,)

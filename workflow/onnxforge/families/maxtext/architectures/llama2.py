@@ -33,8 +33,6 @@ LLAMA2 = Architecture(
     refusals=refusals,
     tiny=fixtures.small("llama2-7b", **{**SMALL, "num_key_value_heads": 4}),  # MHA, as 7b
     hf_model_types=("llama",),
-    # plain ONNX's KV decoder is tiny Mixtral's and tiny GPT-OSS's to prove (the same lowering)
-    export_variants=("f32", "f32-kv"),
 )
 
 ENTRIES = (LLAMA2,)

@@ -45,8 +45,6 @@ MISTRAL = Architecture(
     refusals=mistral_refusals,
     tiny=fixtures.small("mistral-7b", **SMALL, sliding_window=8),  # < parity's long input
     hf_model_types=("mistral",),
-    # its sliding window as GroupQueryAttention's, decoded past it
-    export_variants=("f32", "f32-kv"),
 )
 
 ENTRIES = (MISTRAL,)

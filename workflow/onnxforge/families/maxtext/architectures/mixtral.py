@@ -33,7 +33,6 @@ MIXTRAL = Architecture(
     refusals=refusals,  # Mistral's
     tiny=fixtures.small("mixtral-8x7b", **{**SMALL, "intermediate_size": 64}, num_local_experts=4),
     hf_model_types=("mixtral",),
-    export_variants=("f32", "f32-kv", "f32-kv-plain"),
 )
 
 ENTRIES = (MIXTRAL,)
