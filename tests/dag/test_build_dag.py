@@ -1,8 +1,10 @@
 """`onnxforge build SOURCE...` with no config file, through the real DAG in one Snakemake call:
-a local tiny checkpoint of each family, a loopback-hub repo, and a folder whose config.json
-does not match its weights. Each is named from its source and gets the verdict it earned; the
-exit status is 0 only if every gate held; each step's log has its phases' lines and the
-driver's console (here a file) the bars."""
+a local tiny checkpoint of each family (the MaxText one Llama 3.2-shaped: tied embeddings, RoPE
+factor 32), a loopback-hub repo, a folder whose config.json does not match its weights, and a
+Mistral-Nemo-shaped Mistral (head_dim apart from hidden / heads), refused at stage naming it.
+Each is named from its source and gets the verdict it earned; the exit status is 0 only if
+every gate held; each step's log has its phases' lines and the driver's console (here a file)
+the bars."""
 
 from __future__ import annotations
 
@@ -27,9 +29,13 @@ COMMIT = hashlib.sha1(b"tiny-gpt-oss").hexdigest()
 
 
 def test_build_sources_without_a_config_file(tmp_path, monkeypatch):
-    gpt_oss, llama, broken = (tmp_path / n for n in ("gpt-oss-ft", "llama-ft", "broken"))
+    folders = ("gpt-oss-ft", "llama32-ft", "broken", "nemo-ft")
+    gpt_oss, llama, broken, nemo = (tmp_path / n for n in folders)
     FAMILIES["gpt_oss"].synthesize(gpt_oss, seed=1, overrides={})
-    FAMILIES["maxtext"].synthesize(llama, seed=1, overrides={"arch": "llama"})
+    FAMILIES["maxtext"].synthesize(
+        llama, seed=1, overrides={"arch": "llama3.1", "variant": "llama3.2"}
+    )
+    FAMILIES["maxtext"].synthesize(nemo, seed=1, overrides={"arch": "mistral", "head_dim": 32})
     FAMILIES["gpt_oss"].synthesize(broken, seed=1, overrides={})
     config = json.loads((broken / "config.json").read_text())
     (broken / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
@@ -49,7 +55,7 @@ def test_build_sources_without_a_config_file(tmp_path, monkeypatch):
     }
     env.pop("HF_TOKEN", None)
     hub_source = f"hf://{HUB_REPO}@main"
-    sources = [str(gpt_oss), str(llama), hub_source, f"file://{broken}"]
+    sources = [str(gpt_oss), str(llama), hub_source, f"file://{broken}", str(nemo)]
     with HubServer({HUB_REPO: {COMMIT: files}}, {HUB_REPO: {"main": COMMIT}}) as server:
         env["HF_ENDPOINT"] = server.url
         run = subprocess.run(
@@ -63,10 +69,11 @@ def test_build_sources_without_a_config_file(tmp_path, monkeypatch):
 
     names = {source: "/".join(recognize.results_names(source)) for source in sources}
     assert names[hub_source] == "acme--tiny-gpt-oss/main"
-    for source, family in zip(sources, ("gpt_oss", "maxtext", "gpt_oss", "gpt_oss"), strict=True):
+    families = ("gpt_oss", "maxtext", "gpt_oss", "gpt_oss", "maxtext")
+    for source, family in zip(sources, families, strict=True):
         assert f"{source}: model_type" in out and f"family {family}" in out
         assert f"results name {names[source]}" in out
-    verdicts = out[out.index("onnxforge build: 4 target(s)") :]
+    verdicts = out[out.index("onnxforge build: 5 target(s)") :]
     for source in sources[:3]:
         target = f"{names[source]}/f32"
         assert f"PASS       {target}" in verdicts, out[-6000:]
@@ -79,6 +86,8 @@ def test_build_sources_without_a_config_file(tmp_path, monkeypatch):
         assert (workdir / "results" / model / CATALOG_ENTRY).is_file()
     broken_target = f"{names[sources[3]]}/f32"
     assert f"NOT BUILT  {broken_target}  the stage step failed" in verdicts
+    assert f"NOT BUILT  {names[sources[4]]}/f32  the stage step failed" in verdicts
+    assert "cannot honor head_dim 32: MaxText's converter for mistral-7b" in out
 
     hub_root = workdir / "results/acme--tiny-gpt-oss/main"
     download = json.loads((hub_root / "download/manifest.json").read_text())

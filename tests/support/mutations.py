@@ -47,6 +47,12 @@ def _rope(arch: str, key: str, **changes) -> dict:
     return {key: {**copy.deepcopy(ARCHITECTURES[arch].tiny[key]), **changes}}
 
 
+GEMMA3_ROPE = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+}
+LOCAL_50K = {"rope_type": "default", "rope_theta": 50000.0}
+
 MUTATIONS = [
     # RoPE: base, type, factor and sub-fields
     Mutation("llama", "rope_theta", {"rope_theta": 500000.0}),
@@ -101,7 +107,13 @@ MUTATIONS = [
     # Gemma 3: its window, both RoPEs, its query scalar
     Mutation("gemma3", "sliding_window", {"sliding_window": 4}),
     Mutation("gemma3", "rope_scaling.factor", _rope("gemma3", "rope_scaling", factor=4.0)),
-    Mutation("gemma3", "rope_local_base_freq", {"rope_local_base_freq": 50000.0}),
+    # the local layers' RoPE base as transformers 5 writes it (the maxtext environment's 5.17
+    # reads no published rope_local_base_freq)
+    Mutation(
+        "gemma3",
+        "rope_parameters.sliding_attention.rope_theta",
+        {"rope_scaling": None, "rope_parameters": GEMMA3_ROPE | {"sliding_attention": LOCAL_50K}},
+    ),
     Mutation("gemma3", "query_pre_attn_scalar", {"query_pre_attn_scalar": 64}),
     Mutation("gemma3", "final_logit_softcapping", {"final_logit_softcapping": 3.0}),
     Mutation("gemma3", "attn_logit_softcapping", {"attn_logit_softcapping": 2.0}),

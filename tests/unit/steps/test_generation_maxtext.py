@@ -14,7 +14,7 @@ import pytest
 from conftest import genai_tokens
 from onnxforge.core import paths
 from onnxforge.families.maxtext import FAMILY as MAXTEXT
-from onnxforge.families.maxtext.architectures import ARCHITECTURES
+from onnxforge.families.maxtext.architectures import ARCHITECTURES, rope_type
 from registry import python_for
 
 KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and MoE; plain ONNX
@@ -29,6 +29,23 @@ BUILDS = tuple(
     if variant in (KV, KV_PLAIN)
 )
 GATES = ("prefill_vs_reference", "decode_vs_reference", "cache_consistency", "left_padded_batch")
+# Each example's architecture (tiny-llama3.2: Llama 3.1's), by the MaxText model it names.
+ARCH_OF = {
+    e.name: next(a for a in ARCHITECTURES.values() if a.default_model == e.options["model"])
+    for e in MAXTEXT.examples
+}
+# The experts that take the sparse path (sparse_moe.supports: SwiGLU, no bias, no
+# renormalization), fused as one com.microsoft.MoE in f32-kv; the others keep MaxText's own.
+SPARSE_EXPERTS = {"tiny-mixtral"}
+
+
+def fused_ops(model: str) -> set[str]:
+    """ONNX Runtime's fused operators an f32-kv export of ``model`` holds: GroupQueryAttention
+    unless its attention is soft-capped (Gemma 2: MaxText's own attention), MoE for sparse
+    experts."""
+    arch = ARCH_OF[model]
+    attention = set() if arch.tiny.get("attn_logit_softcapping") else {"GroupQueryAttention"}
+    return attention | ({"MoE"} if model in SPARSE_EXPERTS else set())
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +76,25 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
     manifest = json.loads((maxtext_kv_build / target.export / "manifest.json").read_text())
     # GenAI's model type as the architecture's file declares it
     genai_config = json.loads((maxtext_kv_build / target.release / "genai_config.json").read_text())
-    assert genai_config["model"]["type"] == ARCHITECTURES[model.removeprefix("tiny-")].genai_type
+    assert genai_config["model"]["type"] == ARCH_OF[model].genai_type
     onnx_path = maxtext_kv_build / target.export / paths.ONNX_FILE
     import onnx
 
     ops = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
     assert "MatMul" in ops, manifest
-    fused = {"GroupQueryAttention", "MoE"} if model == "tiny-mixtral" else {"GroupQueryAttention"}
+    fused = fused_ops(model)
     if variant == KV_PLAIN:
-        assert not fused & ops and manifest["export"]["contrib_ops"] == [], manifest
+        assert manifest["export"]["contrib_ops"] == [], manifest
         assert "RotaryEmbedding" not in ops  # MaxText's own rotation
-        if model == "tiny-mixtral":
+        if model in SPARSE_EXPERTS:
             assert "NonZero" in ops  # the experts run sparse, in plain ONNX
     else:  # ONNX Runtime's fused operators
         assert manifest["export"]["contrib_ops"] == sorted(fused), manifest
-        assert "NonZero" not in ops and "TopK" not in ops  # the MoE op routes by the logits
-        assert "RotaryEmbedding" in ops  # MaxText's frequencies, ONNX's rotation
+        if model in SPARSE_EXPERTS:
+            assert "NonZero" not in ops and "TopK" not in ops  # MoE routes by the logits
+        # MaxText's plain RoPE: its frequencies, ONNX's rotation (Llama 3's scaled one stays
+        # MaxText's own: LLaMARotaryEmbedding)
+        assert ("RotaryEmbedding" in ops) == (rope_type(ARCH_OF[model].tiny) != "llama3")
 
 
 @pytest.mark.dag
