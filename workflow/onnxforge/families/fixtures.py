@@ -9,6 +9,7 @@ Pure Python: the catalog and the Snakefile read the architectures in the ``jax``
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import cache
 from pathlib import Path
@@ -81,16 +82,16 @@ def _read(model: str) -> dict[str, Any]:
 
 def published(model: str) -> dict[str, Any]:
     """The published config.json of ``model`` (MaxText's name for it), its text model's part
-    where the file is a multimodal one (Gemma 3 4B's ``text_config``)."""
+    where the file is a multimodal one (Gemma 3 4B's ``text_config``); a copy of its own."""
     config = _read(model)
-    return dict(config.get("text_config", config))
+    return copy.deepcopy(config.get("text_config", config))
 
 
 def small(model: str, **sizes: Any) -> dict[str, Any]:
     """``model``'s published config with ``sizes`` (``SIZE_FIELDS`` only) in place of its
     own; without what is not the model (``NOT_MODEL_FIELDS``) or would not fit the tiny one
-    (its token ids: the config class's defaults instead); its ``layer_types`` pattern cut to
-    the tiny number of layers."""
+    (its token ids: the config class's defaults instead); its ``layer_types`` pattern for the
+    tiny number of layers."""
     wrong = set(sizes) - SIZE_FIELDS
     if wrong:
         raise ValueError(f"{sorted(wrong)} are no widths or counts: a fixture keeps them")
