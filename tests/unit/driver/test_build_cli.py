@@ -217,3 +217,16 @@ def test_phase_lines_go_to_the_log_and_bars_to_the_drivers_console(tmp_path, mon
         pass
     assert console.read_text() == ""
     assert capsys.readouterr().err.startswith("[stage] trace: ")
+
+
+def test_a_failed_steps_verdict_carries_its_one_line(tmp_path):
+    """NOT BUILT names why, from the step's log (its last ``onnxforge STEP: error:`` line);
+    a log without one (a crash) is pointed at instead."""
+    log = tmp_path / "export-f32-kv.log"
+    log.write_text(
+        "[export] load: 1.0 s\n"
+        "onnxforge export: error: stage: no KV-cache decoder for MaxText's deepseek2-16b: why\n"
+    )
+    assert build.error_line(log) == "stage: no KV-cache decoder for MaxText's deepseek2-16b: why"
+    log.write_text("Traceback (most recent call last):\n  ...\nValueError: boom\n")
+    assert build.error_line(log) == ""

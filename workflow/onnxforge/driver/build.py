@@ -117,6 +117,14 @@ def _fresh(path: Path, started: float) -> bool:
     return path.exists() and path.stat().st_mtime >= started
 
 
+def error_line(log: Path) -> str:
+    """A step's one line of why it stopped (``onnxforge STEP: error: WHY``, its last), as the
+    log has it: WHY; empty where it has none (a crash prints a traceback instead)."""
+    lines = log.read_text(errors="replace").splitlines()
+    found = [line for line in lines if line.startswith("onnxforge ") and ": error: " in line]
+    return found[-1].split(": error: ", 1)[1] if found else ""
+
+
 def verdict(target: catalog.Target, started: float, snakemake_ok: bool) -> tuple[str, str]:
     """PASS, FAIL (a gate) or NOT BUILT (a step failed, or never ran), and why.
 
@@ -136,7 +144,9 @@ def verdict(target: catalog.Target, started: float, snakemake_ok: bool) -> tuple
         return "PASS", "(up to date)"
     if ran:
         step = next(step for step, log in logs.items() if log == ran[-1])
-        return "NOT BUILT", f"the {step} step failed: see {ran[-1]}"
+        why = error_line(ran[-1])
+        where = f"; log {ran[-1]}" if why else f"see {ran[-1]}"
+        return "NOT BUILT", f"the {step} step failed: {why}{where}"
     return "NOT BUILT", "Snakemake stopped before it ran (see its messages above)"
 
 
