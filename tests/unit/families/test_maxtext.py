@@ -7,6 +7,7 @@ ONNX Runtime and transformers, then perturbed to prove the gate bites.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 
@@ -85,15 +86,19 @@ def test_a_checkpoint_maxtext_cannot_stage_fails_with_a_clear_error(tmp_path):
     assert not (workdir / "results/wrong/hf/stage").exists()
 
 
-@pytest.mark.parametrize("name", ["deepseek_v2", "deepseek_v3"])
-def test_a_kv_export_of_mla_is_refused_in_one_line_before_anything_is_traced(tmp_path, name):
-    """MaxText's MLA caches a compressed latent the decoder's caches cannot hold: the KV
-    variant is refused naming why (a stage with no checkpoint at all: nothing else is read)."""
-    arch = ARCHITECTURES[name]
+def test_a_kv_export_an_architecture_refuses_is_refused_in_one_line_before_anything_is_traced(
+    tmp_path, monkeypatch
+):
+    """An architecture whose KV decoder cannot be built (``Architecture.kv_refusal``; none of
+    the registry's today) is refused naming why, and declares the full-sequence variant only
+    (a stage with no checkpoint at all: nothing else is read)."""
+    arch = dataclasses.replace(ARCHITECTURES["qwen3"], kv_refusal="its cache is not ours")
+    monkeypatch.setitem(ARCHITECTURES, "qwen3", arch)
     config = {**arch.tiny, "model_type": arch.converts[0]}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(InputError) as refused:
         MAXTEXT.load_decoder(tmp_path, np.float32)
     line = str(refused.value)
-    assert "no KV-cache decoder for MaxText's deepseek" in line and "latent" in line
+    assert "no KV-cache decoder for MaxText's qwen3-8b: its cache is not ours" in line
     assert "\n" not in line and "f32" in line
+    assert arch.export_variants == ("f32",)

@@ -1,8 +1,8 @@
 """The maxtext family's KV-cache exports (f32-kv, f32-kv-plain) through the real DAG: every
-example whose architecture has a KV decoder (all but DeepSeek's MLA and MaxText's GPT-OSS,
-refused in one line: test_maxtext.py) passes the four generation gates in both, in the registry
-build's one Snakemake call, and ONNX Runtime GenAI generates the gated tokens; and MaxText's
-decoder steps agree with its full-sequence forward in JAX."""
+example (every architecture has a KV decoder: DeepSeek's MLA and MaxText's GPT-OSS included)
+passes the four generation gates in both, in the registry build's one Snakemake call, and ONNX
+Runtime GenAI generates the gated tokens; and MaxText's decoder steps agree with its
+full-sequence forward in JAX."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ KV, KV_PLAIN = "f32-kv", "f32-kv-plain"  # ONNX Runtime's fused attention and Mo
 # The KV variants the maxtext examples declare (Example.variants: Architecture.export_variants),
 # built by the registry build: among them tiny Mixtral's and Qwen3 MoE's sparse experts, the
 # sliding windows of Mistral, Gemma 2 and Gemma 3, decoded past them, and Gemma 2's two
-# attentions per MaxText layer.
+# attentions per MaxText layer, DeepSeek's latent attention (MLA) and GPT-OSS's sinks.
 BUILDS = tuple(
     (example.name, variant)
     for example in MAXTEXT.examples
@@ -34,26 +34,29 @@ ARCH_OF = {
     e.name: next(a for a in ARCHITECTURES.values() if a.default_model == e.options["model"])
     for e in MAXTEXT.examples
 }
-# The experts that take the sparse path (sparse_moe.supports: SwiGLU, no bias, no
-# renormalization), fused as one com.microsoft.MoE in f32-kv; the others keep MaxText's own.
-SPARSE_EXPERTS = {"tiny-mixtral"}
+# The experts that take the sparse path (sparse_moe.supports: Mixtral's SwiGLU; GPT-OSS's
+# clamped one with biases), fused as one com.microsoft.MoE in f32-kv; the others keep
+# MaxText's own (Qwen3 MoE renormalizes, DeepSeek routes by groups and shares experts).
+SPARSE_EXPERTS = {"tiny-mixtral", "tiny-gpt_oss"}
+# MaxText's own attention, not GroupQueryAttention: a soft cap (Gemma 2), sinks (GPT-OSS),
+# keys and values of two widths (DeepSeek's MLA).
+OWN_ATTENTION = {"tiny-gemma2", "tiny-gpt_oss", "tiny-deepseek_v2", "tiny-deepseek_v3"}
+# MaxText's plain RoPE becomes ONNX's RotaryEmbedding; Llama 3's scaled one
+# (LLaMARotaryEmbedding) and YaRN stay MaxText's own.
+OWN_ROPE = ("llama3", "yarn")
 
 
 def fused_ops(model: str) -> set[str]:
-    """ONNX Runtime's fused operators an f32-kv export of ``model`` holds: GroupQueryAttention
-    unless its attention is soft-capped (Gemma 2: MaxText's own attention), MoE for sparse
-    experts."""
-    arch = ARCH_OF[model]
-    attention = set() if arch.tiny.get("attn_logit_softcapping") else {"GroupQueryAttention"}
+    """ONNX Runtime's fused operators an f32-kv export of ``model`` holds."""
+    attention = set() if model in OWN_ATTENTION else {"GroupQueryAttention"}
     return attention | ({"MoE"} if model in SPARSE_EXPERTS else set())
 
 
 @pytest.fixture(scope="module")
 def maxtext_kv_build(registry_build) -> Path:
     python_for(MAXTEXT)
-    refused = {f"tiny-{a.model_type}" for a in ARCHITECTURES.values() if a.kv_refusal}
-    assert refused == {"tiny-deepseek_v2", "tiny-deepseek_v3", "tiny-gpt_oss"}
-    assert {model for model, _ in BUILDS} == {e.name for e in MAXTEXT.examples} - refused
+    assert not [a.model_type for a in ARCHITECTURES.values() if a.kv_refusal]
+    assert {model for model, _ in BUILDS} == {e.name for e in MAXTEXT.examples}
     return registry_build
 
 
@@ -92,9 +95,8 @@ def test_maxtext_kv_target_passes_the_four_generation_gates(maxtext_kv_build, mo
         assert manifest["export"]["contrib_ops"] == sorted(fused), manifest
         if model in SPARSE_EXPERTS:
             assert "NonZero" not in ops and "TopK" not in ops  # MoE routes by the logits
-        # MaxText's plain RoPE: its frequencies, ONNX's rotation (Llama 3's scaled one stays
-        # MaxText's own: LLaMARotaryEmbedding)
-        assert ("RotaryEmbedding" in ops) == (rope_type(ARCH_OF[model].tiny) != "llama3")
+        # MaxText's plain RoPE: its frequencies, ONNX's rotation
+        assert ("RotaryEmbedding" in ops) == (rope_type(ARCH_OF[model].tiny) not in OWN_ROPE)
 
 
 @pytest.mark.dag

@@ -99,12 +99,68 @@ _PENDING: contextvars.ContextVar[tuple[LayerCaches, int] | None] = contextvars.C
 def _attention_call(self, *args, kv_cache=None, **kwargs):
     """``Attention.__call__``: with a ``LayerCache``, MaxText's chunked prefill over it (a
     layer's ``LayerCaches``: each of its attentions over the next one)."""
+    return _call_with_cache(patches.original_of(_attention_call), self, args, kv_cache, kwargs)
+
+
+@patches.replaces(
+    "maxtext.layers.attention_mla:MLA.__call__",
+    "cache",
+    "with a LayerCache: chunked prefill over the cache passed in, its present handed back",
+)
+def _mla_call(self, *args, kv_cache=None, **kwargs):
+    """``MLA.__call__`` (DeepSeek's multi-head latent attention, which overrides Attention's):
+    as ``_attention_call``. With ``mla_naive_kvcache`` (MaxText's default) MLA caches its
+    up-projected keys and values through ``Attention.update_kv_caches``, as other attentions
+    do: that is what the decoder's cache holds."""
+    return _call_with_cache(patches.original_of(_mla_call), self, args, kv_cache, kwargs)
+
+
+@patches.replaces(
+    "maxtext.models.deepseek:DeepSeekDenseLayer.__call__",
+    "cache",
+    "its attention gets the layer's LayerCache, and the layer returns the present",
+)
+def _deepseek_dense_layer_call(self, *args, kv_cache=None, **kwargs):
+    """``DeepSeekDenseLayer.__call__``: ``_hand_cache_to_attention``."""
+    original = patches.original_of(_deepseek_dense_layer_call)
+    return _hand_cache_to_attention(original, self, args, kv_cache, kwargs)
+
+
+@patches.replaces(
+    "maxtext.models.deepseek:DeepSeekMoELayer.__call__",
+    "cache",
+    "its attention gets the layer's LayerCache, and the layer returns the present",
+)
+def _deepseek_moe_layer_call(self, *args, kv_cache=None, **kwargs):
+    """``DeepSeekMoELayer.__call__``: ``_hand_cache_to_attention``."""
+    original = patches.original_of(_deepseek_moe_layer_call)
+    return _hand_cache_to_attention(original, self, args, kv_cache, kwargs)
+
+
+def _hand_cache_to_attention(original, self, args, kv_cache, kwargs):
+    """A decoder layer that neither hands its ``kv_cache`` to its attention nor returns what
+    the attention gives back (MaxText's DeepSeek layers: their attention keeps its cache in
+    its own variables): the attention takes the layer's cache as the next pending one
+    (``_PENDING``), and the layer returns its present."""
+    if not isinstance(kv_cache, LayerCache):
+        return original(self, *args, kv_cache=kv_cache, **kwargs)
+    token = _PENDING.set((LayerCaches((kv_cache,)), 0))
+    try:
+        out, _ = original(self, *args, kv_cache=None, **kwargs)
+    finally:
+        _PENDING.reset(token)
+    if kv_cache.present is None:
+        raise RuntimeError("MaxText's DeepSeek layer never ran its attention over the cache")
+    return out, kv_cache.present
+
+
+def _call_with_cache(original, self, args, kv_cache, kwargs):
     group = None
     if isinstance(kv_cache, LayerCaches):  # a layer's first attention
         _PENDING.set((kv_cache, 0))
     if not isinstance(kv_cache, LayerCache):
         if _PENDING.get() is None:
-            return patches.original_of(_attention_call)(self, *args, kv_cache=kv_cache, **kwargs)
+            return original(self, *args, kv_cache=kv_cache, **kwargs)
         group, index = _PENDING.get()
         kv_cache = group.caches[index]
         last = index + 1 == len(group.caches)
@@ -114,7 +170,7 @@ def _attention_call(self, *args, kv_cache=None, **kwargs):
     kwargs.update(model_mode="prefill", previous_chunk=kv_cache.previous_chunk)
     token = _ACTIVE.set(kv_cache)
     try:
-        out, _ = patches.original_of(_attention_call)(self, *args, kv_cache=None, **kwargs)
+        out, _ = original(self, *args, kv_cache=None, **kwargs)
     finally:
         _ACTIVE.reset(token)
     if kv_cache.present is None:
@@ -137,12 +193,27 @@ def _update_kv_caches(self, key, value, decoder_segment_ids, model_mode, previou
         return patches.original_of(_update_kv_caches)(
             self, key, value, decoder_segment_ids, model_mode, previous_chunk
         )
+    # MLA's values are narrower than its keys (v_head_dim, qk_nope + qk_rope_head_dim): the
+    # cache holds them zero-padded to the keys' width, one head_dim for both (as GenAI's
+    # config and GroupQueryAttention have it), and MaxText gets them back at their own.
+    width = value.shape[-1]
+    padded = pad_to_width(value, cache.value.shape[-1])
     # lax, not jnp: jax2onnx's jnp.concatenate gives a symbolic concat axis the first operand's
     # size (past_sequence, not past_sequence + sequence).
     keys = jax.lax.concatenate([cache.key, key.astype(cache.key.dtype)], 1)
-    values = jax.lax.concatenate([cache.value, value.astype(cache.value.dtype)], 1)
-    cache.present, cache.fresh = (keys, values), (key, value)
-    return [(keys, values, cache.segments), None]
+    values = jax.lax.concatenate([cache.value, padded.astype(cache.value.dtype)], 1)
+    cache.present, cache.fresh = (keys, values), (key, padded)
+    return [(keys, values[..., :width], cache.segments), None]
+
+
+def pad_to_width(x: jax.Array, width: int) -> jax.Array:
+    """``x [..., d]`` zero-padded on its last axis to ``width`` (a cache wider than MLA's
+    values); refused where the cache is narrower."""
+    if x.shape[-1] > width:
+        raise ValueError(f"values {x.shape[-1]} wide do not fit a cache {width} wide")
+    if x.shape[-1] == width:
+        return x
+    return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
 
 
 def fused_attention_supported(op, sinks, bidirectional_mask) -> bool:
@@ -176,6 +247,10 @@ def _attention_op_call(self, query, key, value, *args, **kwargs):
     from onnxforge.graph import attention, lowering
 
     cache = _ACTIVE.get()
+    if cache is not None and len(args) < 5 and "previous_chunk" not in kwargs:
+        # MLA does not forward previous_chunk: its causal mask would start at the cache's
+        # first key rather than this chunk's first token.
+        kwargs["previous_chunk"] = cache.previous_chunk
     sinks = kwargs.get("sinks", args[6] if len(args) > 6 else None)
     bidirectional = kwargs.get("bidirectional_mask", args[5] if len(args) > 5 else None)
     if (
@@ -183,6 +258,7 @@ def _attention_op_call(self, query, key, value, *args, **kwargs):
         or cache.fresh is None
         or not lowering.fused()
         or not fused_attention_supported(self, sinks, bidirectional)
+        or value.shape[-1] != key.shape[-1]  # MLA: MaxText's attention over its own widths
     ):
         return patches.original_of(_attention_op_call)(self, query, key, value, *args, **kwargs)
     original = patches.original_of(_attention_op_call)

@@ -186,9 +186,11 @@ def _local_attention_with_sinks(
     It appends the sink logit as one more key column (``jnp.concatenate`` along the symbolic
     key axis) and slices it off again (``[..., :s]``); jax2onnx 0.17.1 gives that
     concatenation the wrong size, and ONNX Runtime fails on the next reshape. The same max
-    and sum over ``[logits, sink]``, taken piecewise. Other cases go to MaxText's own.
+    and sum over ``[logits, sink]``, taken piecewise: in the full-sequence graph (``train``
+    mode) and the KV step's (``prefill``, its keys the cache's and the chunk's). Other cases go
+    to MaxText's own.
     """
-    if sinks is None or model_mode != "train" or self.reshape_q:
+    if sinks is None or model_mode not in ("train", "prefill") or self.reshape_q:
         return patches.original_of(_local_attention_with_sinks)(
             self, attn_weights, value, q_seq_len, model_mode, wv_product_einsum, sinks
         )

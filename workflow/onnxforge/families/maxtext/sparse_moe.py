@@ -1,4 +1,5 @@
-"""MaxText's routed MoE (Mixtral), sparse in ONNX: each token runs only its top-k experts.
+"""MaxText's routed MoE (Mixtral, GPT-OSS), sparse in ONNX: each token runs only its top-k
+experts.
 
 MaxText's own sparse path (``sparse_matmul``: permute, ``ragged_dot``/megablox, unpermute,
 inside ``shard_map`` with a dropless ``lax.cond``) does not export: jax2onnx lowers
@@ -15,7 +16,10 @@ weighted by the combine weights, zero off the top k); jax2onnx lowers it to plai
 
 FLOPs ∝ tokens × k. With ``ops: ort``, one ``com.microsoft.MoE`` instead (``_fused``). Only
 MaxText's SwiGLU experts (``mlp_activations: [silu, linear]``, no bias, no capacity) take this
-path; any other MoE keeps MaxText's dense one.
+path, and GPT-OSS's: its biased, clamped SwiGLU (``apply_ffn_activation``) is the gpt_oss
+family's primitive (``families.gpt_oss.sparse_moe``), given MaxText's kernels and routing. Any
+other MoE keeps MaxText's dense one (in prefill mode, GPT-OSS's dense path exports a graph ONNX
+Runtime refuses: a MatMul dimension mismatch in its dispatch einsums).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from onnxforge.families.maxtext import patches
 from onnxforge.graph import moe
 
 PRIMITIVE = Primitive("maxtext_sparse_moe")
+GPT_OSS_ALPHA = 1.702  # the sigmoid's slope in MaxText's GPT-OSS activation (apply_ffn_activation)
 
 
 def _dense(x, weights, chosen, logits, wi_0, wi_1, wo, *, k):
@@ -56,13 +61,32 @@ def sparse_moe(x, weights, chosen, logits, wi_0, wi_1, wo, *, k: int):
 
 
 def supports(moe) -> bool:
-    """Whether MaxText's ``RoutedMoE`` is one this path computes exactly."""
+    """Whether MaxText's ``RoutedMoE`` is a Mixtral's, which this path computes exactly."""
     cfg = moe.config
     return (
         tuple(cfg.mlp_activations) == ("silu", "linear")
         and not cfg.mlp_bias
-        and cfg.capacity_factor <= 0
+        and _dropless_and_dense(moe)
         and str(cfg.decoder_block.value) == "mixtral"
+    )
+
+
+def supports_gpt_oss(moe) -> bool:
+    """Whether MaxText's ``RoutedMoE`` is GPT-OSS's (``apply_ffn_activation``'s clamped SwiGLU
+    with biases), which the gpt_oss family's primitive computes exactly."""
+    cfg = moe.config
+    return (
+        str(cfg.decoder_block.value) == "gpt_oss"
+        and tuple(cfg.mlp_activations) == ("sigmoid", "linear")
+        and cfg.mlp_bias
+        and _dropless_and_dense(moe)
+        and not cfg.norm_topk_prob
+    )
+
+
+def _dropless_and_dense(moe) -> bool:
+    return (
+        moe.config.capacity_factor <= 0
         and moe.wi_0_sparsity_module is None
         and getattr(moe, "per_expert_scale", None) is None
     )
@@ -77,14 +101,27 @@ def _sparse_dense_matmul(
     self, inputs, gate_logits, pre_bias_logits, w0_kernel, w1_kernel, wo_kernel, *args, **kw
 ):
     """``RoutedMoE.dense_matmul`` with MaxText's routing and the sparse primitive."""
-    if not supports(self) or kw.get("forced_routed_experts") is not None:
+    kernels = (w0_kernel, w1_kernel, wo_kernel)
+    mixtral, gpt_oss = supports(self), supports_gpt_oss(self)
+    if not (mixtral or gpt_oss) or kw.get("forced_routed_experts") is not None:
         return patches.original_of(_sparse_dense_matmul)(
-            self, inputs, gate_logits, pre_bias_logits, w0_kernel, w1_kernel, wo_kernel, *args, **kw
+            self, inputs, gate_logits, pre_bias_logits, *kernels, *args, **kw
         )
     top_k_weights, top_k_indices = self.get_topk(gate_logits, pre_bias_logits, self.rngs)
     weights = self.reshape_and_update_weights(top_k_weights, top_k_indices)  # [b, s, experts]
     # A float one-hot: ONNX Runtime's CPU OneHot has no int32-output kernel.
     chosen = jax.nn.one_hot(top_k_indices, self.num_experts, dtype=self.dtype).sum(-2) > 0
+    k = top_k_indices.shape[-1]
+    if gpt_oss:  # dense_matmul(..., w0_bias, w1_bias, wo_bias, ...)
+        from onnxforge.families.gpt_oss import sparse_moe as gpt_oss_moe
+
+        w0_bias, w1_bias, wo_bias = (b.astype(self.dtype) for b in args[:3])
+        w0, w1, wo = (w.astype(self.dtype) for w in kernels)
+        out = gpt_oss_moe.sparse_moe(
+            inputs, weights, chosen, gate_logits, w0, w0_bias, w1, w1_bias, wo, wo_bias,
+            GPT_OSS_ALPHA, self.config.mlp_activations_limit, k=k,
+        )  # fmt: skip
+        return out.astype(self.dtype), None, None
     out = sparse_moe(
         inputs,
         weights,
@@ -93,7 +130,7 @@ def _sparse_dense_matmul(
         w0_kernel.astype(self.dtype),
         w1_kernel.astype(self.dtype),
         wo_kernel.astype(self.dtype),
-        k=top_k_indices.shape[-1],
+        k=k,
     )
     return out.astype(self.dtype), None, None
 

@@ -97,14 +97,6 @@ def v3_refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 # DeepSeek-V2-Lite's shape at a tiny size: no query LoRA, one dense layer first, MLA, MoE with a
 # shared expert, and its YaRN (MaxText's deepseek2-16b.yml: the same numbers).
-# MaxText's MLA (attention_mla.py) overrides Attention.__call__ and caches its compressed latent
-# (kv_lora_rank + the RoPE key), while the KV decoder contract holds keys and values per layer
-# as [batch, kv_heads, length, head_dim], one head_dim for both (MLA's keys are qk_nope +
-# qk_rope wide, its values v_head_dim).
-MLA_KV_REFUSAL = (
-    "MaxText's multi-head latent attention caches a compressed latent, which the exported "
-    "decoder's per-layer key and value caches do not hold yet"
-)
 MLA_SIZES = {
     **SMALL,
     "num_key_value_heads": 4,  # = num_attention_heads, as published
@@ -144,7 +136,6 @@ DEEPSEEK_V2 = Architecture(
     hf_model_types=("deepseek_v2",),
     hf_rope_types=("yarn",),
     router_scores="softmax",
-    kv_refusal=MLA_KV_REFUSAL,
 )
 
 # convert.py stages the routing bias MaxText's mapping misnames.
@@ -161,7 +152,6 @@ DEEPSEEK_V3 = Architecture(
     hf_model_types=("deepseek_v3",),
     hf_rope_types=("yarn",),
     router_scores="sigmoid",
-    kv_refusal=MLA_KV_REFUSAL,
 )
 
 ENTRIES = (DEEPSEEK_V2, DEEPSEEK_V3)

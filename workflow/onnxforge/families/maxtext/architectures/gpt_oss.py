@@ -77,13 +77,6 @@ GPT_OSS = Architecture(
     hf_model_types=("gpt_oss",),
     hf_rope_types=("yarn",),
     same_checkpoint_as="tiny-gpt-oss",
-    # Its experts (biased, clamped SwiGLU) keep MaxText's dense MoE, whose prefill-mode graph
-    # ONNX Runtime refuses (MatMul dimension mismatch in an expert einsum, found by export's
-    # run-once check); the gpt_oss family's own decoder serves GPT-OSS.
-    kv_refusal=(
-        "MaxText's GPT-OSS experts in prefill mode export a graph ONNX Runtime refuses; "
-        "build the checkpoint with --family gpt_oss, whose KV decoder passes"
-    ),
 )
 
 ENTRIES = (GPT_OSS,)
