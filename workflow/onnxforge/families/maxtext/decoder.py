@@ -193,24 +193,25 @@ def _update_kv_caches(self, key, value, decoder_segment_ids, model_mode, previou
         return patches.original_of(_update_kv_caches)(
             self, key, value, decoder_segment_ids, model_mode, previous_chunk
         )
-    # MLA's values are narrower than its keys (v_head_dim, qk_nope + qk_rope_head_dim): the
-    # cache holds them zero-padded to the keys' width, one head_dim for both (as GenAI's
-    # config and GroupQueryAttention have it), and MaxText gets them back at their own.
-    width = value.shape[-1]
-    padded = pad_to_width(value, cache.value.shape[-1])
+    # MLA's keys and values have two widths (qk_nope + qk_rope_head_dim, v_head_dim): the
+    # cache holds both zero-padded to the wider, one head_dim for both (as GenAI's config and
+    # GroupQueryAttention have it), and MaxText gets them back at their own.
+    widths = key.shape[-1], value.shape[-1]
+    key, value = pad_to_width(key, cache.key.shape[-1]), pad_to_width(value, cache.value.shape[-1])
     # lax, not jnp: jax2onnx's jnp.concatenate gives a symbolic concat axis the first operand's
     # size (past_sequence, not past_sequence + sequence).
     keys = jax.lax.concatenate([cache.key, key.astype(cache.key.dtype)], 1)
-    values = jax.lax.concatenate([cache.value, padded.astype(cache.value.dtype)], 1)
-    cache.present, cache.fresh = (keys, values), (key, padded)
-    return [(keys, values[..., :width], cache.segments), None]
+    values = jax.lax.concatenate([cache.value, value.astype(cache.value.dtype)], 1)
+    cache.present, cache.fresh = (keys, values), (key, value)
+    return [(keys[..., : widths[0]], values[..., : widths[1]], cache.segments), None]
 
 
 def pad_to_width(x: jax.Array, width: int) -> jax.Array:
-    """``x [..., d]`` zero-padded on its last axis to ``width`` (a cache wider than MLA's
-    values); refused where the cache is narrower."""
+    """``x [..., d]`` zero-padded on its last axis to the cache's ``width``: zero columns add
+    nothing to a query's dot product nor to an attention-weighted sum, and are sliced off
+    again before MaxText's attention sees them."""
     if x.shape[-1] > width:
-        raise ValueError(f"values {x.shape[-1]} wide do not fit a cache {width} wide")
+        raise ValueError(f"{x.shape[-1]} wide does not fit a cache {width} wide")
     if x.shape[-1] == width:
         return x
     return jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - x.shape[-1])])
