@@ -1,4 +1,4 @@
-# onnxforge: model x checkpoint -> download -> stage -> export -> parity -> promote.
+# onnxforge: model x checkpoint -> download -> stage -> export (-> quantize) -> parity -> promote.
 # The table of contents; each step is one file under workflow/rules/.
 
 
@@ -9,6 +9,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/stage.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/quantize.smk"
 include: "workflow/rules/parity.smk"
 include: "workflow/rules/promote.smk"
 include: "workflow/rules/crosscheck.smk"

@@ -38,9 +38,10 @@ def example_params(only: set[str] | None = None) -> list:
     ]
 
 
-def variant_params() -> list:
+def variant_params(quantized: bool = False) -> list:
     """(family, example, variant) for each variant each example declares (Example.variants):
-    what the registry build builds."""
+    what the registry build builds; the float ones, or (``quantized``) the quantized ones,
+    whose gates differ (tests/dag/test_quantized.py)."""
     return [
         pytest.param(
             family,
@@ -51,6 +52,7 @@ def variant_params() -> list:
         )
         for family, example in EXAMPLES
         for variant in example.variants
+        if catalog.is_quantized(CONFIG, variant) == quantized
     ]
 
 

@@ -1,6 +1,7 @@
 # Config validation and the helpers that turn config into targets, parameters and shells.
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -189,6 +190,26 @@ def export_arguments(wildcards):
         return []
     target = paths.Target(wildcards.model, wildcards.checkpoint, wildcards.variant)
     return ["--checkpoint", target.download]
+
+
+# Quantized variants (``quantizes: BASE``): their export is rule quantize's, from BASE's.
+QUANTIZED = sorted(v for v, entry in config["variants"].items() if "quantizes" in entry)
+QUANTIZED_VARIANT = "|".join(map(re.escape, QUANTIZED)) or "(?!)"  # (?!): matches nothing
+
+
+def base_export(wildcards):
+    """The float export a quantized variant quantizes."""
+    base = variant_of(wildcards)["quantizes"]
+    return paths.Target(wildcards.model, wildcards.checkpoint, base).export
+
+
+def base_exports(wildcards):
+    """``base_export``, as a list: none for a variant that is not quantized."""
+    return [base_export(wildcards)] if "quantizes" in variant_of(wildcards) else []
+
+
+def quantize_settings_json(wildcards):
+    return json.dumps(variant_of(wildcards)["quantize"])
 
 
 def parity_settings_json(wildcards):

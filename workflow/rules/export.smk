@@ -9,6 +9,8 @@ rule export:
         paths.step_log("export"),
     benchmark:
         paths.step_log("export", paths.BENCHMARK)
+    wildcard_constraints:
+        variant=rf"(?!(?:{QUANTIZED_VARIANT})$)[A-Za-z0-9][A-Za-z0-9_-]*",
     container:
         image_for
     threads: 4

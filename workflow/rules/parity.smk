@@ -7,6 +7,9 @@ rule parity_report:
         checkpoint=DOWNLOAD,
         stage=STAGE,
         export=EXPORT,
+        # A quantized variant's exactness gate matches its weights to JAX's through the float
+        # export it quantized.
+        base=base_exports,
     output:
         # `snakemake --report report.html`: each target's report.html, filed under its model.
         report(
@@ -33,6 +36,7 @@ rule parity_report:
         settings=parity_settings_json,
         target=target_name,
         withdraw=RELEASE,  # this variant's release: withdrawn when parity starts
+        base=lambda w: ["--base-export", *base_exports(w)] if base_exports(w) else [],
     message:
         "Parity of {wildcards.model}/{wildcards.checkpoint} {wildcards.variant}: "
         "ONNX Runtime vs JAX vs reference"
@@ -40,7 +44,7 @@ rule parity_report:
         onnxforge_step(
             "parity --family {params.family:q} --target {params.target:q}"
             " --checkpoint {input.checkpoint:q} --stage {input.stage:q}"
-            " --export {input.export:q} --settings {params.settings:q}"
+            " --export {input.export:q} {params.base:q} --settings {params.settings:q}"
             " --withdraw {params.withdraw:q}"
             " --threads {threads} --out {output:q}"
         )

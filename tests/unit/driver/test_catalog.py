@@ -19,12 +19,16 @@ def _config(**changes):
 
 def test_shipped_config_is_valid():
     kv = ("f32", "f32-kv", "f32-kv-plain")
-    # every example in all three (Example.variants), but those whose KV export is refused
-    declared = dict.fromkeys(("deepseek_v2", "deepseek_v3", "gpt_oss"), ("f32",))
+    quantized = ("int4-kv", "int8-kv")
+    # every example in all three (Example.variants), those that stand for the quantizations
+    # in both quantized variants too, and their trained twins in f32 and those
+    declared = dict.fromkeys(("gpt-oss", "llama", "mixtral"), kv + quantized)
+    declared |= dict.fromkeys(("gpt-oss-trained",), ("f32", *quantized))
+    declared |= dict.fromkeys(("llama-trained", "mixtral-trained"), ("f32", *quantized))
     assert catalog.default_targets(catalog.validate(copy.deepcopy(CONFIG))) == [
         f"results/release/tiny-{name}/hf/{variant}"
         for name in (
-            *("gpt-oss", "llama", "mistral", "mixtral", "gemma"),
+            *("gpt-oss", "gpt-oss-trained", "llama", "mistral", "mixtral", "gemma"),
             *(
                 "llama3.1",
                 "llama3.2",
@@ -35,6 +39,8 @@ def test_shipped_config_is_valid():
                 "deepseek_v2",
                 "deepseek_v3",
                 "gpt_oss",
+                "llama-trained",
+                "mixtral-trained",
             ),
         )
         for variant in declared.get(name, kv)
@@ -155,3 +161,52 @@ def test_examples_in_one_variant_and_a_malformed_examples_item():
         catalog.validate(_config(targets=[{"examples": ["f32"]}]))
     with pytest.raises(InputError, match="unknown variant 'f33'"):
         catalog.validate(_config(targets=[{"examples": "f33"}]))
+
+
+@pytest.mark.parametrize(
+    "variants,message",
+    [
+        (
+            {"int4": {"quantizes": "f16-kv", "quantize": {"bits": 4}}},
+            r"variants\.int4\.quantizes: unknown variant 'f16-kv'",
+        ),
+        (  # a full-sequence graph has no KV decoder to deploy
+            {"f32": {"dtype": "float32"}, "int4": {"quantizes": "f32", "quantize": {"bits": 4}}},
+            r"variants\.int4\.quantizes: f32 has decoder 'full'; a quantized variant quantizes "
+            r"a float32 KV decoder for the CPU",
+        ),
+        (
+            {"int4": {"quantizes": "f32-kv", "quantize": {"bits": 3}}},
+            r"variants\.int4\.quantize\.bits: 3 is not one of \[4, 8\]",
+        ),
+        ({"int4": {"quantizes": "f32-kv"}}, r"variants\.int4: 'quantize' is a required property"),
+    ],
+)
+def test_a_quantized_variant_names_what_is_wrong_with_it(variants, message):
+    config = _config()
+    config["variants"] |= {"f32-kv": {"dtype": "float32", "decoder": "kv"}, **variants}
+    with pytest.raises(InputError, match=message):
+        catalog.validate(config)
+
+
+def test_a_quantized_variant_takes_its_base_and_its_quality_gates():
+    config = _config()
+    config["variants"] |= {
+        "f32-kv": {"dtype": "float32", "decoder": "kv", "ops": "ort"},
+        "int8-kv": {"quantizes": "f32-kv", "quantize": {"bits": 8}},
+    }
+    config["gates"]["int8"] = {"kl_mean_max": 0.02}
+    catalog.validate(config)
+    variant = config["variants"]["int8-kv"]
+    assert {k: variant[k] for k in catalog.INHERITED} == {
+        "dtype": "float32", "decoder": "kv", "ops": "ort", "opset": 23, "provider": "cpu"
+    }  # fmt: skip
+    assert variant["quantize"] == {
+        "bits": 8, "block_size": 32, "symmetric": True, "accuracy_level": 4,
+        "algorithm": "rtn", "lm_head": "same", "embeddings": "tied",
+    }  # fmt: skip
+    model, checkpoint = next(iter(config["models"].items()))
+    name = next(iter(checkpoint["checkpoints"]))
+    settings = catalog.parity_settings(config, model, name, "int8-kv")
+    assert settings["quality_gates"] == {"kl_mean_max": 0.02}
+    assert settings["gates"] == config["gates"]["float32"]  # exactness: the float32 gates

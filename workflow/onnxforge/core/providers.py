@@ -32,8 +32,11 @@ def gpus_for(provider: str) -> int:
     return PROVIDERS[provider].gpus
 
 
-def onnx_session(path: Path, provider: str, threads: int | None = None) -> Any:
-    """An ONNX Runtime session on ``provider``, refusing a silent fallback to another one."""
+def onnx_session(
+    path: Path, provider: str, threads: int | None = None, config: dict[str, str] | None = None
+) -> Any:
+    """An ONNX Runtime session on ``provider``, refusing a silent fallback to another one;
+    ``config``: session config entries (a quantized plain graph's accuracy level)."""
     import onnxruntime as ort
 
     wanted = PROVIDERS[provider].onnxruntime
@@ -44,6 +47,8 @@ def onnx_session(path: Path, provider: str, threads: int | None = None) -> Any:
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(str(path), options, providers=[wanted])
     if session.get_providers()[0] != wanted:
         raise RuntimeError(f"ONNX Runtime could not use {wanted} for {path}")

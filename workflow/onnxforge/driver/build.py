@@ -42,7 +42,9 @@ def model_targets(
     config: dict, model: str, variants: list[str] | None = None
 ) -> list[catalog.Target]:
     """``variants`` of every checkpoint of the model; without: the model's targets named in
-    ``targets``, else every checkpoint x every variant that needs no GPU."""
+    ``targets``, else every checkpoint x every variant that needs no GPU and is not quantized
+    (int4/int8 are asked for by name: their quality gate judges trained weights, and a test
+    checkpoint's are random)."""
     catalog.model_entry(config, model)
     checkpoints = config["models"][model]["checkpoints"]
     if variants:
@@ -54,7 +56,7 @@ def model_targets(
             {"model": model, "checkpoint": c, "variant": v}
             for c in checkpoints
             for v, entry in config["variants"].items()
-            if providers.gpus_for(entry["provider"]) == 0
+            if providers.gpus_for(entry["provider"]) == 0 and "quantizes" not in entry
         ]
     return [catalog.lookup_target(config, **t) for t in named]
 
@@ -184,7 +186,8 @@ def parser() -> argparse.ArgumentParser:
         "--variant",
         action="append",
         help="a config variant (repeatable); default: the model's targets in config.yaml, else "
-        "every variant that needs no GPU",
+        "every variant that needs no GPU but the quantized ones (int4-kv, int8-kv, ...: ask "
+        "for them)",
     )
     p.add_argument("--family", help="build a checkpoint as this family (gpt_oss, maxtext)")
     p.add_argument("--maxtext-model", help="MaxText's configs/models/NAME.yml (implies maxtext)")

@@ -147,6 +147,8 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
                 f"known: {sorted(FAMILIES)}"
             )
     for name, variant in config["variants"].items():
+        if "quantizes" in variant:
+            _inherit_from_quantized(config["variants"], name, source)
         if variant["provider"] not in providers.PROVIDERS:
             raise InputError(
                 f"{source}: variants.{name}.provider: unknown provider {variant['provider']!r}; "
@@ -162,6 +164,34 @@ def validate(config: dict[str, Any], source: str = "config") -> dict[str, Any]:
     for name in config["crosschecks"]:
         crosscheck_targets(config, name, where=f"{source}: crosschecks.{name}")
     return config
+
+
+# What a quantized variant takes from the variant it quantizes (its export is that one's).
+INHERITED = ("dtype", "decoder", "ops", "opset", "provider")
+
+
+def _inherit_from_quantized(variants: dict[str, Any], name: str, source: str) -> None:
+    """``variants[name]`` (``quantizes: BASE``) with BASE's dtype, decoder, ops, opset and
+    provider; BASE must be a float32 KV decoder for the CPU, itself unquantized."""
+    variant = variants[name]
+    base_name = variant["quantizes"]
+    where = f"{source}: variants.{name}.quantizes"
+    base = variants.get(base_name)
+    if base is None:
+        raise InputError(f"{where}: unknown variant {base_name!r}; config has {sorted(variants)}")
+    wanted = {"quantizes": None, "dtype": "float32", "decoder": "kv", "provider": "cpu"}
+    for key, value in wanted.items():
+        if base.get(key) != value:
+            raise InputError(
+                f"{where}: {base_name} has {key} {base.get(key)!r}; a quantized variant "
+                f"quantizes a float32 KV decoder for the CPU (dtype float32, decoder kv, "
+                f"provider cpu, not itself quantized)"
+            )
+    variant.update({key: base[key] for key in INHERITED})
+
+
+def is_quantized(config: dict[str, Any], variant: str) -> bool:
+    return "quantizes" in variant_entry(config, variant)
 
 
 def crosscheck_targets(
@@ -236,6 +266,16 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
     overrides = checkpoint_entry(config, model, checkpoint).get("parity", {})
     settings = deep_update(copy.deepcopy(config["parity"]), overrides)
     diagnosis = settings["diagnosis"]
+    quantized = {}
+    if "quantize" in entry:
+        bits = f"int{entry['quantize']['bits']}"
+        if bits not in config["gates"]:
+            raise InputError(f"variants.{variant} quantizes to {bits}: add gates.{bits}")
+        quantized = {
+            "quantize": entry["quantize"],
+            "quality_gates": config["gates"][bits],
+            "quality_gated": _trained(checkpoint_entry(config, model, checkpoint)["source"]),
+        }
     return {
         **settings,
         "diagnosis": {"run": diagnosis["run"], "tolerance": diagnosis["tolerance"][dtype]},
@@ -244,7 +284,18 @@ def parity_settings(config: dict[str, Any], model: str, checkpoint: str, variant
         "decoder": entry["decoder"],
         "opset": entry["opset"],
         "gates": config["gates"][dtype],
+        **quantized,
     }
+
+
+def _trained(source: str) -> bool:
+    """Whether a checkpoint's quality can be judged: any but an untrained synthetic one
+    (``synthetic://`` without ``trained=``: random weights, whose quantized figures are
+    reported, not gated)."""
+    from urllib.parse import parse_qs, urlparse
+
+    parsed = urlparse(source)
+    return parsed.scheme != "synthetic" or "trained" in parse_qs(parsed.query)
 
 
 def default_targets(config: dict[str, Any]) -> list[str]:

@@ -82,6 +82,21 @@ def cmd_export(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from onnxforge.steps.export.quantized import quantize_export
+
+    with outputs.atomic_directory(args.out) as tmp:
+        started = time.perf_counter()
+        info = quantize_export(args.base, tmp, json.loads(args.settings))
+        outputs.write_manifest(
+            tmp,
+            "quantize",
+            {"export": args.base},
+            {"export": info},
+            volatile={"seconds": round(time.perf_counter() - started, 2)},
+        )
+
+
 def cmd_parity(args: argparse.Namespace) -> None:
     from onnxforge.steps.parity import plots
     from onnxforge.steps.parity.parity import ParitySettings, run_parity, write_logits
@@ -90,14 +105,28 @@ def cmd_parity(args: argparse.Namespace) -> None:
     settings = ParitySettings(**json.loads(args.settings))
     with outputs.atomic_directory(args.out) as tmp:
         started = time.perf_counter()
-        report, logits = run_parity(
-            args.family,
-            args.checkpoint,
-            args.stage,
-            args.export / paths.ONNX_FILE,
-            settings,
-            threads=args.threads,
-        )
+        if settings.quantize:
+            from onnxforge.steps.parity.quantized import run_quantized_parity
+
+            report, logits = run_quantized_parity(
+                args.family,
+                args.checkpoint,
+                args.stage,
+                args.export,
+                args.base_export,
+                settings,
+                scratch=tmp,
+                threads=args.threads,
+            )
+        else:
+            report, logits = run_parity(
+                args.family,
+                args.checkpoint,
+                args.stage,
+                args.export / paths.ONNX_FILE,
+                settings,
+                threads=args.threads,
+            )
         report.update(
             target=args.target,
             onnx_bytes={
@@ -112,7 +141,12 @@ def cmd_parity(args: argparse.Namespace) -> None:
         outputs.write_manifest(
             tmp,
             "parity",
-            {"checkpoint": args.checkpoint, "stage": args.stage, "export": args.export},
+            {
+                "checkpoint": args.checkpoint,
+                "stage": args.stage,
+                "export": args.export,
+                **({"base_export": args.base_export} if args.base_export else {}),
+            },
             {"status": report["status"]},
             volatile={"seconds": round(time.perf_counter() - started, 2)},
         )
@@ -217,12 +251,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", type=Path, help="kv: the checkpoint (its tokenizer files)")
     s.set_defaults(run=cmd_export)
 
+    s = steps.add_parser("quantize", help="a float KV export -> its int4/int8 variant")
+    s.add_argument("--base", type=Path, required=True, help="the float export it quantizes")
+    s.add_argument("--settings", required=True, help="the variant's quantize, as JSON")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=cmd_quantize)
+
     s = steps.add_parser("parity", help="ONNX Runtime vs JAX vs reference; writes the report")
     s.add_argument("--family", required=True)
     s.add_argument("--target", default="")
     s.add_argument("--checkpoint", type=Path, required=True)
     s.add_argument("--stage", type=Path, required=True)
     s.add_argument("--export", type=Path, required=True)
+    s.add_argument("--base-export", type=Path, help="a quantized export's float one")
     s.add_argument("--settings", required=True, help="ParitySettings as JSON")
     s.add_argument("--out", type=Path, required=True)
     s.set_defaults(run=cmd_parity)
@@ -266,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_summary)
 
     for name, step in steps.choices.items():
-        if name in ("stage", "export", "parity"):
+        if name in ("stage", "export", "quantize", "parity"):
             step.add_argument("--threads", type=int, help="threads the step may use (the rule's)")
         if name in WITHDRAWING:
             step.add_argument(
@@ -282,7 +323,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The steps a release depends on: each withdraws it when it starts (its rule says which).
-WITHDRAWING = ("download", "stage", "export", "parity")
+WITHDRAWING = ("download", "stage", "export", "quantize", "parity")
 
 
 def withdraw_releases(releases: list[Path], step: str) -> None:

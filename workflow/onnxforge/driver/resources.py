@@ -15,9 +15,11 @@ from pathlib import Path
 
 MB = 2**20
 # step: (fixed MB, MB per MB of the input folder, or of its largest file for stage)
-MEMORY = {"stage": (4000, 2), "export": (2000, 4), "parity": (3000, 5)}
+# quantize holds the float export memory-mapped, one float weight read at a time, and the
+# quantized ones (a third of it at 8 bits, a sixth at 4).
+MEMORY = {"stage": (4000, 2), "export": (2000, 4), "quantize": (2000, 1), "parity": (3000, 5)}
 # step: (fixed minutes, minutes per GB of the input folder)
-RUNTIME = {"stage": (60, 1), "export": (120, 4), "parity": (120, 6)}
+RUNTIME = {"stage": (60, 1), "export": (120, 4), "quantize": (60, 4), "parity": (120, 6)}
 
 
 def _files(folder: Path) -> list[int]:

@@ -93,6 +93,14 @@ class Example:
     variants: tuple[str, ...] = ("f32",)
 
 
+# The variants a quantization can be judged in (config.yaml: int4-kv, int8-kv): an architecture
+# that declares them builds its tiny example in them too (random weights: the quality gate's
+# figures reported, not gated) and a trained twin (tiny-<name>-trained: ``trained=`` steps on
+# the project's text, families/training.py), whose quality the gates judge.
+QUANTIZED_VARIANTS = ("int4-kv", "int8-kv")
+TRAINED_STEPS = 200
+
+
 class Family(Protocol):
     name: str  # the catalog's `family:` key
     environment: str  # which envs/<environment>.lock.txt and config images.<environment>

@@ -10,6 +10,8 @@ from onnxforge.core.errors import InputError
 from onnxforge.core.hf_config import read_config_json
 from onnxforge.families.base import (
     PERTURB_DEFAULT,
+    QUANTIZED_VARIANTS,
+    TRAINED_STEPS,
     Example,
     LoadedDecoder,
     LoadedModel,
@@ -39,7 +41,13 @@ class GptOssFamily:
             "tiny-gpt-oss",
             "synthetic://gpt_oss?seed=0",
             moe=True,
-            variants=("f32", "f32-kv", "f32-kv-plain"),
+            variants=("f32", "f32-kv", "f32-kv-plain", *QUANTIZED_VARIANTS),
+        ),
+        Example(
+            "tiny-gpt-oss-trained",
+            f"synthetic://gpt_oss?seed=0&trained={TRAINED_STEPS}",
+            moe=True,
+            variants=("f32", *QUANTIZED_VARIANTS),
         ),
     )
     model_types = ("gpt_oss",)

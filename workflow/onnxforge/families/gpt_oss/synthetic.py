@@ -5,7 +5,8 @@ transformers writes the model (``save_pretrained``: real safetensors, real confi
 (``*_blocks``/``*_scales`` plus ``quantization_config``), which transformers itself reads back
 by dequantizing, so the reference stays independent of our decoder. With ``original=true``
 the same MXFP4 weights are also written in OpenAI's ``original/`` layout, as the hub's
-gpt-oss repositories ship both.
+gpt-oss repositories ship both. ``trained=STEPS``: the float model is trained on the project's
+passage first (``training``), so both layouts hold the trained weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from onnxforge.core import texts
 from onnxforge.core.errors import InputError
-from onnxforge.families import fixtures
+from onnxforge.families import fixtures, training
 from onnxforge.families.gpt_oss import mxfp4
 from onnxforge.families.synthetic import randomize_torch_model
 
@@ -41,7 +42,7 @@ TINY = fixtures.small(
     num_local_experts=8,
     sliding_window=16,
 )
-OPTIONS = {"init_std", "tie_word_embeddings", "mxfp4", "original"}
+OPTIONS = {"init_std", "tie_word_embeddings", "mxfp4", "original", "trained"}
 # As in openai/gpt-oss-20b's config.json.
 MXFP4_CONFIG = {
     "quant_method": "mxfp4",
@@ -73,11 +74,14 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     init_std = float(settings.pop("init_std", 0.1))
     original = bool(settings.pop("original", False))
     quantize = bool(settings.pop("mxfp4", False)) or original
+    trained = training.trained_steps(settings.pop("trained", 0), "synthetic://gpt_oss")
     torch.manual_seed(seed)
     model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**settings))
     randomize_torch_model(model, init_std)
-    model.save_pretrained(out_dir)
     texts.write_tiny_tokenizer(Path(out_dir), settings["vocab_size"])
+    if trained:  # on the float weights: the MXFP4 layouts below are written from them
+        training.train_synthetic(model, Path(out_dir), trained, seed, "synthetic://gpt_oss")
+    model.save_pretrained(out_dir)
     if quantize:
         _repack_experts_as_mxfp4(Path(out_dir))
     if original:

@@ -23,6 +23,8 @@ from onnxforge.core.errors import InputError
 from onnxforge.core.hf_config import read_config_json
 from onnxforge.families.base import (
     PERTURB_DEFAULT,
+    QUANTIZED_VARIANTS,
+    TRAINED_STEPS,
     Example,
     LoadedDecoder,
     LoadedModel,
@@ -68,13 +70,24 @@ class MaxTextFamily:
             {"model": arch.default_model},
             moe=arch.moe,
             same_checkpoint_as=arch.same_checkpoint_as,
-            variants=arch.export_variants,
+            variants=arch.export_variants
+            + (QUANTIZED_VARIANTS if arch.quantized and not query else ()),
         )
         for arch in ARCHITECTURES.values()
         for name, query in [
             (arch.model_type, ""),
             *((variant, f"&variant={variant}") for variant in arch.variants),
         ]
+    ) + tuple(
+        Example(
+            f"tiny-{arch.model_type}-trained",
+            f"synthetic://maxtext?arch={arch.model_type}&seed=0&trained={TRAINED_STEPS}",
+            {"model": arch.default_model},
+            moe=arch.moe,
+            variants=("f32", *QUANTIZED_VARIANTS),
+        )
+        for arch in ARCHITECTURES.values()
+        if arch.quantized
     )
     model_types = tuple(sorted({t for arch in ARCHITECTURES.values() for t in arch.hf_model_types}))
 
@@ -202,7 +215,7 @@ class MaxTextFamily:
             model.vocab_size,
             num_layers=int(config.num_decoder_layers) * per_layer,
             kv_heads=int(config.num_kv_heads),
-            head_dim=int(config.head_dim),
+            head_dim=cache_head_dim(config),
         )
 
     def load_taps(self, stage_dir: Path, dtype: Any) -> LoadedModel:
@@ -306,3 +319,14 @@ PERTURBED = {
 
 
 FAMILY = MaxTextFamily()
+
+
+def cache_head_dim(config) -> int:
+    """The width of the decoder's key and value caches: MaxText's ``head_dim``, or for
+    multi-head latent attention (DeepSeek) the wider of its keys (``qk_nope +
+    qk_rope_head_dim``) and values (``v_head_dim``), the other padded to it
+    (``decoder.pad_to_width``)."""
+    if str(getattr(config, "attention_type", "")) == "mla":
+        keys = int(config.qk_nope_head_dim) + int(config.qk_rope_head_dim)
+        return max(keys, int(config.v_head_dim))
+    return int(config.head_dim)

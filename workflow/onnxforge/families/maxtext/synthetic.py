@@ -9,6 +9,9 @@ tensor is random and seeded (norms near one), so a mapping mistake changes the l
 For ``arch=gemma`` the same weights are also written in Google's Flax layout under ``flax/``,
 as the hub ships both layouts of one model (``flax=false``: the Hugging Face layout only, as
 fine-tuned Gemmas come; stage then writes the Flax layout itself).
+
+``trained=STEPS``: the randomized model then trained on the project's passage (``training``),
+so that quantization has peaked logits to lose; ``training.json`` records the losses.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Any
 
 from onnxforge.core import texts
 from onnxforge.core.errors import InputError
+from onnxforge.families import training
 from onnxforge.families.maxtext.architectures import ARCHITECTURES
 from onnxforge.families.synthetic import randomize_torch_model
 
-OPTIONS = {"arch", "variant", "init_std", "flax"}
+OPTIONS = {"arch", "variant", "init_std", "flax", "trained"}
 FLAX = "flax"  # gemma: the Flax/Orbax copy of the weights (gemma_flax.py)
 
 
@@ -52,6 +56,7 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     tiny = copy.deepcopy(arch.variants[variant] if variant else arch.tiny)
     init_std = float(settings.pop("init_std", 0.1))
     flax = str(settings.pop("flax", "true")).lower() != "false"  # gemma: also the Flax layout
+    trained = training.trained_steps(settings.pop("trained", 0), "synthetic://maxtext")
     unknown = set(settings) - set(tiny)
     if unknown:
         raise InputError(
@@ -62,8 +67,10 @@ def synthesize(out_dir: Path, seed: int, overrides: dict[str, Any]) -> None:
     torch.manual_seed(seed)
     model = getattr(transformers, arch.transformers_class)(config)
     randomize_torch_model(model, init_std)
-    model.save_pretrained(out_dir)
     texts.write_tiny_tokenizer(Path(out_dir), config.vocab_size)
+    if trained:
+        training.train_synthetic(model, Path(out_dir), trained, seed, "synthetic://maxtext")
+    model.save_pretrained(out_dir)
     if arch_name == "gemma" and flax:
         from onnxforge.families.maxtext.gemma_flax import write_gemma_flax
 

@@ -15,7 +15,8 @@ import numpy as np
 from onnxforge.core.finite import describe_nonfinite, nonfinite
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis, shifted by the row's max (no overflow)."""
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
@@ -40,7 +41,7 @@ def kl_per_token(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     ref = reference.astype(np.float64).reshape(-1, reference.shape[-1])
     cand = candidate.astype(np.float64).reshape(-1, candidate.shape[-1])
     with np.errstate(all="ignore"):
-        log_p, log_q = _log_softmax(ref), _log_softmax(cand)
+        log_p, log_q = log_softmax(ref), log_softmax(cand)
         return np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
 
 
@@ -89,11 +90,17 @@ GATE_METRICS = {
 }
 
 
-def check_gates(metrics: dict[str, Any], gates: dict[str, float]) -> list[str]:
+def check_gates(
+    metrics: dict[str, Any],
+    gates: dict[str, float],
+    known: dict[str, tuple[str, str]] = GATE_METRICS,
+) -> list[str]:
     """The failed gates, each as a sentence; empty when all hold.
 
     ``metrics`` is one comparison's (``compare_logits``) or a summary (``summarize``). Any
-    non-finite value fails, whatever the gates; so does a gated metric that is missing."""
+    non-finite value fails, whatever the gates; so does a gated metric that is missing.
+    ``known``: the gate keys and what each bounds (``quality.QUALITY_GATES`` for the
+    quantization quality gate)."""
     failures = []
     record = metrics.get("nonfinite")
     if record and record.get("count"):
@@ -107,7 +114,7 @@ def check_gates(metrics: dict[str, Any], gates: dict[str, float]) -> list[str]:
             sentence = describe_nonfinite(record)
         failures.append(sentence + "; NaN or infinity never passes a gate")
     for gate, bound in gates.items():
-        metric, direction = GATE_METRICS[gate]
+        metric, direction = known[gate]
         relation = "<=" if direction == "max" else ">="
         value = metrics.get(metric)
         if not isinstance(value, int | float):

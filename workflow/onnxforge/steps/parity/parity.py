@@ -42,6 +42,11 @@ class ParitySettings:
     text_tokens: int
     opset: int  # the variant's, for the diagnosis's debug export
     diagnosis: dict[str, Any]  # {"run": "on_failure" | "always", "tolerance": float}
+    # A quantized variant's (parity/quantized.py): how it was quantized, and its quality gates
+    # against the full-precision reference (gated unless the checkpoint has random weights).
+    quantize: dict[str, Any] | None = None
+    quality_gates: dict[str, float] | None = None
+    quality_gated: bool = True
 
 
 def parity_inputs(vocab_size: int, settings: ParitySettings) -> dict[str, np.ndarray]:
@@ -164,11 +169,12 @@ def onnx_outputs(
     settings: ParitySettings,
     threads: int | None,
     window: int = 0,
+    session_config: dict[str, str] | None = None,
 ) -> Outputs:
     """ONNX Runtime's outputs; its session (and its copy of the weights) ends on return. A KV
     export's logits are its prefill's; it also runs the generation gates' side (``window``:
     the model's sliding window, which their decode runs past)."""
-    session = providers.onnx_session(onnx_path, settings.provider, threads)
+    session = providers.onnx_session(onnx_path, settings.provider, threads, session_config)
     if settings.decoder != "kv":
 
         def logits_fn(token_ids: np.ndarray) -> np.ndarray:

@@ -297,6 +297,9 @@ class Architecture:
     # Why its KV-cache decoder cannot be exported (empty: it can): the export of a KV variant
     # is refused in this one line, before anything is traced.
     kv_refusal: str = ""
+    # Its tiny example is also built quantized (families.base.QUANTIZED_VARIANTS), with a
+    # trained twin: one dense architecture and one MoE stand for the rest in CI.
+    quantized: bool = False
     # More tiny examples of this architecture (tiny-<name>), each another published release of
     # it, small (Llama 3.2 1B: Llama 3.1's layers with RoPE factor 32 and tied embeddings).
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -22,6 +22,7 @@ def refusals(hf_config: HfConfig, model_name: str) -> list[str]:
 
 
 LLAMA2 = Architecture(
+    quantized=True,
     model_type="llama",
     transformers_class="LlamaForCausalLM",
     config_class="LlamaConfig",

@@ -21,6 +21,7 @@ def settings(hf_config: HfConfig) -> dict[str, Any]:
 
 
 MIXTRAL = Architecture(
+    quantized=True,
     model_type="mixtral",
     transformers_class="MixtralForCausalLM",
     config_class="MixtralConfig",
