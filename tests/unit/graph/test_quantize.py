@@ -367,3 +367,22 @@ def test_a_leaf_two_weights_make_differently_is_named():
     dequantized["up_again"] = dequantized["up"] + 1
     with pytest.raises(InputError, match=r"quantized differently in 'up' and 'up_again'"):
         q.params_with_dequantized(params, initializers, dequantized)
+
+
+@pytest.mark.parametrize("fmt", list(OPS))
+def test_a_tied_table_is_quantized_in_both_ops_or_in_neither(tmp_path, fmt):
+    """``embeddings=None`` (a variant's ``tied``): with MatMulNBits the Gather reads the LM
+    head's quantized tensors; plain ONNX has no quantized Gather, so the LM head stays float.
+    Either way the one JAX parameter has one set of values."""
+    params = leaves()
+    source = export(tmp_path / "f32", params)
+    out = tmp_path / fmt
+    summary = q.quantize(source, out, accuracy_level=1, format=fmt, embeddings=None)
+    if fmt == "ort":
+        assert "tied LM head" in summary["embeddings"]["as"]
+    else:
+        assert summary["lm_head"].startswith("float") and "embeddings" not in summary
+    dequantized = q.dequantized_weights(out)
+    new = q.params_with_dequantized(params, q.float_initializers(source), dequantized)
+    expected = forward(new, IDS)
+    assert np.abs(run(out, IDS) - expected).max() < 2e-6 * np.abs(expected).max()

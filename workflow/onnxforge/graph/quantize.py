@@ -183,7 +183,11 @@ def quantize(
     embedding = _embedding_gather(graph)
     tie = embedding is not None and _tie(embedding, head)
     summary: dict = {"scheme": asdict(scheme), "lm_head": lm_head, "skipped": {}}
-
+    if tie and embeddings is None and scheme.format == "plain" and head_scheme is not None:
+        # One table for two ops: plain ONNX has no quantized Gather, so neither is quantized
+        # (the model's one parameter keeps one set of values).
+        head_scheme = None
+        summary["lm_head"] = "float (tied to the embedding, which plain ONNX gathers float)"
     routers = _router_matmuls(graph)
     for name in routers:
         summary["skipped"][name] = "MoE router kept float (as llama.cpp keeps ffn_gate_inp)"
