@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -168,40 +170,99 @@ def with_eos(checkpoint: Path, copy: Path) -> Path:
     return copy
 
 
-def build_ours(scratch: Path, shapes: list[str]) -> dict[str, Path]:
-    """Our KV exports (``VARIANTS``) and the checkpoints through the DAG, in one Snakemake
-    call."""
+def build_ours(
+    scratch: Path,
+    shapes: list[str],
+    variants: tuple[str, ...] = VARIANTS,
+    sources: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Our exports (``variants``) and the checkpoints through the DAG, in one Snakemake call;
+    ``sources``: a shape's checkpoint other than ``SHAPES``' (e.g. with ``&trained=STEPS``)."""
+    sources = sources or {}
     config = {
         "models": {
             f"bench-{name}": {
                 "family": SHAPES[name]["family"],
                 **({"options": SHAPES[name]["options"]} if "options" in SHAPES[name] else {}),
-                "checkpoints": {"hf": {"source": SHAPES[name]["source"]}},
+                "checkpoints": {"hf": {"source": sources.get(name, SHAPES[name]["source"])}},
             }
             for name in shapes
         },
     }
     (scratch / "bench-config.yaml").write_text(yaml.safe_dump(config))
-    targets = [f"results/bench-{name}/hf/export/{v}" for name in shapes for v in VARIANTS]
+    targets = [f"results/bench-{name}/hf/export/{v}" for name in shapes for v in variants]
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(HERE / "Snakefile")]
     command += ["--directory", str(scratch), "--cores", "2", *targets]
     # The export always reruns: a change to our Python (a graph pass, a lowering) is what a
     # benchmark run measures, and Snakemake does not see it. (After the targets: --forcerun
     # takes several values.)
-    command += ["--forcerun", "export"]
+    command += ["--forcerun", "export", "quantize"]
     command += ["--configfile", str(HERE / "config.yaml"), str(scratch / "bench-config.yaml")]
-    run(command, scratch / "logs" / "ours.log")
+    run(command, scratch / "logs" / f"ours-{'-'.join(shapes)}.log")
     return {name: scratch / f"results/bench-{name}/hf" for name in shapes}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_genai(
+    genai_python: Path, checkpoint: Path, out: Path, precision: str, scratch: Path, rebuild: bool
+) -> float | None:
+    """GenAI's builder export of ``checkpoint`` (``-p precision -e cpu``) in ``out``, kept
+    unless ``rebuild``; the builder's wall seconds, None when kept. RuntimeError if it fails."""
+    if (out / "genai_config.json").exists() and not rebuild:
+        return None
+    shutil.rmtree(out, ignore_errors=True)
+    command = [str(genai_python), "-m", "onnxruntime_genai.models.builder"]
+    source = with_eos(checkpoint, scratch / f"checkpoint-{out.name}")
+    command += ["-i", str(source), "-o", str(out), "-p", precision, "-e", "cpu"]
+    started = time.perf_counter()
+    run(command, scratch / "logs" / f"builder-{out.name}.log")
+    return time.perf_counter() - started
+
+
+def measure(
+    contenders: dict[str, dict[str, tuple[Path, str]]],
+    rounds: int,
+    threads: int,
+    scratch: Path,
+    genai_python: Path,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Median figures per shape and row (``ORT_WORKER``'s or ``GENAI_WORKER``'s, by the row's
+    kind, ``ort`` or ``genai``), every row once per round in a fresh process, interleaved."""
+    samples: dict[tuple[str, str], list[dict]] = {}
+    for round_index in range(rounds):
+        for name, rows in contenders.items():
+            for row, (path, kind) in rows.items():
+                python = sys.executable if kind == "ort" else str(genai_python)
+                code = worker(ORT_WORKER if kind == "ort" else GENAI_WORKER)
+                slug = re.sub(r"\W+", "-", row).strip("-")
+                log = scratch / "logs" / f"{name}-{slug}-{kind}-{round_index}.log"
+                try:
+                    out = run([python, "-c", code, str(path), str(threads)], log)
+                except RuntimeError as err:
+                    print(f"{name}, {row}: {err}", file=sys.stderr)
+                    continue
+                samples.setdefault((name, row), []).append(json.loads(out.strip().splitlines()[-1]))
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for (name, row), runs in samples.items():
+        table.setdefault(name, {})[row] = {
+            key: statistics.median(r[key] for r in runs) for key in runs[0]
+        }
+    return table
+
+
+def arguments(description: str, scratch: str) -> argparse.ArgumentParser:
+    """The options these benchmarks share (a caller may add its own)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--envs", type=Path, default=Path("/work/bench-envs"))
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/generation-bench"))
+    parser.add_argument("--scratch", type=Path, default=Path(scratch))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", default="llama,gpt-oss")
     parser.add_argument("--json", type=Path)
+    return parser
+
+
+def main() -> None:
+    parser = arguments(__doc__.split("\n")[0], "/tmp/generation-bench")
     args = parser.parse_args()
     shapes = args.shapes.split(",")
     args.scratch.mkdir(parents=True, exist_ok=True)
@@ -219,12 +280,7 @@ def main() -> None:
         rows["onnxforge f32-kv-plain (ORT loop)"] = (plain, "ort")
         builder = args.scratch / f"genai-{name}"
         try:
-            if not (builder / "genai_config.json").exists():
-                shutil.rmtree(builder, ignore_errors=True)
-                command = [str(genai_python), "-m", "onnxruntime_genai.models.builder"]
-                source = with_eos(checkpoint, args.scratch / f"checkpoint-{name}")
-                command += ["-i", str(source), "-o", str(builder), "-p", "fp32", "-e", "cpu"]
-                run(command, args.scratch / "logs" / f"builder-{name}.log")
+            build_genai(genai_python, checkpoint, builder, "fp32", args.scratch, rebuild=False)
             set_threads(builder, args.threads)
             rows["GenAI builder fp32 (GenAI)"] = (builder, "genai")
         except RuntimeError as err:
@@ -244,25 +300,7 @@ def main() -> None:
             print(f"optimum-onnx, {name}: {err}", file=sys.stderr)
         contenders[name] = rows
 
-    samples: dict[tuple[str, str], list[dict]] = {}
-    for round_index in range(args.rounds):
-        for name, rows in contenders.items():
-            for row, (path, kind) in rows.items():
-                python = sys.executable if kind == "ort" else str(genai_python)
-                code = worker(ORT_WORKER if kind == "ort" else GENAI_WORKER)
-                log = args.scratch / "logs" / f"{name}-{row.split()[0]}-{kind}-{round_index}.log"
-                try:
-                    out = run([python, "-c", code, str(path), str(args.threads)], log)
-                except RuntimeError as err:
-                    print(f"{name}, {row}: {err}", file=sys.stderr)
-                    continue
-                samples.setdefault((name, row), []).append(json.loads(out.strip().splitlines()[-1]))
-
-    table = {}
-    for (name, row), runs in samples.items():
-        table.setdefault(name, {})[row] = {
-            key: statistics.median(r[key] for r in runs) for key in runs[0]
-        }
+    table = measure(contenders, args.rounds, args.threads, args.scratch, genai_python)
     for name, rows in table.items():
         anchor = rows.get("GenAI builder fp32 (GenAI)")
         print(f"\n{name} (median of {args.rounds} rounds, ms; ratio to GenAI's builder)")
