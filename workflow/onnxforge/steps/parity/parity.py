@@ -325,12 +325,7 @@ def run_parity(
         failures += generation_failures
 
     report = {
-        "status": "FAIL" if failures else "PASS",
-        "failures": failures,
-        "dtype": settings.dtype,
-        "provider": settings.provider,
-        "gates": settings.gates,
-        "inputs": {name: list(ids.shape) for name, ids in inputs.items()},
+        **report_head(failures, settings, inputs),
         "summary": summary,
         "comparisons": comparisons,
         "kl_per_token": {"input": diagnosed_input, **kl_per_token},
@@ -349,6 +344,20 @@ def run_parity(
             if name in failures_by_comparison(failures):
                 report["failures"].append(f"diagnosis ({name}): {found['sentence']}")
     return report, saved_logits(inputs, jax_logits, reference_logits)
+
+
+def report_head(
+    failures: list[str], settings: ParitySettings, inputs: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    """What every report begins with: the verdict, its failures, the gates and the inputs."""
+    return {
+        "status": "FAIL" if failures else "PASS",
+        "failures": failures,
+        "dtype": settings.dtype,
+        "provider": settings.provider,
+        "gates": settings.gates,
+        "inputs": {name: list(ids.shape) for name, ids in inputs.items()},
+    }
 
 
 def genai_note(export_dir: Path, checkpoint_dir: Path) -> str:

@@ -45,6 +45,7 @@ from onnxforge.steps.parity.parity import (
     onnx_outputs,
     parity_inputs,
     release_memory,
+    report_head,
     saved_logits,
     sliding_window,
 )
@@ -111,12 +112,7 @@ def run_quantized_parity(
     manifest = json.loads((export_dir / "manifest.json").read_text())["export"]
     diagnosed = long_input(inputs)
     report = {
-        "status": "FAIL" if failures else "PASS",
-        "failures": failures,
-        "dtype": settings.dtype,
-        "provider": settings.provider,
-        "gates": settings.gates,
-        "inputs": {name: list(ids.shape) for name, ids in inputs.items()},
+        **report_head(failures, settings, inputs),
         "summary": {
             "onnx_vs_jax": exactness["summary"],
             "onnx_vs_reference": metrics.summarize(figures.pop("comparisons")),
