@@ -68,7 +68,7 @@ def current(target):
     owner, name = patches._owner(target)
     return getattr(owner, name)
 
-assert len(patches.PATCHES) == 13, sorted(patches.PATCHES)
+assert len(patches.PATCHES) == 16, sorted(patches.PATCHES)
 assert all(p.why and p.group in patches.GROUPS for p in patches.PATCHES.values())
 own = {target: current(target) for target in patches.PATCHES}
 runtime.patch_for_export(); decoder.patch_for_cache(); sparse_moe.patch_sparse()
@@ -86,6 +86,6 @@ print("registry ok")
 
 @pytest.mark.maxtext
 def test_every_maxtext_patch_is_registered_applied_once_and_restored():
-    """The 13 attributes onnxforge replaces in MaxText: one registry (target, replacement,
+    """The 16 attributes onnxforge replaces in MaxText: one registry (target, replacement,
     why), applied by group, idempotent, and MaxText's own code back after ``restore``."""
     run_in_maxtext(REGISTRY_CHECK, "registry ok")
