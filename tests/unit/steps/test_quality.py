@@ -216,3 +216,66 @@ def test_the_worst_over_the_text_and_the_seeded_ids_keeps_the_text_perplexity():
     assert worst["ppl_ratio"] == per_input["text"]["ppl_ratio"] == pytest.approx(1.0)
     assert worst["tokens"] == 128
     assert any(f.startswith("top1_agreement") for f in quality_gate(worst, INT8))
+
+
+def test_a_quantized_report_shows_both_gates_and_what_was_quantized():
+    """report.md (and .html) of a quantized target: exactness (the weights' check and the
+    generation gates), quality against its gates, and what the quantization did."""
+    from onnxforge.steps.parity import report
+
+    figures = {"kl_mean": 0.3, "kl_p99": 1.2, "top1_agreement": 0.6, "top5_overlap": 0.7}
+    figures |= {"ppl_ratio": 1.1, "greedy_prefix": 3, "greedy_tokens": 32}
+    data = {
+        "target": "tiny/hf/int4-kv",
+        "status": "FAIL",
+        "failures": ["exactness weights: w: a dequantized value is 0.5 of its block's largest"],
+        "dtype": "float32",
+        "provider": "cpu",
+        "gates": {"max_abs": 1e-3},
+        "inputs": {"short_2x24": [2, 24]},
+        "summary": {},
+        "comparisons": {},
+        "decode": {"prompt": [1], "onnx": [2], "jax": [2], "agree": True},
+        "exactness": {
+            "weights": {
+                "checked": 7,
+                "bound": 0.125,
+                "worst": {"weight": "w", "error": 0.5},
+                "failures": ["w: a dequantized value is 0.5 of its block's largest"],
+            },
+            "generation": {"decode_vs_reference": {"passed": True}},
+        },
+        "quality": {
+            "gates": {"kl_mean_max": 0.5, "top1_min": 0.65},
+            "gated": True,
+            "failures": ["top1_agreement = 0.6, gate requires >= 0.65"],
+            "overall": figures,
+            "weights_only": figures,
+            "deployed_vs_exact": {"max_abs": 0.4, "top1_agreement": 0.9},
+        },
+        "quantization": {
+            "settings": {"bits": 4, "block_size": 32, "accuracy_level": 4},
+            "exact_accuracy_level": 1,
+            "quantized": {
+                "matmuls_quantized": 7,
+                "matmuls_by_bits": {"4": 7},
+                "bytes": {"before": 1000, "after": 300},
+                "skipped": {"router": "MoE router kept float"},
+                "experts": {"moe": {"bits": 4, "block_size": 32, "fc1": {"relative": [0.08]},
+                                    "fc2": {"relative": [0.09]}}},
+            },
+        },
+    }  # fmt: skip
+    markdown = report.render_markdown(data)
+    assert markdown.splitlines()[0] == "# FAIL: tiny/hf/int4-kv parity (float32)"
+    for line in (
+        "## Exactness (quantized weights)",
+        "7 quantized weights each within one quantization step",
+        "| top1_agreement | 0.6 | 0.6 | >= 0.65 |",
+        "Quality is gated.",
+        "- top1_agreement = 0.6, gate requires >= 0.65",
+        "kept float: router: MoE router kept float",
+        "the worst expert's relative requantization error 0.09",
+    ):
+        assert line in markdown, line
+    assert "Exactness (quantized weights)" in report.render_html(data)

@@ -189,13 +189,18 @@ def quantize(
         head_scheme = None
         summary["lm_head"] = "float (tied to the embedding, which plain ONNX gathers float)"
     routers = _router_matmuls(graph)
-    for name in routers:
-        summary["skipped"][name] = "MoE router kept float (as llama.cpp keeps ffn_gate_inp)"
-    exclude = set(exclude) | routers
     serial = itertools.count()
     pieces, by_bits = _quantize_matmuls(
-        graph, head, {"head": head_scheme, "body": scheme}, set(exclude), opset, summary, serial
+        graph,
+        head,
+        {"head": head_scheme, "body": scheme},
+        {*exclude, *routers},
+        opset,
+        summary,
+        serial,
     )
+    for name in routers:
+        summary["skipped"][name] = "MoE router kept float (as llama.cpp keeps ffn_gate_inp)"
 
     if embeddings is None:
         embeddings = tie and head_scheme is not None

@@ -177,6 +177,115 @@ def _generation(report: dict[str, Any]) -> Section | None:
     )
 
 
+QUALITY_FIGURES = (
+    "kl_mean",
+    "kl_p99",
+    "top1_agreement",
+    "top5_overlap",
+    "ppl_ratio",
+    "greedy_prefix",
+)
+
+
+def _exactness(report: dict[str, Any]) -> Section | None:
+    """A quantized target's first gate (``parity/quantized.py``): its weights, and ONNX Runtime
+    at level 1 against JAX on them (the table ``onnx_vs_jax`` above)."""
+    found = report.get("exactness")
+    if not found:
+        return None
+    weights = found["weights"]
+    level = report["quantization"]["exact_accuracy_level"]
+    rows = [[name, gate["passed"]] for name, gate in found["generation"].items()]
+    return Section(
+        "Exactness (quantized weights)",
+        paragraphs=[
+            f"ONNX Runtime at accuracy level {level} against JAX run with the weights the "
+            "graph holds, dequantized (table onnx_vs_jax); the KV generation gates below take "
+            "JAX's decode as their reference."
+        ],
+        items=[
+            f"weights: {weights['checked']} quantized weights each within one quantization "
+            f"step of the float weight it replaced (at most {weights['bound']:.3g} of its "
+            f"block's largest); the farthest: {weights['worst']['weight']} at "
+            f"{fmt(weights['worst']['error'])}",
+            *weights["failures"],
+        ],
+        header=["generation gate", "passed"],
+        rows=rows,
+    )
+
+
+def _quality(report: dict[str, Any]) -> Section | None:
+    """A quantized target's second gate: the graph as deployed against transformers."""
+    found = report.get("quality")
+    if not found:
+        return None
+    gates = found["gates"] or {}
+    bounds = {figure: bound for figure, bound in _bounds(gates).items()}
+    rows = [
+        [
+            figure,
+            found["overall"].get(figure),
+            found["weights_only"].get(figure),
+            bounds.get(figure, ""),
+        ]
+        for figure in QUALITY_FIGURES
+    ]
+    verdict = "gated" if found["gated"] else "reported, not gated (random weights)"
+    level = report["quantization"]["settings"]["accuracy_level"]
+    deployed = found["deployed_vs_exact"]
+    return Section(
+        "Quality against transformers (full precision)",
+        paragraphs=[
+            f"The graph as deployed (accuracy level {level}) on every input, the worst over "
+            f"them; the greedy prefix over the {found['overall']['greedy_tokens']}-token "
+            f"decode. Quality is {verdict}. Level {level} against level 1: max abs "
+            f"{fmt(deployed.get('max_abs'))}, top-1 {fmt(deployed.get('top1_agreement'))}."
+        ],
+        items=list(found["failures"]),
+        header=["figure", f"as deployed (level {level})", "weights only (level 1)", "gate"],
+        rows=rows,
+    )
+
+
+def _bounds(gates: dict[str, float]) -> dict[str, str]:
+    """``kl_mean_max: 0.5`` -> ``{"kl_mean": "<= 0.5"}`` (quality.QUALITY_GATES' names)."""
+    names = {
+        "kl_mean_max": "kl_mean",
+        "kl_p99_max": "kl_p99",
+        "top1_min": "top1_agreement",
+        "top5_min": "top5_overlap",
+        "ppl_ratio_max": "ppl_ratio",
+        "greedy_prefix_min": "greedy_prefix",
+    }
+    return {
+        names[key]: ("<= " if key.endswith("_max") else ">= ") + f"{value:g}"
+        for key, value in gates.items()
+        if key in names
+    }
+
+
+def _quantization(report: dict[str, Any]) -> Section | None:
+    found = report.get("quantization")
+    if not found:
+        return None
+    done = found["quantized"]
+    settings = ", ".join(f"{k} {v}" for k, v in found["settings"].items())
+    items = [
+        f"settings: {settings}",
+        f"MatMuls quantized: {done['matmuls_quantized']} ({done['matmuls_by_bits']} by bits); "
+        f"bytes {done['bytes']['before']:,} -> {done['bytes']['after']:,}",
+        *(f"kept float: {node}: {why}" for node, why in done["skipped"].items()),
+    ]
+    for node, errors in done.get("experts", {}).items():
+        worst = max(max(errors[w]["relative"]) for w in ("fc1", "fc2"))
+        items.append(
+            f"QMoE {node}: int{errors['bits']}, block {errors['block_size']}; the worst "
+            f"expert's relative requantization error {worst:.3g}"
+        )
+    return Section("Quantization", items=items)
+
+
 def _files(report: dict[str, Any]) -> Section | None:
     if "onnx_bytes" not in report:
         return None
@@ -192,6 +301,9 @@ SECTIONS: list[Callable[[dict[str, Any]], Section | None]] = [
     _comparison("jax_vs_reference"),
     _kl,
     _decode,
+    _exactness,
+    _quality,
+    _quantization,
     _generation,
     _layers("onnx_vs_jax"),
     _layers("jax_vs_reference"),
