@@ -386,3 +386,23 @@ def test_a_tied_table_is_quantized_in_both_ops_or_in_neither(tmp_path, fmt):
     new = q.params_with_dequantized(params, q.float_initializers(source), dequantized)
     expected = forward(new, IDS)
     assert np.abs(run(out, IDS) - expected).max() < 2e-6 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_weight_too_large_for_one_model_proto_is_quantized_by_column_slices(
+    tmp_path, monkeypatch, symmetric
+):
+    """Past 2 GB a weight cannot go through ONNX Runtime's quantizer in one ModelProto
+    (gpt-oss-20b's LM head): sliced by output columns, it comes out byte for byte as whole."""
+    source, _ = matmul_folder(tmp_path / "f32", 96, n=40)
+    whole = tmp_path / "whole"
+    q.quantize(source, whole, accuracy_level=1, symmetric=symmetric)
+    monkeypatch.setattr(q, "SLICE_BYTES", 96 * 40 * 4 // 3)  # three slices
+    sliced = tmp_path / "sliced"
+    q.quantize(source, sliced, accuracy_level=1, symmetric=symmetric)
+    a, b = (onnx.load(str(f / ONNX_FILE)) for f in (whole, sliced))
+    assert [n.op_type for n in b.graph.node] == ["MatMulNBits"]
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer} == {
+        t.name: onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer
+    }
+    assert a.graph.node[0].attribute == b.graph.node[0].attribute

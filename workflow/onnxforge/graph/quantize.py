@@ -297,8 +297,38 @@ class _Piece:
     registered: dict[str, ir.Value] | None = None
 
 
+# ONNX Runtime's quantizer takes a ModelProto, which cannot be serialized past 2 GB: a larger
+# MatMul weight (gpt-oss-20b's LM head, 2.3 GB in float32) goes through in column slices.
+SLICE_BYTES = 1 << 30
+
+
 def _quantized(name: str, array: np.ndarray, op: str, scheme: Scheme, opset: int) -> _Piece:
-    """ONNX Runtime's quantizer on a model of one ``op`` over ``array`` (named ``name``)."""
+    """ONNX Runtime's quantizer on a model of one ``op`` over ``array`` (named ``name``); a
+    MatMulNBits weight past ``SLICE_BYTES`` by slices of its output columns, joined: each
+    column's blocks run along K alone, so the slices' codes, scales and zero points (all
+    laid out N-major) are the whole weight's."""
+    slices = -(-array.nbytes // SLICE_BYTES)
+    if op == "MatMul" and slices > 1 and scheme.format == "ort":
+        step = -(-array.shape[1] // slices)
+        pieces = [
+            _quantized(name, array[:, i : i + step], op, scheme, opset)
+            for i in range(0, array.shape[1], step)
+        ]
+        first = pieces[0]
+        tensors = {
+            key: ir.tensor(np.concatenate([p.tensors[key].numpy() for p in pieces]), name=key)
+            for key in first.tensors
+        }
+        nodes = [
+            (op_type, domain, ins, outs, {**attrs, "N": array.shape[1]} if "N" in attrs else attrs)
+            for op_type, domain, ins, outs, attrs in first.nodes
+        ]
+        return _Piece(nodes, tensors, first.output)
+    if op == "MatMul" and slices > 1:
+        raise InputError(
+            f"weight {name!r} ({array.nbytes / 2**30:.1f} GiB) is too large for ONNX Runtime's "
+            f"quantizer in one piece as {scheme.label()}: use format ort (sliced by columns)"
+        )
     mq, quant_format = _ort_quantizer()
     blocks = -(-array.shape[0] // scheme.block_size)
     if op == "MatMul" and scheme.algorithm == "k_quant" and scheme.bits == 4 and blocks % 2:
