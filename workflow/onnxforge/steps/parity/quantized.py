@@ -159,16 +159,18 @@ def _jax_dequantized(family, stage_dir, settings, tokenizer, weights, window):
     from onnxforge.graph import signature
 
     model = family.load(stage_dir, jnp.dtype(settings.dtype))
+    forward, vocab_size = model.apply, model.vocab_size
     params = with_dequantized(model.params, weights)
-    apply = jax.jit(lambda p, ids: model.apply(p, ids).astype(jnp.float32))
+    del model  # its float parameters: one copy of the weights in memory, the dequantized one
+    apply = jax.jit(lambda p, ids: forward(p, ids).astype(jnp.float32))
 
     def logits_fn(ids):
         return np.asarray(apply(params, ids))
 
-    inputs = parity_inputs(model.vocab_size, settings)
+    inputs = parity_inputs(vocab_size, settings)
     if tokenizer is not None:
         inputs |= texts.text_inputs(
-            tokenizer, model.vocab_size, settings.text_tokens, signature.INPUT_DTYPE
+            tokenizer, vocab_size, settings.text_tokens, signature.INPUT_DTYPE
         )
     logits = {name: np.array(logits_fn(ids), np.float32) for name, ids in inputs.items()}
     prompt = decode_prompt(inputs)
@@ -194,8 +196,8 @@ def with_dequantized(params: Any, weights: dict[str, tuple[np.ndarray, np.ndarra
     floats = {name: pair[0] for name, pair in weights.items()}
     values = {name: pair[1] for name, pair in weights.items() if pair[1] is not None}
     replaced = dequantized.params_with_dequantized(leaves, floats, values)
-    rebuilt = [
-        np.asarray(replaced[jax.tree_util.keystr(path)]).astype(np.asarray(leaf).dtype)
+    rebuilt = [  # no copy where the dtype is the leaf's already (the dequantized arrays)
+        np.asarray(replaced[jax.tree_util.keystr(path)]).astype(np.asarray(leaf).dtype, copy=False)
         for path, leaf in flat
     ]
     return jax.tree_util.tree_unflatten(treedef, rebuilt)
